@@ -2,15 +2,16 @@
 
 Topic names are relative, so a namespace or a remapping moves them all.
 
-| name (default)              | type                          | QoS                                | who publishes           |
-|-----------------------------|-------------------------------|------------------------------------|-------------------------|
-| ``joint_states``            | sensor_msgs/JointState        | sensor data (best effort, depth 5) | sim_arm_node / robot    |
-| ``reward``                  | geometry_msgs/Vector3Stamped  | RELIABLE, depth 100                | sim_arm_node / task     |
-| ``<controller>/commands``   | std_msgs/Float64MultiArray    | RELIABLE, depth 10                 | policy_controller_node  |
-| ``<controller>/actions``    | sensor_msgs/JointState        | RELIABLE, depth 100                | policy_controller_node  |
-| ``policy``                  | std_msgs/UInt8MultiArray      | RELIABLE + TRANSIENT_LOCAL, depth 1| adaptation_node         |
-| ``task``                    | std_msgs/String (task JSON)   | RELIABLE, depth 10                 | maml-ros-task / user    |
-| ``adaptation/status``       | std_msgs/String (JSON)        | RELIABLE + TRANSIENT_LOCAL, depth 1| adaptation_node         |
+- ``joint_states`` (sensor_msgs/JointState, sensor-data QoS): from sim_arm_node or the robot.
+- ``reward`` (geometry_msgs/Vector3Stamped, RELIABLE depth 100): from sim_arm_node or a task node.
+- ``<controller>/commands`` (std_msgs/Float64MultiArray, RELIABLE depth 10): from the controller.
+- ``<controller>/actions`` (sensor_msgs/JointState, RELIABLE depth 100): the controller's actions.
+- ``policy`` (std_msgs/UInt8MultiArray, RELIABLE + TRANSIENT_LOCAL depth 1): adaptation_node.
+- ``task`` (std_msgs/String holding task JSON, RELIABLE depth 10): maml-ros-task or the user.
+- ``~/status`` (std_msgs/String holding JSON, RELIABLE + TRANSIENT_LOCAL depth 1): every node
+  publishes its counters (dropped inputs by kind and reason) and state there.
+- services: ``reset`` (std_srvs/Trigger, the driver), ``<controller>/set_exploration``
+  (std_srvs/SetBool, the controller).
 
 Conventions:
 - A *stamp* is the ``header.stamp`` of the joint state a message belongs to. The controller
@@ -26,7 +27,10 @@ Conventions:
   clamped to its limits (ros2_control's forward command controller convention).
 - ``policy``: the bytes of a safetensors file whose header metadata carries the format
   version, policy version, architecture and observation/action spec
-  (see :mod:`maml_ros.rl.checkpoint`).
+  (see :mod:`maml_ros.rl.checkpoint`). Its metadata also holds ``run_id`` (one per
+  adaptation-node process) and ``version``: a controller accepts a policy whose ``run_id``
+  differs from its current one, or whose ``version`` is higher; a rollback is published as a
+  new, higher version carrying the previous weights.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ JOINT_STATES_TOPIC = "joint_states"
 REWARD_TOPIC = "reward"
 TASK_TOPIC = "task"
 POLICY_TOPIC = "policy"
-STATUS_TOPIC = "adaptation/status"
+STATUS_TOPIC = "~/status"
 DEFAULT_CONTROLLER = "arm_controller"
 RESET_SERVICE = "reset"
 EXPLORATION_SERVICE = "set_exploration"

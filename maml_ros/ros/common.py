@@ -1,0 +1,193 @@
+"""Small pieces every maml_ros node shares: validated parameters, status counters, main()."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import rclpy
+from builtin_interfaces.msg import Time
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    SetParametersResult,
+)
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from std_msgs.msg import String
+
+from maml_ros.ros.interfaces import LATCHED_QOS, STATUS_TOPIC
+
+Validator = Callable[[Any], str | None]
+"""Returns None when the value is acceptable, else the reason it is not."""
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One declared parameter: default, description, optional range and validator."""
+
+    name: str
+    default: Any
+    description: str
+    validator: Validator | None = None
+    float_range: tuple[float, float] | None = None
+    int_range: tuple[int, int] | None = None
+    read_only: bool = False
+
+    def descriptor(self) -> ParameterDescriptor:
+        """The rcl descriptor advertised to `ros2 param describe`."""
+        desc = ParameterDescriptor(description=self.description, read_only=self.read_only)
+        if self.float_range is not None:
+            desc.floating_point_range = [
+                FloatingPointRange(from_value=self.float_range[0], to_value=self.float_range[1])
+            ]
+        if self.int_range is not None:
+            desc.integer_range = [
+                IntegerRange(from_value=self.int_range[0], to_value=self.int_range[1], step=1)
+            ]
+        return desc
+
+    def check(self, value: Any) -> str | None:
+        """The reason `value` is rejected, or None."""
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{self.name} must be finite, got {value}"
+        if self.float_range is not None and not (
+            self.float_range[0] <= value <= self.float_range[1]
+        ):
+            return f"{self.name} must be in [{self.float_range[0]}, {self.float_range[1]}]"
+        if self.int_range is not None and not (self.int_range[0] <= value <= self.int_range[1]):
+            return f"{self.name} must be in [{self.int_range[0]}, {self.int_range[1]}]"
+        return self.validator(value) if self.validator else None
+
+
+class ValidatedParameters:
+    """Declares parameters with descriptors and rejects invalid values at start and at run time.
+
+    After a successful change, ``on_change(name, value)`` is called so the node can apply it.
+    Current values are read with ``params[name]``.
+    """
+
+    def __init__(
+        self,
+        node: Node,
+        specs: Sequence[ParamSpec],
+        on_change: Callable[[str, Any], None] | None = None,
+    ) -> None:
+        self._node = node
+        self._specs = {spec.name: spec for spec in specs}
+        self._on_change = on_change
+        self._values: dict[str, Any] = {}
+        for spec in specs:
+            value = node.declare_parameter(spec.name, spec.default, spec.descriptor()).value
+            reason = spec.check(value)
+            if reason is not None:
+                raise ValueError(f"invalid parameter: {reason}")
+            self._values[spec.name] = value
+        node.add_on_set_parameters_callback(self._validate)
+        node.add_post_set_parameters_callback(self._apply)
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def _validate(self, params: list[Parameter]) -> SetParametersResult:
+        for param in params:
+            spec = self._specs.get(param.name)
+            if spec is None:
+                continue
+            if spec.read_only:
+                return SetParametersResult(successful=False, reason=f"{param.name} is read-only")
+            reason = spec.check(param.value)
+            if reason is not None:
+                self._node.get_logger().warning(f"rejected parameter change: {reason}")
+                return SetParametersResult(successful=False, reason=reason)
+        return SetParametersResult(successful=True)
+
+    def _apply(self, params: list[Parameter]) -> None:
+        for param in params:
+            if param.name in self._specs:
+                self._values[param.name] = param.value
+                if self._on_change is not None:
+                    self._on_change(param.name, param.value)
+
+
+class NodeStatus:
+    """Counters and fields published as JSON on ``~/status`` (latched); bad-input bookkeeping."""
+
+    def __init__(self, node: Node, period_s: float = 1.0) -> None:
+        self._node = node
+        self._lock = threading.Lock()
+        self._fields: dict[str, Any] = {}
+        self._dropped: dict[str, int] = {}
+        self._last_reason: dict[str, str] = {}
+        self._pub = node.create_publisher(String, STATUS_TOPIC, LATCHED_QOS)
+        self._timer = node.create_timer(period_s, self.publish)
+
+    def set(self, **fields: Any) -> None:
+        """Sets status fields (JSON-serialisable values)."""
+        with self._lock:
+            self._fields.update(fields)
+
+    def drop(self, kind: str, reason: str) -> None:
+        """Logs, counts and drops one bad input of ``kind``."""
+        with self._lock:
+            self._dropped[kind] = self._dropped.get(kind, 0) + 1
+            self._last_reason[kind] = reason
+        self._node.get_logger().warning(f"dropped bad {kind}: {reason}", throttle_duration_sec=1.0)
+
+    def dropped(self, kind: str | None = None) -> int:
+        """How many inputs (of ``kind``, or of all kinds) were dropped."""
+        with self._lock:
+            return self._dropped.get(kind, 0) if kind else sum(self._dropped.values())
+
+    def snapshot(self) -> dict[str, Any]:
+        """The status as a dict."""
+        with self._lock:
+            return {
+                **self._fields,
+                "dropped": dict(self._dropped),
+                "dropped_total": sum(self._dropped.values()),
+                "last_drop_reason": dict(self._last_reason),
+            }
+
+    def publish(self) -> None:
+        """Publishes the status now."""
+        self._pub.publish(String(data=json.dumps(self.snapshot(), allow_nan=False)))
+
+
+def stamp_to_ns(stamp: Time) -> int:
+    """A builtin_interfaces/Time as integer nanoseconds."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def ns_to_stamp(ns: int) -> Time:
+    """Integer nanoseconds as a builtin_interfaces/Time."""
+    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
+def run_node(
+    make_node: Callable[[], Node], args: Sequence[str] | None = None, threads: int = 2
+) -> int:
+    """Runs a node on a MultiThreadedExecutor until shutdown; returns the process exit code."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = make_node()
+        executor = MultiThreadedExecutor(num_threads=threads)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except ValueError as err:  # invalid parameters at start-up
+        (node.get_logger() if node else rclpy.logging.get_logger("maml_ros")).fatal(str(err))
+        return 2
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
