@@ -1,1 +1,25 @@
-"""meta layer."""
+"""Meta-learning core (pure PyTorch, no ROS/PyBullet): MAML and Meta-SGD with torch.func."""
+
+from maml_ros.meta.core import (
+    InnerConfig,
+    LossFn,
+    NonFiniteError,
+    Params,
+    adapt,
+    adapt_batched,
+    init_meta_sgd_lrs,
+    meta_loss,
+    meta_loss_loop,
+)
+
+__all__ = [
+    "InnerConfig",
+    "LossFn",
+    "NonFiniteError",
+    "Params",
+    "adapt",
+    "adapt_batched",
+    "init_meta_sgd_lrs",
+    "meta_loss",
+    "meta_loss_loop",
+]

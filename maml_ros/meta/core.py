@@ -1,0 +1,293 @@
+"""MAML / Meta-SGD inner adaptation and meta-objective, written with torch.func.
+
+Parameters are plain dicts of tensors (``Params``); a loss is any pure function
+``loss_fn(params, batch) -> scalar tensor`` (typically wrapping ``torch.func.functional_call``),
+where ``batch`` is any pytree of tensors. Nothing here touches an ``nn.Module``.
+
+Inner step (Finn et al. 2017; per-parameter ``lrs`` as in Meta-SGD, Li et al. 2017)::
+
+    theta' = theta - alpha * clip(grad L_support(theta))
+
+The meta-batch is adapted in one ``torch.func.vmap`` pass over tasks (``torch.func.grad``
+inside); the outer gradient is taken by ordinary ``.backward()`` on the returned meta-loss.
+Second-order by default (differentiable through the inner steps); ``first_order=True`` detaches
+the inner gradient (FOMAML).
+
+Loss functions used under vmap must be vmappable: no ``.item()``, no data-dependent Python
+control flow, no in-place updates of captured tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch.func import grad_and_value, vmap
+from torch.utils._pytree import tree_leaves, tree_map
+
+Params = dict[str, torch.Tensor]
+LossFn = Callable[[Params, Any], torch.Tensor]
+
+_CLIP_EPS = 1e-12
+
+
+class NonFiniteError(RuntimeError):
+    """An inner loss or gradient was NaN/inf and the configuration says to raise."""
+
+
+@dataclass(frozen=True)
+class InnerConfig:
+    """How the inner (task-specific) adaptation runs.
+
+    lr: alpha, ignored for keys present in Meta-SGD ``lrs``. steps: number of inner steps k
+    (0 returns theta unchanged). first_order: detach the inner gradient. grad_clip: maximum
+    global gradient norm per inner step (None: no clipping). on_nonfinite: "raise" raises
+    ``NonFiniteError`` naming the tasks and steps; "rollback" returns theta for those tasks.
+    """
+
+    lr: float = 0.01
+    steps: int = 1
+    first_order: bool = False
+    grad_clip: float | None = None
+    on_nonfinite: Literal["raise", "rollback"] = "raise"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lr, bool) or not isinstance(self.lr, int | float):
+            raise ValueError(f"InnerConfig.lr must be a number, got {self.lr!r}")
+        if not math.isfinite(self.lr) or self.lr <= 0:
+            raise ValueError(f"InnerConfig.lr must be finite and > 0, got {self.lr!r}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
+            raise ValueError(f"InnerConfig.steps must be an int >= 0, got {self.steps!r}")
+        if not isinstance(self.first_order, bool):
+            raise ValueError(f"InnerConfig.first_order must be a bool, got {self.first_order!r}")
+        if self.grad_clip is not None:
+            clip = self.grad_clip
+            if isinstance(clip, bool) or not isinstance(clip, int | float):
+                raise ValueError(f"InnerConfig.grad_clip must be a number or None, got {clip!r}")
+            if not math.isfinite(clip) or clip <= 0:
+                raise ValueError(f"InnerConfig.grad_clip must be finite and > 0, got {clip!r}")
+        if self.on_nonfinite not in ("raise", "rollback"):
+            raise ValueError(
+                f"InnerConfig.on_nonfinite must be 'raise' or 'rollback', got {self.on_nonfinite!r}"
+            )
+
+
+def init_meta_sgd_lrs(params: Params, lr: float) -> Params:
+    """Learnable per-parameter inner learning rates (Meta-SGD), all equal to ``lr`` at start.
+
+    Returns new leaf tensors with ``requires_grad=True``, same shape/device/dtype as ``params``.
+    """
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"Meta-SGD initial lr must be finite and > 0, got {lr!r}")
+    _check_params(params)
+    return {
+        name: torch.full_like(p.detach(), float(lr)).requires_grad_(True)
+        for name, p in params.items()
+    }
+
+
+def adapt(
+    loss_fn: LossFn, params: Params, batch: Any, cfg: InnerConfig, lrs: Params | None = None
+) -> Params:
+    """Adapt ``params`` to one task: ``cfg.steps`` gradient steps on ``loss_fn(params, batch)``.
+
+    Returns a new dict (differentiable w.r.t. ``params`` and ``lrs`` unless first-order);
+    the input dict and its tensors are left untouched.
+    """
+    _check_inputs(params, cfg, lrs)
+    if cfg.steps == 0:
+        return dict(params)
+    adapted, finite = _adapt_one(loss_fn, params, batch, lrs, cfg)
+    bad_steps = [s for s, ok in enumerate(finite.tolist()) if not ok]
+    if not bad_steps:
+        return adapted
+    if cfg.on_nonfinite == "raise":
+        raise NonFiniteError(f"non-finite inner loss or gradient at step(s) {bad_steps}")
+    return dict(params)
+
+
+def adapt_batched(
+    loss_fn: LossFn, params: Params, batches: Any, cfg: InnerConfig, lrs: Params | None = None
+) -> Params:
+    """Adapt ``params`` to each task of a meta-batch in one vmapped pass.
+
+    ``batches`` is a pytree whose leaves all have the task dimension first. The result maps
+    each name to a tensor with a leading task dimension. In "rollback" mode, tasks with a
+    non-finite inner loss/gradient get theta back (with a clean gradient path to theta: the
+    remaining tasks are re-adapted without them, so NaNs never reach the outer gradient).
+    """
+    _check_inputs(params, cfg, lrs)
+    num_tasks = _num_tasks(batches)
+    if cfg.steps == 0:
+        return {k: p.unsqueeze(0).expand(num_tasks, *p.shape) for k, p in params.items()}
+    adapted, finite = _vmapped_adapt(loss_fn, params, batches, lrs, cfg)
+    task_ok = finite.all(dim=1)
+    if bool(task_ok.all()):
+        return adapted
+    bad = (~task_ok).nonzero().flatten().tolist()
+    if cfg.on_nonfinite == "raise":
+        detail = ", ".join(
+            f"task {t} step(s) {(~finite[t]).nonzero().flatten().tolist()}" for t in bad
+        )
+        raise NonFiniteError(f"non-finite inner loss or gradient: {detail}")
+    return _rollback(loss_fn, params, batches, lrs, cfg, task_ok)
+
+
+def meta_loss(
+    inner_loss_fn: LossFn,
+    outer_loss_fn: LossFn,
+    params: Params,
+    support: Any,
+    query: Any,
+    cfg: InnerConfig,
+    lrs: Params | None = None,
+) -> torch.Tensor:
+    """Mean over tasks of ``outer_loss_fn(adapt(params, support_i), query_i)``, vmapped.
+
+    Call ``.backward()`` on the result for the meta-gradient w.r.t. ``params`` (and ``lrs``).
+    """
+    if _num_tasks(support) != _num_tasks(query):
+        raise ValueError(
+            f"support has {_num_tasks(support)} tasks but query has {_num_tasks(query)}"
+        )
+    adapted = adapt_batched(inner_loss_fn, params, support, cfg, lrs)
+    return vmap(outer_loss_fn)(adapted, query).mean()
+
+
+def meta_loss_loop(
+    inner_loss_fn: LossFn,
+    outer_loss_fn: LossFn,
+    params: Params,
+    support: Any,
+    query: Any,
+    cfg: InnerConfig,
+    lrs: Params | None = None,
+) -> torch.Tensor:
+    """Reference for tests and benchmarks: ``meta_loss`` as a Python loop over tasks."""
+    num_tasks = _num_tasks(support)
+    if num_tasks != _num_tasks(query):
+        raise ValueError(f"support has {num_tasks} tasks but query has {_num_tasks(query)}")
+    losses = []
+    for i in range(num_tasks):
+        support_i = tree_map(lambda x, i=i: x[i], support)
+        query_i = tree_map(lambda x, i=i: x[i], query)
+        adapted = adapt(inner_loss_fn, params, support_i, cfg, lrs)
+        losses.append(outer_loss_fn(adapted, query_i))
+    return torch.stack(losses).mean()
+
+
+# --------------------------------------------------------------------------- internals
+
+
+def _inner_step(
+    loss_fn: LossFn, params: Params, batch: Any, lrs: Params | None, cfg: InnerConfig
+) -> tuple[Params, torch.Tensor]:
+    """One (vmappable) inner step; returns the new params and a 0-d finite flag."""
+    grad_input = {k: p.detach() for k, p in params.items()} if cfg.first_order else params
+    grads, loss = grad_and_value(loss_fn)(grad_input, batch)
+    finite = torch.isfinite(loss).all()
+    for g in grads.values():
+        finite = finite & torch.isfinite(g).all()
+    if cfg.grad_clip is not None:
+        norm = torch.sqrt(sum((g * g).sum() for g in grads.values()))
+        scale = torch.clamp(cfg.grad_clip / (norm + _CLIP_EPS), max=1.0)
+        grads = {k: g * scale for k, g in grads.items()}
+    new_params = {}
+    for k, p in params.items():
+        step_size = lrs[k] if lrs is not None and k in lrs else cfg.lr
+        new_params[k] = p - step_size * grads[k]
+    return new_params, finite
+
+
+def _adapt_one(
+    loss_fn: LossFn, params: Params, batch: Any, lrs: Params | None, cfg: InnerConfig
+) -> tuple[Params, torch.Tensor]:
+    """``cfg.steps`` inner steps for one task; returns adapted params and per-step flags.
+
+    After a non-finite step the task keeps its previous params (torch.where, vmappable), so
+    later steps run on finite values; the caller decides what to do with flagged tasks.
+    """
+    current = params
+    flags = []
+    for _ in range(cfg.steps):
+        stepped, finite = _inner_step(loss_fn, current, batch, lrs, cfg)
+        if cfg.on_nonfinite == "rollback":
+            stepped = {k: torch.where(finite, stepped[k], current[k]) for k in current}
+        current = stepped
+        flags.append(finite)
+    return current, torch.stack(flags)
+
+
+def _vmapped_adapt(
+    loss_fn: LossFn, params: Params, batches: Any, lrs: Params | None, cfg: InnerConfig
+) -> tuple[Params, torch.Tensor]:
+    def one_task(batch: Any) -> tuple[Params, torch.Tensor]:
+        return _adapt_one(loss_fn, params, batch, lrs, cfg)
+
+    return vmap(one_task)(batches)
+
+
+def _rollback(
+    loss_fn: LossFn,
+    params: Params,
+    batches: Any,
+    lrs: Params | None,
+    cfg: InnerConfig,
+    task_ok: torch.Tensor,
+) -> Params:
+    """theta for the flagged tasks, a clean re-adaptation for the others."""
+    num_tasks = task_ok.shape[0]
+    out = {k: p.unsqueeze(0).expand(num_tasks, *p.shape) for k, p in params.items()}
+    ok_index = task_ok.nonzero().flatten()
+    if ok_index.numel() == 0:
+        return out
+    subset = tree_map(lambda x: x[ok_index.to(x.device)], batches)
+    adapted, finite = _vmapped_adapt(loss_fn, params, subset, lrs, cfg)
+    if not bool(finite.all()):
+        raise NonFiniteError(
+            "inner loss became non-finite on re-adaptation of tasks that were finite before "
+            "(is loss_fn deterministic?)"
+        )
+    return {k: out[k].index_copy(0, ok_index.to(out[k].device), adapted[k]) for k in out}
+
+
+def _check_params(params: Params) -> None:
+    if not isinstance(params, dict) or not params:
+        raise TypeError("params must be a non-empty dict[str, Tensor]")
+    for name, p in params.items():
+        if not isinstance(p, torch.Tensor) or not p.is_floating_point():
+            raise TypeError(f"params[{name!r}] must be a floating-point tensor")
+
+
+def _check_inputs(params: Params, cfg: InnerConfig, lrs: Params | None) -> None:
+    if not isinstance(cfg, InnerConfig):
+        raise TypeError(f"cfg must be an InnerConfig, got {type(cfg).__name__}")
+    _check_params(params)
+    if lrs is None:
+        return
+    if not isinstance(lrs, dict):
+        raise TypeError("lrs must be a dict[str, Tensor] or None")
+    for name, lr in lrs.items():
+        if name not in params:
+            raise ValueError(f"lrs has key {name!r} that is not in params")
+        if not isinstance(lr, torch.Tensor) or lr.shape != params[name].shape:
+            raise ValueError(f"lrs[{name!r}] must be a tensor of shape {tuple(params[name].shape)}")
+
+
+def _num_tasks(batches: Any) -> int:
+    leaves = tree_leaves(batches)
+    if not leaves or not all(isinstance(x, torch.Tensor) for x in leaves):
+        raise TypeError("a task batch must be a non-empty pytree of tensors")
+    sizes = {x.shape[0] if x.dim() > 0 else None for x in leaves}
+    if None in sizes or len(sizes) != 1:
+        raise ValueError(
+            f"every leaf of a task batch needs the same leading task dimension, got "
+            f"{[tuple(x.shape) for x in leaves]}"
+        )
+    (num_tasks,) = sizes
+    if num_tasks < 1:
+        raise ValueError("a task batch needs at least one task")
+    return num_tasks
