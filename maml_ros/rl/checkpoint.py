@@ -1,0 +1,327 @@
+"""Policy bundles and their one codec: safetensors bytes with JSON metadata in the header.
+
+The same bytes are a checkpoint file (``models/arm_maml.safetensors``) and the payload of the
+ROS ``policy`` topic (std_msgs/UInt8MultiArray). Decoding validates everything (size, parse,
+format version, required metadata, architecture, shapes, dtype, finiteness, obs_std > 0) and
+raises :class:`CheckpointError` with the reason. No pickle anywhere.
+
+Tensor names: ``params/<name>`` (policy parameters, ``log_std`` included), ``obs_mean``,
+``obs_std`` and, with Meta-SGD, ``lrs/<name>``. Header metadata (all strings, JSON inside):
+``format``, ``format_version``, ``version``, ``run_id``, ``spec``, ``inner``, ``pg``, ``extra``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+
+from maml_ros.meta import InnerConfig
+from maml_ros.rl.pg import PGConfig
+from maml_ros.rl.policy import Params, PolicySpec, PolicySpecError
+
+FORMAT_NAME = "maml_ros.policy"
+FORMAT_VERSION = 1
+DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+REQUIRED_METADATA = ("format", "format_version", "version", "run_id", "spec", "inner", "pg")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint (file or bytes) is invalid; the message says why."""
+
+
+@dataclass
+class PolicyBundle:
+    """Everything needed to run and adapt a policy: weights, spec, normalisation, inner config."""
+
+    spec: PolicySpec
+    params: Params
+    obs_mean: torch.Tensor
+    obs_std: torch.Tensor
+    inner: InnerConfig
+    pg: PGConfig = field(default_factory=PGConfig)
+    lrs: Params | None = None
+    version: int = 0
+    run_id: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def replace(self, **changes: Any) -> PolicyBundle:
+        """A copy with ``changes`` applied (dataclasses.replace)."""
+        return dataclasses.replace(self, **changes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Small JSON helpers for the configs stored in the header.
+
+
+def inner_config_to_dict(cfg: InnerConfig) -> dict[str, Any]:
+    """JSON form of an InnerConfig."""
+    return dataclasses.asdict(cfg)
+
+
+def inner_config_from_dict(data: Any) -> InnerConfig:
+    """Validated InnerConfig from its JSON form; raises CheckpointError."""
+    if not isinstance(data, dict):
+        raise CheckpointError("inner config must be a JSON object")
+    known = {f.name for f in dataclasses.fields(InnerConfig)}
+    unknown = set(data) - known
+    if unknown:
+        raise CheckpointError(f"unknown inner config keys: {sorted(unknown)}")
+    lr = data.get("lr", InnerConfig.lr)
+    steps = data.get("steps", InnerConfig.steps)
+    if not isinstance(lr, int | float) or isinstance(lr, bool) or not math.isfinite(lr):
+        raise CheckpointError(f"inner lr must be a finite number, got {lr!r}")
+    if not isinstance(steps, int) or isinstance(steps, bool) or not 0 <= steps <= 100:
+        raise CheckpointError(f"inner steps must be an integer in [0, 100], got {steps!r}")
+    clip = data.get("grad_clip")
+    if clip is not None and (
+        not isinstance(clip, int | float) or not math.isfinite(clip) or clip <= 0
+    ):
+        raise CheckpointError(f"inner grad_clip must be a positive number or null, got {clip!r}")
+    try:
+        return InnerConfig(**data)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"invalid inner config: {exc}") from exc
+
+
+def _pg_config_from_dict(data: Any) -> PGConfig:
+    try:
+        return PGConfig.from_dict(data)
+    except ValueError as exc:
+        raise CheckpointError(f"invalid pg config: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation shared by encode and decode.
+
+
+def _check_tensor(name: str, tensor: torch.Tensor, shape: tuple[int, ...]) -> None:
+    if not isinstance(tensor, torch.Tensor):
+        raise CheckpointError(f"{name}: expected a tensor, got {type(tensor).__name__}")
+    if tensor.dtype != torch.float32:
+        raise CheckpointError(f"{name}: dtype must be float32, got {tensor.dtype}")
+    if tuple(tensor.shape) != shape:
+        raise CheckpointError(f"{name}: shape must be {shape}, got {tuple(tensor.shape)}")
+    if not bool(torch.isfinite(tensor).all()):
+        raise CheckpointError(f"{name}: contains NaN or infinite values")
+
+
+def validate_bundle(bundle: PolicyBundle) -> None:
+    """Raise CheckpointError unless every tensor matches the spec (float32, shape, finite)."""
+    spec = bundle.spec
+    shapes = spec.param_shapes()
+    if set(bundle.params) != set(shapes):
+        missing, extra = set(shapes) - set(bundle.params), set(bundle.params) - set(shapes)
+        raise CheckpointError(
+            f"parameters do not match the architecture: missing {sorted(missing)}, "
+            f"unexpected {sorted(extra)}"
+        )
+    for name, shape in shapes.items():
+        _check_tensor(f"params/{name}", bundle.params[name], shape)
+    _check_tensor("obs_mean", bundle.obs_mean, (spec.obs_dim,))
+    _check_tensor("obs_std", bundle.obs_std, (spec.obs_dim,))
+    if not bool((bundle.obs_std > 0).all()):
+        raise CheckpointError("obs_std must be > 0 everywhere")
+    if bundle.lrs is not None:
+        if set(bundle.lrs) != set(shapes):
+            raise CheckpointError("Meta-SGD lrs must have exactly the parameter names")
+        for name, shape in shapes.items():
+            _check_tensor(f"lrs/{name}", bundle.lrs[name], shape)
+    if not isinstance(bundle.version, int) or isinstance(bundle.version, bool):
+        raise CheckpointError(f"version must be an integer, got {bundle.version!r}")
+    if not 0 <= bundle.version < 2**63:
+        raise CheckpointError(f"version must be in [0, 2^63), got {bundle.version}")
+    if not isinstance(bundle.run_id, str) or len(bundle.run_id) > 256:
+        raise CheckpointError("run_id must be a string of at most 256 characters")
+
+
+# ---------------------------------------------------------------------------------------------
+# Codec.
+
+
+def bundle_to_bytes(bundle: PolicyBundle) -> bytes:
+    """Encode a bundle as safetensors bytes (validated first)."""
+    validate_bundle(bundle)
+    tensors: dict[str, torch.Tensor] = {
+        f"params/{k}": v.detach().cpu().contiguous() for k, v in bundle.params.items()
+    }
+    tensors["obs_mean"] = bundle.obs_mean.detach().cpu().contiguous()
+    tensors["obs_std"] = bundle.obs_std.detach().cpu().contiguous()
+    if bundle.lrs is not None:
+        tensors.update({f"lrs/{k}": v.detach().cpu().contiguous() for k, v in bundle.lrs.items()})
+    try:
+        extra = json.dumps(bundle.metadata, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"metadata must be JSON-able: {exc}") from exc
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": str(FORMAT_VERSION),
+        "version": str(bundle.version),
+        "run_id": bundle.run_id,
+        "spec": json.dumps(bundle.spec.to_dict(), sort_keys=True),
+        "inner": json.dumps(inner_config_to_dict(bundle.inner), sort_keys=True),
+        "pg": json.dumps(bundle.pg.to_dict(), sort_keys=True),
+        "extra": extra,
+    }
+    return safetensors.torch.save(tensors, metadata=metadata)
+
+
+def _read_header(data: bytes) -> dict[str, Any]:
+    if len(data) < 8:
+        raise CheckpointError(
+            f"truncated: {len(data)} bytes is shorter than the 8-byte header size"
+        )
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if header_len > len(data) - 8:
+        raise CheckpointError(
+            f"truncated: header claims {header_len} bytes but only {len(data) - 8} follow"
+        )
+    try:
+        header = json.loads(data[8 : 8 + header_len].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"corrupted safetensors header: {exc}") from exc
+    if not isinstance(header, dict):
+        raise CheckpointError("corrupted safetensors header: not a JSON object")
+    return header
+
+
+def _json_field(metadata: dict[str, str], key: str) -> Any:
+    try:
+        return json.loads(metadata[key])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"metadata '{key}' is not valid JSON: {exc}") from exc
+
+
+def bundle_from_bytes(
+    data: bytes | bytearray | memoryview, max_bytes: int = DEFAULT_MAX_BYTES
+) -> PolicyBundle:
+    """Decode and validate safetensors bytes; raises CheckpointError with the reason."""
+    data = bytes(data)
+    if len(data) > max_bytes:
+        raise CheckpointError(f"oversized: {len(data)} bytes exceeds the limit of {max_bytes}")
+    header = _read_header(data)
+    metadata = header.get("__metadata__")
+    if not isinstance(metadata, dict):
+        raise CheckpointError("missing metadata: the safetensors header has no __metadata__")
+    missing = [k for k in REQUIRED_METADATA if k not in metadata]
+    if missing:
+        raise CheckpointError(f"missing metadata keys: {missing}")
+    if metadata["format"] != FORMAT_NAME:
+        raise CheckpointError(f"not a maml_ros policy: format is {metadata['format']!r}")
+    if metadata["format_version"] != str(FORMAT_VERSION):
+        raise CheckpointError(
+            f"unsupported format version {metadata['format_version']!r} "
+            f"(this build reads version {FORMAT_VERSION})"
+        )
+    for name, info in header.items():
+        if name != "__metadata__" and (not isinstance(info, dict) or info.get("dtype") != "F32"):
+            dtype = info.get("dtype") if isinstance(info, dict) else None
+            raise CheckpointError(f"{name}: dtype must be float32 (F32), got {dtype!r}")
+    try:
+        tensors = safetensors.torch.load(data)
+    except Exception as exc:  # the Rust parser raises SafetensorError and others
+        raise CheckpointError(f"corrupted safetensors data: {exc}") from exc
+    try:
+        version = int(metadata["version"])
+    except ValueError as exc:
+        raise CheckpointError(f"version must be an integer, got {metadata['version']!r}") from exc
+    try:
+        spec = PolicySpec.from_dict(_json_field(metadata, "spec"))
+    except (PolicySpecError, TypeError) as exc:
+        raise CheckpointError(f"invalid policy spec: {exc}") from exc
+    inner = inner_config_from_dict(_json_field(metadata, "inner"))
+    pg = _pg_config_from_dict(_json_field(metadata, "pg"))
+    extra = _json_field(metadata, "extra") if "extra" in metadata else {}
+    if not isinstance(extra, dict):
+        raise CheckpointError("metadata 'extra' must be a JSON object")
+    params = {k.removeprefix("params/"): v for k, v in tensors.items() if k.startswith("params/")}
+    lrs = {k.removeprefix("lrs/"): v for k, v in tensors.items() if k.startswith("lrs/")}
+    known = {f"params/{k}" for k in params} | {f"lrs/{k}" for k in lrs} | {"obs_mean", "obs_std"}
+    unexpected = set(tensors) - known
+    if unexpected:
+        raise CheckpointError(f"unexpected tensors: {sorted(unexpected)}")
+    for name in ("obs_mean", "obs_std"):
+        if name not in tensors:
+            raise CheckpointError(f"missing tensor {name!r}")
+    bundle = PolicyBundle(
+        spec=spec,
+        params=params,
+        obs_mean=tensors["obs_mean"],
+        obs_std=tensors["obs_std"],
+        inner=inner,
+        pg=pg,
+        lrs=lrs or None,
+        version=version,
+        run_id=metadata["run_id"],
+        metadata=extra,
+    )
+    validate_bundle(bundle)
+    return bundle
+
+
+def save_bundle(path: str | os.PathLike[str], bundle: PolicyBundle) -> Path:
+    """Write a bundle atomically (temp file in the same folder, then os.replace)."""
+    return atomic_write_bytes(path, bundle_to_bytes(bundle))
+
+
+def load_bundle(path: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_BYTES) -> PolicyBundle:
+    """Read and validate a bundle file; raises CheckpointError (also for unreadable files)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise CheckpointError(f"{path}: oversized: {size} bytes exceeds the limit {max_bytes}")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    try:
+        return bundle_from_bytes(data, max_bytes=max_bytes)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def clone_params(params: Params) -> Params:
+    """Detached float32 CPU copies."""
+    return {k: v.detach().to("cpu", torch.float32).clone() for k, v in params.items()}
+
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "PolicyBundle",
+    "atomic_write_bytes",
+    "bundle_from_bytes",
+    "bundle_to_bytes",
+    "clone_params",
+    "inner_config_from_dict",
+    "load_bundle",
+    "save_bundle",
+    "validate_bundle",
+]

@@ -1,0 +1,333 @@
+"""Policy-gradient inner loss: rollouts, GAE, linear feature baseline, on-robot adaptation.
+
+Everything is batched over leading dims (``[..., K, T]``: tasks, rollouts, time) and computed
+without a Python loop over time: discounted sums are one matmul with a precomputed ``[T, T]``
+discount matrix. The inner loss is in likelihood-ratio form,
+``-mean(exp(log pi_theta(a|s) - log pi_old(a|s)) * A)`` with ``log pi_old`` the log-density
+under the policy that collected the data (ProMP / DiCE style): its gradient at theta_old is the
+vanilla policy gradient and its second derivative is the right one for MAML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from maml_ros.meta import InnerConfig, adapt
+from maml_ros.rl.policy import GaussianMLPPolicy, Params, PolicySpec, log_prob
+
+if TYPE_CHECKING:
+    from maml_ros.rl.checkpoint import PolicyBundle
+
+Batch = dict[str, torch.Tensor]
+
+
+class RolloutError(ValueError):
+    """Rollouts are malformed (shape, dtype, non-finite values, empty)."""
+
+
+@dataclass(frozen=True)
+class PGConfig:
+    """How advantages are computed for the inner policy-gradient loss."""
+
+    gamma: float = 0.99
+    gae_lambda: float = 1.0
+    normalize_advantages: bool = True
+    baseline_reg: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for name in ("gamma", "gae_lambda"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+        if not isinstance(self.normalize_advantages, bool):
+            raise ValueError("normalize_advantages must be a boolean")
+        reg = self.baseline_reg
+        if not isinstance(reg, int | float) or not math.isfinite(reg) or reg <= 0:
+            raise ValueError(f"baseline_reg must be a positive number, got {reg!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> PGConfig:
+        """Validated PGConfig from its JSON form (unknown keys rejected)."""
+        if not isinstance(data, dict):
+            raise ValueError("pg config must be an object")
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown pg config keys: {sorted(unknown)}")
+        return cls(**data)
+
+
+@dataclass
+class Rollouts:
+    """K episodes of T steps: obs ``[K, T, obs_dim]``, actions ``[K, T, act_dim]``,
+    rewards ``[K, T]`` (float32). ``mask`` ``[K, T]`` is 1 on real steps, 0 on padding after an
+    episode ended early (None: every step is real)."""
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    mask: torch.Tensor | None = None
+
+    @classmethod
+    def from_numpy(
+        cls,
+        obs: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        mask: np.ndarray | None = None,
+    ) -> Rollouts:
+        """Rollouts from numpy arrays (copied to float32 tensors)."""
+        as_t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32)).clone()  # noqa: E731
+        return cls(as_t(obs), as_t(actions), as_t(rewards), None if mask is None else as_t(mask))
+
+    def validated(self, spec: PolicySpec) -> Rollouts:
+        """These rollouts as float32 tensors with a mask, checked against ``spec``."""
+        for name in ("obs", "actions", "rewards"):
+            if not isinstance(getattr(self, name), torch.Tensor):
+                raise RolloutError(f"{name} must be a torch tensor")
+        obs, actions, rewards = self.obs.float(), self.actions.float(), self.rewards.float()
+        if obs.ndim != 3 or obs.shape[-1] != spec.obs_dim:
+            raise RolloutError(f"obs must be [K, T, {spec.obs_dim}], got {tuple(obs.shape)}")
+        k, t = obs.shape[:2]
+        if k < 1 or t < 1:
+            raise RolloutError(f"need at least one step of one episode, got K={k}, T={t}")
+        if tuple(actions.shape) != (k, t, spec.act_dim):
+            raise RolloutError(
+                f"actions must be [{k}, {t}, {spec.act_dim}], got {tuple(actions.shape)}"
+            )
+        if tuple(rewards.shape) != (k, t):
+            raise RolloutError(f"rewards must be [{k}, {t}], got {tuple(rewards.shape)}")
+        mask = torch.ones(k, t) if self.mask is None else self.mask.float()
+        if tuple(mask.shape) != (k, t):
+            raise RolloutError(f"mask must be [{k}, {t}], got {tuple(mask.shape)}")
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            raise RolloutError("mask must hold only 0 and 1")
+        if not bool((mask[:, 0] == 1).all()):
+            raise RolloutError("every episode needs at least one real step (mask[:, 0] == 1)")
+        if not bool((mask[:, 1:] <= mask[:, :-1]).all()):
+            raise RolloutError("mask must be 1 on a prefix of each episode, then 0")
+        for name, value in (("obs", obs), ("actions", actions), ("rewards", rewards)):
+            if not bool(torch.isfinite(value).all()):
+                raise RolloutError(f"{name} contain NaN or infinite values")
+        return Rollouts(obs, actions, rewards, mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# Returns, baseline, advantages (batched, no loop over time).
+
+
+def discount_matrix(
+    horizon: int, factor: float, dtype: torch.dtype = torch.float32, device: Any = None
+) -> torch.Tensor:
+    """``M[t, s] = factor ** (s - t)`` for ``s >= t``, else 0 (so ``x @ M.T`` discounts)."""
+    idx = torch.arange(horizon, device=device, dtype=dtype)
+    lag = idx[None, :] - idx[:, None]
+    return torch.where(lag >= 0, torch.as_tensor(factor, dtype=dtype) ** lag.clamp(min=0), 0.0)
+
+
+def discounted_cumsum(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """``y[..., t] = sum_{s >= t} factor^(s-t) x[..., s]`` along the last dim."""
+    return x @ discount_matrix(x.shape[-1], factor, x.dtype, x.device).T
+
+
+def baseline_features(obs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """rllab linear-baseline features ``[o, o^2, t, t^2, t^3, 1]`` (t = step/100), masked."""
+    o = obs.clamp(-10.0, 10.0)
+    steps = torch.arange(obs.shape[-2], dtype=obs.dtype, device=obs.device) / 100.0
+    t = steps.expand(obs.shape[:-1]).unsqueeze(-1)
+    feats = torch.cat([o, o * o, t, t * t, t**3, torch.ones_like(t)], dim=-1)
+    return feats * mask.unsqueeze(-1)
+
+
+def fit_linear_baseline(
+    obs: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, reg: float
+) -> torch.Tensor:
+    """Values ``[..., K, T]`` of a ridge-regularised linear fit of returns on the features.
+
+    One least-squares problem per leading index (task), all solved in one batched
+    ``torch.linalg.lstsq`` call on the augmented system ``[X; sqrt(reg) I] w = [y; 0]``.
+    """
+    feats = baseline_features(obs, mask)
+    lead = feats.shape[:-3]
+    n_feat = feats.shape[-1]
+    x = feats.reshape(*lead, -1, n_feat).double()
+    y = (returns * mask).reshape(*lead, -1, 1).double()
+    ridge = math.sqrt(reg) * torch.eye(n_feat, dtype=x.dtype, device=x.device)
+    x_aug = torch.cat([x, ridge.expand(*lead, n_feat, n_feat)], dim=-2)
+    y_aug = torch.cat([y, torch.zeros(*lead, n_feat, 1, dtype=y.dtype, device=y.device)], dim=-2)
+    driver = "gelsd" if x.device.type == "cpu" else None
+    weights = torch.linalg.lstsq(x_aug, y_aug, driver=driver).solution
+    values = (x @ weights).reshape(returns.shape)
+    return values.to(obs.dtype) * mask
+
+
+def gae_advantages(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> torch.Tensor:
+    """GAE(gamma, lambda) ``[..., K, T]``; the value after an episode's last step is 0."""
+    values = values * mask
+    next_values = torch.cat([values[..., 1:], torch.zeros_like(values[..., :1])], dim=-1)
+    deltas = (rewards + gamma * next_values - values) * mask
+    return discounted_cumsum(deltas, gamma * lam) * mask
+
+
+def normalize_per_task(adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Zero-mean unit-std advantages over the real steps of each task (dims -2, -1)."""
+    count = mask.sum(dim=(-2, -1), keepdim=True).clamp(min=1.0)
+    mean = (adv * mask).sum(dim=(-2, -1), keepdim=True) / count
+    var = (((adv - mean) * mask) ** 2).sum(dim=(-2, -1), keepdim=True) / count
+    return (adv - mean) / (var.sqrt() + 1e-8) * mask
+
+
+def compute_advantages(
+    obs: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, cfg: PGConfig
+) -> torch.Tensor:
+    """Advantages for ``[..., K, T]`` rollouts: baseline refit on this batch, GAE, per-task norm."""
+    with torch.no_grad():
+        returns = discounted_cumsum(rewards * mask, cfg.gamma) * mask
+        values = fit_linear_baseline(obs, returns, mask, cfg.baseline_reg)
+        adv = gae_advantages(rewards, values, mask, cfg.gamma, cfg.gae_lambda)
+        if cfg.normalize_advantages:
+            adv = normalize_per_task(adv, mask)
+    return adv
+
+
+# ---------------------------------------------------------------------------------------------
+# The inner loss.
+
+
+def make_pg_batch(
+    policy: GaussianMLPPolicy,
+    params: Params,
+    obs: torch.Tensor,
+    actions: torch.Tensor,
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    cfg: PGConfig,
+) -> Batch:
+    """Data of the inner loss for rollouts collected by ``params`` (leading dims: one task)."""
+    with torch.no_grad():
+        logp_old = log_prob(policy, params, obs, actions)
+    return {
+        "obs": obs,
+        "actions": actions,
+        "advantages": compute_advantages(obs, rewards, mask, cfg),
+        "logp_old": logp_old,
+        "mask": mask,
+    }
+
+
+def pg_loss(policy: GaussianMLPPolicy, params: Params, batch: Batch) -> torch.Tensor:
+    """Likelihood-ratio policy-gradient loss ``-mean(ratio * A)`` over the real steps."""
+    logp = log_prob(policy, params, batch["obs"], batch["actions"])
+    ratio = torch.exp(logp - batch["logp_old"])
+    mask = batch["mask"]
+    return -(ratio * batch["advantages"] * mask).sum() / mask.sum()
+
+
+def inner_loss_fn(policy: GaussianMLPPolicy):
+    """``loss_fn(params, batch)`` for :func:`maml_ros.meta.adapt` bound to ``policy``."""
+    return partial(pg_loss, policy)
+
+
+# ---------------------------------------------------------------------------------------------
+# On-robot adaptation.
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> cuda if available else cpu; anything else as given."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def adapt_policy(
+    bundle: PolicyBundle,
+    rollouts: Rollouts,
+    steps: int | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[PolicyBundle, dict[str, Any]]:
+    """The inner update of training applied to ``rollouts`` (collected by ``bundle``'s policy).
+
+    Same loss, PGConfig, inner lr (or Meta-SGD lrs) as the meta-objective; ``steps`` defaults
+    to the bundle's inner steps. Returns a new bundle (float32 CPU params, version + 1) and
+    info: ``inner_loss`` (before the update), ``inner_loss_after``, ``steps``, ``device`` and
+    timings in seconds (``prepare_s``, ``adapt_s``, ``total_s``).
+    """
+    t0 = time.perf_counter()
+    n_steps = bundle.inner.steps if steps is None else steps
+    if not isinstance(n_steps, int) or isinstance(n_steps, bool) or not 1 <= n_steps <= 100:
+        raise ValueError(f"steps must be an integer in [1, 100], got {n_steps!r}")
+    dev = resolve_device(device)
+    data = rollouts.validated(bundle.spec)
+    policy = GaussianMLPPolicy(bundle.spec, bundle.obs_mean, bundle.obs_std).to(dev)
+    params = {k: v.detach().to(dev, torch.float32) for k, v in bundle.params.items()}
+    lrs = (
+        None if bundle.lrs is None else {k: v.to(dev, torch.float32) for k, v in bundle.lrs.items()}
+    )
+    obs, actions, rewards, mask = (
+        x.to(dev) for x in (data.obs, data.actions, data.rewards, data.mask)
+    )
+    batch = make_pg_batch(policy, params, obs, actions, rewards, mask, bundle.pg)
+    loss_fn = inner_loss_fn(policy)
+    with torch.no_grad():
+        loss_before = float(loss_fn(params, batch))
+    t1 = time.perf_counter()
+    # No outer gradient on the robot: first-order gives the same update without a graph.
+    cfg = dataclasses.replace(bundle.inner, steps=n_steps, first_order=True)
+    new_params = adapt(loss_fn, params, batch, cfg, lrs=lrs)
+    new_params = {
+        k: v.detach().to("cpu", torch.float32).contiguous() for k, v in new_params.items()
+    }
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    t2 = time.perf_counter()
+    with torch.no_grad():
+        loss_after = float(loss_fn({k: v.to(dev) for k, v in new_params.items()}, batch))
+    new_bundle = bundle.replace(
+        params=new_params,
+        version=bundle.version + 1,
+        metadata={**bundle.metadata, "adapted_from_version": bundle.version},
+    )
+    info = {
+        "inner_loss": loss_before,
+        "inner_loss_after": loss_after,
+        "steps": n_steps,
+        "device": str(dev),
+        "n_transitions": int(mask.sum()),
+        "prepare_s": t1 - t0,
+        "adapt_s": t2 - t1,
+        "total_s": time.perf_counter() - t0,
+    }
+    return new_bundle, info
+
+
+__all__ = [
+    "Batch",
+    "InnerConfig",
+    "PGConfig",
+    "RolloutError",
+    "Rollouts",
+    "adapt_policy",
+    "compute_advantages",
+    "discount_matrix",
+    "discounted_cumsum",
+    "fit_linear_baseline",
+    "gae_advantages",
+    "inner_loss_fn",
+    "make_pg_batch",
+    "normalize_per_task",
+    "pg_loss",
+    "resolve_device",
+]

@@ -1,0 +1,192 @@
+"""Checkpoint codec: round trip, atomic files, and every rejection path."""
+
+import json
+import struct
+
+import pytest
+import safetensors.torch
+import torch
+
+from maml_ros.meta import InnerConfig, init_meta_sgd_lrs
+from maml_ros.rl.checkpoint import (
+    CheckpointError,
+    PolicyBundle,
+    bundle_from_bytes,
+    bundle_to_bytes,
+    load_bundle,
+    save_bundle,
+)
+from maml_ros.rl.pg import PGConfig
+from maml_ros.rl.policy import GaussianMLPPolicy, PolicySpec
+
+
+def make_bundle(with_lrs: bool = False) -> PolicyBundle:
+    spec = PolicySpec(hidden=(16, 16))
+    params = GaussianMLPPolicy(spec).params()
+    lrs = None
+    if with_lrs:
+        lrs = {k: v.detach() for k, v in init_meta_sgd_lrs(params, 0.05).items()}
+    return PolicyBundle(
+        spec=spec,
+        params=params,
+        obs_mean=torch.linspace(-1, 1, 14),
+        obs_std=torch.linspace(0.5, 2, 14),
+        inner=InnerConfig(lr=0.1, steps=2),
+        pg=PGConfig(gamma=0.95, gae_lambda=0.9),
+        lrs=lrs,
+        version=7,
+        run_id="abc",
+        metadata={"task_family": "reach", "note": [1, 2]},
+    )
+
+
+def raw_parts(bundle: PolicyBundle) -> tuple[dict, dict]:
+    """The tensors and header metadata of a valid encoding, for crafting bad ones."""
+    data = bundle_to_bytes(bundle)
+    (n,) = struct.unpack("<Q", data[:8])
+    metadata = json.loads(data[8 : 8 + n])["__metadata__"]
+    return dict(safetensors.torch.load(data)), metadata
+
+
+@pytest.mark.parametrize("with_lrs", [False, True])
+def test_round_trip_preserves_everything(with_lrs):
+    bundle = make_bundle(with_lrs)
+    back = bundle_from_bytes(bundle_to_bytes(bundle))
+    assert back.spec == bundle.spec
+    assert back.inner == bundle.inner
+    assert back.pg == bundle.pg
+    assert (back.version, back.run_id, back.metadata) == (7, "abc", bundle.metadata)
+    for name, value in bundle.params.items():
+        assert torch.equal(back.params[name], value)
+    assert torch.equal(back.obs_std, bundle.obs_std)
+    assert (back.lrs is None) == (not with_lrs)
+    if with_lrs:
+        assert all(torch.equal(back.lrs[k], v) for k, v in bundle.lrs.items())
+
+
+def test_save_and_load_file_is_atomic(tmp_path):
+    path = tmp_path / "sub" / "policy.safetensors"
+    save_bundle(path, make_bundle())
+    save_bundle(path, make_bundle().replace(version=8))
+    assert load_bundle(path).version == 8
+    assert [p.name for p in path.parent.iterdir()] == ["policy.safetensors"]
+
+
+def test_load_missing_file_is_a_checkpoint_error(tmp_path):
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_bundle(tmp_path / "nope.safetensors")
+
+
+def test_rejects_truncated():
+    data = bundle_to_bytes(make_bundle())
+    for cut in (4, 100, len(data) - 10):
+        with pytest.raises(CheckpointError, match=r"truncated|corrupted"):
+            bundle_from_bytes(data[:cut])
+
+
+def test_rejects_corrupted_header():
+    data = bytearray(bundle_to_bytes(make_bundle()))
+    data[8:16] = b"\xff\xfe{{{{{{"
+    with pytest.raises(CheckpointError, match="corrupted"):
+        bundle_from_bytes(bytes(data))
+
+
+def test_rejects_garbage():
+    with pytest.raises(CheckpointError):
+        bundle_from_bytes(b"\x00" * 64)
+
+
+def test_rejects_oversized():
+    data = bundle_to_bytes(make_bundle())
+    with pytest.raises(CheckpointError, match="oversized"):
+        bundle_from_bytes(data, max_bytes=len(data) - 1)
+
+
+def test_rejects_wrong_shape():
+    tensors, metadata = raw_parts(make_bundle())
+    tensors["params/mlp.0.weight"] = torch.zeros(16, 13)
+    with pytest.raises(CheckpointError, match=r"mlp\.0\.weight.*shape"):
+        bundle_from_bytes(safetensors.torch.save(tensors, metadata=metadata))
+
+
+def test_rejects_missing_and_unexpected_tensors():
+    tensors, metadata = raw_parts(make_bundle())
+    del tensors["params/log_std"]
+    with pytest.raises(CheckpointError, match="log_std"):
+        bundle_from_bytes(safetensors.torch.save(tensors, metadata=metadata))
+    tensors, metadata = raw_parts(make_bundle())
+    tensors["extra"] = torch.zeros(2)
+    with pytest.raises(CheckpointError, match="unexpected"):
+        bundle_from_bytes(safetensors.torch.save(tensors, metadata=metadata))
+
+
+def test_rejects_wrong_dtype():
+    tensors, metadata = raw_parts(make_bundle())
+    tensors["params/log_std"] = tensors["params/log_std"].double()
+    with pytest.raises(CheckpointError, match="float32"):
+        bundle_from_bytes(safetensors.torch.save(tensors, metadata=metadata))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_rejects_non_finite_weights(bad):
+    tensors, metadata = raw_parts(make_bundle())
+    tensors["params/mlp.1.bias"][3] = bad
+    with pytest.raises(CheckpointError, match="NaN or infinite"):
+        bundle_from_bytes(safetensors.torch.save(tensors, metadata=metadata))
+
+
+def test_rejects_non_positive_obs_std():
+    tensors, metadata = raw_parts(make_bundle())
+    tensors["obs_std"][0] = 0.0
+    with pytest.raises(CheckpointError, match="obs_std"):
+        bundle_from_bytes(safetensors.torch.save(tensors, metadata=metadata))
+
+
+def test_rejects_unsupported_version():
+    tensors, metadata = raw_parts(make_bundle())
+    metadata["format_version"] = "99"
+    with pytest.raises(CheckpointError, match="unsupported format version"):
+        bundle_from_bytes(safetensors.torch.save(tensors, metadata=metadata))
+
+
+@pytest.mark.parametrize("key", ["spec", "inner", "version", "run_id", "format"])
+def test_rejects_missing_metadata(key):
+    tensors, metadata = raw_parts(make_bundle())
+    del metadata[key]
+    with pytest.raises(CheckpointError, match="missing metadata"):
+        bundle_from_bytes(safetensors.torch.save(tensors, metadata=metadata))
+
+
+def test_rejects_no_metadata_at_all():
+    tensors, _ = raw_parts(make_bundle())
+    with pytest.raises(CheckpointError, match="missing metadata"):
+        bundle_from_bytes(safetensors.torch.save(tensors))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "reason"),
+    [
+        ("spec", "{not json", "not valid JSON"),
+        ("spec", json.dumps({"obs_dim": 14, "act_dim": 7, "hidden": [32, 16]}), "shape"),
+        ("spec", json.dumps({"obs_dim": 14, "wings": 2}), "unknown"),
+        ("inner", json.dumps({"lr": -1.0}), "lr"),
+        ("inner", json.dumps({"lr": 0.1, "momentum": 0.9}), "unknown"),
+        ("pg", json.dumps({"gamma": 2.0}), "gamma"),
+        ("version", "seven", "integer"),
+        ("format", "someone.else", "not a maml_ros policy"),
+    ],
+)
+def test_rejects_bad_metadata_values(key, value, reason):
+    tensors, metadata = raw_parts(make_bundle())
+    metadata[key] = value
+    with pytest.raises(CheckpointError, match=reason):
+        bundle_from_bytes(safetensors.torch.save(tensors, metadata=metadata))
+
+
+def test_encode_validates_too():
+    bundle = make_bundle()
+    bundle.params["log_std"] = torch.full((7,), float("nan"))
+    with pytest.raises(CheckpointError, match="NaN"):
+        bundle_to_bytes(bundle)
+    with pytest.raises(CheckpointError, match="JSON"):
+        bundle_to_bytes(make_bundle().replace(metadata={"x": object()}))
