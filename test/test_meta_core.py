@@ -13,6 +13,7 @@ from maml_ros.meta import (
     NonFiniteError,
     adapt,
     adapt_batched,
+    adapt_batched_with_status,
     init_meta_sgd_lrs,
     meta_loss,
     meta_loss_loop,
@@ -161,7 +162,7 @@ def test_nan_in_inner_loss_raises_naming_the_task() -> None:
     net = _net()
     params = _params(net)
     support, _ = _with_nan_in_task(2)
-    with pytest.raises(NonFiniteError, match=r"task 2 step\(s\) \[0"):
+    with pytest.raises(NonFiniteError, match=r"task 2 step\(s\) \[0, 1\] \(of 4\)"):
         adapt_batched(_mse_loss(net), params, support, InnerConfig(steps=2))
     single = (support[0][2], support[1][2])
     with pytest.raises(NonFiniteError, match="step"):
@@ -174,7 +175,8 @@ def test_rollback_returns_theta_for_the_bad_task_only() -> None:
     loss_fn = _mse_loss(net)
     support, query = _with_nan_in_task(1)
     cfg = InnerConfig(lr=0.1, steps=2, on_nonfinite="rollback")
-    adapted = adapt_batched(loss_fn, params, support, cfg)
+    adapted, task_ok = adapt_batched_with_status(loss_fn, params, support, cfg)
+    assert task_ok.tolist() == [True, False, True, True]
     for name, p in params.items():
         assert torch.equal(adapted[name][1], p)
         for task in (0, 2, 3):

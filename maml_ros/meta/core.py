@@ -119,21 +119,27 @@ def adapt_batched(
     non-finite inner loss/gradient get theta back (with a clean gradient path to theta: the
     remaining tasks are re-adapted without them, so NaNs never reach the outer gradient).
     """
+    adapted, _ = adapt_batched_with_status(loss_fn, params, batches, cfg, lrs)
+    return adapted
+
+
+def adapt_batched_with_status(
+    loss_fn: LossFn, params: Params, batches: Any, cfg: InnerConfig, lrs: Params | None = None
+) -> tuple[Params, torch.Tensor]:
+    """``adapt_batched`` plus a bool tensor [num_tasks]: False where a task was rolled back."""
     _check_inputs(params, cfg, lrs)
     num_tasks = _num_tasks(batches)
+    device = next(iter(params.values())).device
     if cfg.steps == 0:
-        return {k: p.unsqueeze(0).expand(num_tasks, *p.shape) for k, p in params.items()}
+        same = {k: p.unsqueeze(0).expand(num_tasks, *p.shape) for k, p in params.items()}
+        return same, torch.ones(num_tasks, dtype=torch.bool, device=device)
     adapted, finite = _vmapped_adapt(loss_fn, params, batches, lrs, cfg)
     task_ok = finite.all(dim=1)
     if bool(task_ok.all()):
-        return adapted
-    bad = (~task_ok).nonzero().flatten().tolist()
+        return adapted, task_ok
     if cfg.on_nonfinite == "raise":
-        detail = ", ".join(
-            f"task {t} step(s) {(~finite[t]).nonzero().flatten().tolist()}" for t in bad
-        )
-        raise NonFiniteError(f"non-finite inner loss or gradient: {detail}")
-    return _rollback(loss_fn, params, batches, lrs, cfg, task_ok)
+        raise NonFiniteError(f"non-finite inner loss or gradient: {_describe_bad(finite)}")
+    return _rollback(loss_fn, params, batches, lrs, cfg, task_ok), task_ok
 
 
 def meta_loss(
@@ -252,6 +258,14 @@ def _rollback(
             "(is loss_fn deterministic?)"
         )
     return {k: out[k].index_copy(0, ok_index.to(out[k].device), adapted[k]) for k in out}
+
+
+def _describe_bad(finite: torch.Tensor, shown: int = 8) -> str:
+    """'task 2 step(s) [0, 1], ...' for the first ``shown`` tasks with a non-finite step."""
+    bad = (~finite.all(dim=1)).nonzero().flatten().tolist()
+    parts = [f"task {t} step(s) {(~finite[t]).nonzero().flatten().tolist()}" for t in bad[:shown]]
+    more = f" and {len(bad) - shown} more task(s)" if len(bad) > shown else ""
+    return ", ".join(parts) + more + f" (of {finite.shape[0]})"
 
 
 def _check_params(params: Params) -> None:
