@@ -1,0 +1,328 @@
+"""The one place ROS messages become domain objects and back.
+
+Every ``*_from_msg`` / ``*_to_arrays`` function validates its input and raises ``ValueError``
+with the reason; nodes catch it, call ``NodeStatus.drop(kind, reason)`` and carry on. No
+other exception type escapes a converter for any message content.
+
+Conventions (see :mod:`maml_ros.ros.interfaces`): a stamp is the ``header.stamp`` of the joint
+state a message belongs to, as integer nanoseconds (> 0); ``reward`` packs (reward, success,
+episode) into a Vector3Stamped; ``actions`` is a JointState whose ``velocity`` is the action in
+policy units; ``commands`` are joint velocities in rad/s. The layout of the MultiArray messages
+is not used (the payload is ``data``, with ``layout.data_offset`` required to be 0).
+
+The sim and rl layers are imported when a task or policy is converted, so the joint-state,
+reward, action and command converters do not pull in PyBullet or torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import Vector3Stamped
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray, String, UInt8MultiArray
+
+from maml_ros.ros.common import ns_to_stamp, stamp_to_ns
+
+if TYPE_CHECKING:
+    from maml_ros.rl.checkpoint import PolicyBundle
+    from maml_ros.sim import TaskSpec
+
+MAX_TASK_BYTES = 64 * 1024
+"""Largest task JSON accepted (checked before parsing)."""
+MAX_EPISODE = 2**53
+"""Episode counters must be exactly representable in the float64 ``vector.z``."""
+_NS_PER_S = 1_000_000_000
+# Exceptions a parser may raise on hostile input besides ValueError (deep JSON nesting,
+# wrong JSON types reaching a constructor, huge numbers).
+_PARSER_ERRORS = (TypeError, KeyError, AttributeError, IndexError, OverflowError, RecursionError)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stamps
+
+
+def stamp_ns_of(stamp: Time) -> int:
+    """A header stamp as integer nanoseconds; rejects a zero or malformed stamp."""
+    if not isinstance(stamp, Time):
+        raise ValueError(f"stamp must be a builtin_interfaces/Time, got {type(stamp).__name__}")
+    if not 0 <= stamp.nanosec < _NS_PER_S:
+        raise ValueError(f"stamp nanosec must be in [0, 1e9), got {stamp.nanosec}")
+    if stamp.sec < 0:
+        raise ValueError(f"stamp sec must be >= 0, got {stamp.sec}")
+    ns = stamp_to_ns(stamp)
+    if ns == 0:
+        raise ValueError("stamp is zero (unset header.stamp)")
+    return ns
+
+
+def as_stamp(stamp: Time | int) -> Time:
+    """A Time from a Time or from positive integer nanoseconds."""
+    if isinstance(stamp, Time):
+        stamp_ns_of(stamp)
+        return stamp
+    if isinstance(stamp, bool) or not isinstance(stamp, int | np.integer):
+        raise ValueError(f"stamp must be a Time or integer nanoseconds, got {type(stamp).__name__}")
+    if not 0 < int(stamp) < 2**31 * _NS_PER_S:
+        raise ValueError(f"stamp must be in (0, 2^31 s) as nanoseconds, got {stamp}")
+    return ns_to_stamp(int(stamp))
+
+
+def _check_type(msg: object, expected: type) -> None:
+    if not isinstance(msg, expected):
+        raise ValueError(f"expected {expected.__name__}, got {type(msg).__name__}")
+
+
+def _finite_vector(values: Sequence[float] | np.ndarray, what: str) -> np.ndarray:
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 1:
+        raise ValueError(f"{what} must be a flat sequence of numbers")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{what} contains NaN or infinite values")
+    return array
+
+
+def _name_indices(names: Sequence[str], wanted: Sequence[str], what: str) -> np.ndarray:
+    """Index into ``names`` of every name in ``wanted``; rejects duplicates and missing names."""
+    index = {name: i for i, name in enumerate(names)}
+    if len(index) != len(names):
+        dupes = sorted(name for name, count in Counter(names).items() if count > 1)
+        raise ValueError(f"{what}: duplicate joint names {dupes}")
+    missing = [name for name in wanted if name not in index]
+    if missing:
+        raise ValueError(f"{what}: missing joints {missing}")
+    return np.fromiter((index[name] for name in wanted), dtype=np.intp, count=len(wanted))
+
+
+# ---------------------------------------------------------------------------------------------
+# sensor_msgs/JointState (joint_states)
+
+
+def joint_state_to_arrays(
+    msg: JointState,
+    joint_names: Sequence[str],
+    *,
+    last_stamp_ns: int | None = None,
+    max_age_ns: int | None = None,
+    now_ns: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(positions, velocities, stamp_ns) of ``joint_names``, in that order (float64 arrays).
+
+    The message may list the joints in any order and carry extra joints. Rejected: missing or
+    duplicate names, position/velocity lengths that differ from the names, NaN/Inf in the
+    wanted joints, a zero stamp, a stamp not after ``last_stamp_ns``, and (when ``max_age_ns``
+    and ``now_ns`` are given) a stamp older than ``max_age_ns``.
+    """
+    _check_type(msg, JointState)
+    stamp_ns = stamp_ns_of(msg.header.stamp)
+    if last_stamp_ns is not None and stamp_ns <= last_stamp_ns:
+        raise ValueError(f"stamp {stamp_ns} ns is not after the previous stamp {last_stamp_ns} ns")
+    if max_age_ns is not None and now_ns is not None and now_ns - stamp_ns > max_age_ns:
+        raise ValueError(
+            f"stale joint state: {(now_ns - stamp_ns) / 1e9:.3f} s old "
+            f"(limit {max_age_ns / 1e9:.3f} s)"
+        )
+    names = list(msg.name)
+    if len(msg.position) != len(names) or len(msg.velocity) != len(names):
+        raise ValueError(
+            f"joint state has {len(names)} names, {len(msg.position)} positions and "
+            f"{len(msg.velocity)} velocities (all must be equal)"
+        )
+    indices = _name_indices(names, joint_names, "joint state")
+    positions = np.asarray(msg.position, dtype=np.float64)[indices]
+    velocities = np.asarray(msg.velocity, dtype=np.float64)[indices]
+    if not (np.isfinite(positions).all() and np.isfinite(velocities).all()):
+        raise ValueError("joint state contains NaN or infinite positions/velocities")
+    return positions, velocities, stamp_ns
+
+
+def arrays_to_joint_state(
+    stamp: Time | int,
+    joint_names: Sequence[str],
+    positions: Sequence[float] | np.ndarray,
+    velocities: Sequence[float] | np.ndarray,
+) -> JointState:
+    """A stamped JointState (name, position, velocity; effort empty)."""
+    positions = _finite_vector(positions, "positions")
+    velocities = _finite_vector(velocities, "velocities")
+    if not len(joint_names) == len(positions) == len(velocities):
+        raise ValueError("joint_names, positions and velocities must have the same length")
+    msg = JointState()
+    msg.header.stamp = as_stamp(stamp)
+    msg.name = list(joint_names)
+    msg.position = positions.tolist()
+    msg.velocity = velocities.tolist()
+    return msg
+
+
+# ---------------------------------------------------------------------------------------------
+# std_msgs/String (task)
+
+
+def task_from_msg(msg: String, max_bytes: int = MAX_TASK_BYTES) -> TaskSpec:
+    """The TaskSpec in a task message; the size is capped before parsing."""
+    from maml_ros.sim import TaskSpec, TaskSpecError
+
+    _check_type(msg, String)
+    size = len(msg.data.encode("utf-8", errors="surrogatepass"))
+    if size > max_bytes:
+        raise ValueError(f"task message is {size} bytes, over the limit of {max_bytes}")
+    try:
+        return TaskSpec.from_json(msg.data)
+    except TaskSpecError:
+        raise
+    except ValueError as exc:
+        raise ValueError(f"invalid task: {exc}") from exc
+    except _PARSER_ERRORS as exc:
+        raise ValueError(f"invalid task: {type(exc).__name__}: {exc}") from exc
+
+
+def task_to_msg(task: TaskSpec) -> String:
+    """A task message holding ``task.to_json()``."""
+    return String(data=task.to_json())
+
+
+# ---------------------------------------------------------------------------------------------
+# std_msgs/UInt8MultiArray (policy)
+
+
+def policy_to_msg(bundle: PolicyBundle) -> UInt8MultiArray:
+    """A policy message: the bundle's safetensors bytes (rl's codec)."""
+    from maml_ros.rl.checkpoint import bundle_to_bytes
+
+    msg = UInt8MultiArray()
+    msg.data = bundle_to_bytes(bundle)
+    return msg
+
+
+def policy_from_msg(msg: UInt8MultiArray, max_bytes: int) -> PolicyBundle:
+    """The validated PolicyBundle in a policy message; the size is checked first."""
+    from maml_ros.rl.checkpoint import bundle_from_bytes
+
+    _check_type(msg, UInt8MultiArray)
+    if len(msg.data) > max_bytes:
+        raise ValueError(f"oversized policy: {len(msg.data)} bytes, limit {max_bytes}")
+    if msg.layout.data_offset != 0:
+        raise ValueError(f"policy layout.data_offset must be 0, got {msg.layout.data_offset}")
+    try:
+        return bundle_from_bytes(bytes(msg.data), max_bytes=max_bytes)
+    except ValueError:  # CheckpointError is a ValueError
+        raise
+    except _PARSER_ERRORS as exc:
+        raise ValueError(f"invalid policy: {type(exc).__name__}: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# geometry_msgs/Vector3Stamped (reward)
+
+
+def reward_from_msg(msg: Vector3Stamped) -> tuple[int, float, bool, int]:
+    """(stamp_ns, reward, success, episode) of a reward message."""
+    _check_type(msg, Vector3Stamped)
+    stamp_ns = stamp_ns_of(msg.header.stamp)
+    reward, success, episode = msg.vector.x, msg.vector.y, msg.vector.z
+    if not math.isfinite(reward):
+        raise ValueError(f"reward must be finite, got {reward}")
+    if success not in (0.0, 1.0):
+        raise ValueError(f"success (vector.y) must be 0.0 or 1.0, got {success}")
+    if not (math.isfinite(episode) and episode == int(episode) and 0 <= episode <= MAX_EPISODE):
+        raise ValueError(f"episode (vector.z) must be a non-negative integer, got {episode}")
+    return stamp_ns, float(reward), success == 1.0, int(episode)
+
+
+def reward_to_msg(stamp: Time | int, reward: float, success: bool, episode: int) -> Vector3Stamped:
+    """A reward message (x = reward, y = success, z = episode)."""
+    if not math.isfinite(reward):
+        raise ValueError(f"reward must be finite, got {reward}")
+    if isinstance(episode, bool) or not isinstance(episode, int | np.integer):
+        raise ValueError(f"episode must be an integer, got {episode!r}")
+    if not 0 <= episode <= MAX_EPISODE:
+        raise ValueError(f"episode must be in [0, 2^53], got {episode}")
+    msg = Vector3Stamped()
+    msg.header.stamp = as_stamp(stamp)
+    msg.vector.x = float(reward)
+    msg.vector.y = 1.0 if success else 0.0
+    msg.vector.z = float(episode)
+    return msg
+
+
+# ---------------------------------------------------------------------------------------------
+# sensor_msgs/JointState (<controller>/actions)
+
+
+def action_to_msg(
+    stamp: Time | int, joint_names: Sequence[str], action: Sequence[float] | np.ndarray
+) -> JointState:
+    """An action echo: ``name`` = joints, ``velocity`` = action (policy units), no positions."""
+    action = _finite_vector(action, "action")
+    if len(action) != len(joint_names):
+        raise ValueError(f"action has {len(action)} values for {len(joint_names)} joints")
+    msg = JointState()
+    msg.header.stamp = as_stamp(stamp)
+    msg.name = list(joint_names)
+    msg.velocity = action.tolist()
+    return msg
+
+
+def action_from_msg(msg: JointState, joint_names: Sequence[str]) -> tuple[int, np.ndarray]:
+    """(stamp_ns, action) of an action echo, reordered to ``joint_names`` (float64)."""
+    _check_type(msg, JointState)
+    stamp_ns = stamp_ns_of(msg.header.stamp)
+    names = list(msg.name)
+    if len(msg.velocity) != len(names):
+        raise ValueError(
+            f"action message has {len(names)} names but {len(msg.velocity)} velocities"
+        )
+    indices = _name_indices(names, joint_names, "action")
+    action = np.asarray(msg.velocity, dtype=np.float64)[indices]
+    if not np.isfinite(action).all():
+        raise ValueError("action contains NaN or infinite values")
+    return stamp_ns, action
+
+
+# ---------------------------------------------------------------------------------------------
+# std_msgs/Float64MultiArray (<controller>/commands)
+
+
+def commands_to_msg(velocities: Sequence[float] | np.ndarray) -> Float64MultiArray:
+    """A forward-command message of joint velocities (rad/s)."""
+    msg = Float64MultiArray()
+    msg.data = _finite_vector(velocities, "commands").tolist()
+    return msg
+
+
+def commands_from_msg(msg: Float64MultiArray, n_joints: int) -> np.ndarray:
+    """The ``n_joints`` joint velocities (rad/s, float64) of a command message."""
+    _check_type(msg, Float64MultiArray)
+    if msg.layout.data_offset != 0:
+        raise ValueError(f"commands layout.data_offset must be 0, got {msg.layout.data_offset}")
+    if len(msg.data) != n_joints:
+        raise ValueError(f"commands have {len(msg.data)} values, expected {n_joints}")
+    velocities = np.asarray(msg.data, dtype=np.float64)
+    if not np.isfinite(velocities).all():
+        raise ValueError("commands contain NaN or infinite values")
+    return velocities
+
+
+__all__ = [
+    "MAX_TASK_BYTES",
+    "action_from_msg",
+    "action_to_msg",
+    "arrays_to_joint_state",
+    "as_stamp",
+    "commands_from_msg",
+    "commands_to_msg",
+    "joint_state_to_arrays",
+    "policy_from_msg",
+    "policy_to_msg",
+    "reward_from_msg",
+    "reward_to_msg",
+    "stamp_ns_of",
+    "task_from_msg",
+    "task_to_msg",
+]
