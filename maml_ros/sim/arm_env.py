@@ -1,0 +1,287 @@
+"""The simulated KUKA LBR iiwa: a gymnasium env in PyBullet DIRECT mode.
+
+Physics runs at a fixed ``physics_hz`` (240 Hz); the policy acts at ``control_hz`` (40 Hz, so six
+physics sub-steps per action). An action in [-1, 1]^7 is scaled by ``max_joint_velocity`` (rad/s)
+to joint velocity commands, which joint motors track within realistic torque limits
+(:data:`JOINT_FORCE_LIMITS`, KUKA LBR iiwa 7 R800). The servo is stiff, like a real arm's, so a
+body change shows where torque runs out: a payload slows accelerations (a 4 kg payload moves the
+end effector by ~8 cm after 30 random actions) and makes a weak joint sag; a task's joint damping
+is viscous friction added to the URDF's 0.5 N·m·s/rad, which the motors overcome unless the joint
+is weak or back-driven (a few mm on a nominal arm; it slows a sagging joint).
+
+The observation is exactly what ``/joint_states`` carries: joint positions (with the task's
+encoder offsets added) and joint velocities; no goal, no phase.
+
+Reward of a step: ``-distance(ee, goal) - action_cost * |a|^2`` with ``a`` the clipped action and
+the distance measured after the step. ``info["success"]`` is True when that distance is below
+``success_threshold`` (5 cm); an episode succeeds when any of its steps does (Meta-World's
+protocol). Episodes never terminate; they are truncated after ``horizon`` steps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+import pybullet as pb
+import pybullet_data
+
+from maml_ros.sim.task import NUM_JOINTS, TaskSpec, nominal_task
+
+URDF = "kuka_iiwa/model.urdf"
+EE_LINK = 6
+"""Index of the link whose frame origin is the end-effector point (lbr_iiwa_link_7)."""
+HOME_POSE = (0.0, 0.5, 0.0, -1.6, 0.0, 1.0, 0.0)
+"""Home joint positions (rad); the end effector then sits near the goal cube's centre."""
+JOINT_FORCE_LIMITS = (176.0, 176.0, 110.0, 110.0, 110.0, 40.0, 40.0)
+"""Motor torque limits (N·m) of the KUKA LBR iiwa 7 R800."""
+PAYLOAD_RADIUS = 0.05
+"""The payload is a solid sphere of this radius (m) at the end-effector link's centre of mass."""
+MAX_OBS_VELOCITY = 20.0
+"""Joint speed bound (rad/s) of the observation space, far above any iiwa joint's speed."""
+OBS_DIM = 2 * NUM_JOINTS
+ACT_DIM = NUM_JOINTS
+
+
+def observation_from_joint_state(
+    positions: Sequence[float] | np.ndarray, velocities: Sequence[float] | np.ndarray
+) -> np.ndarray:
+    """The policy observation: ``[positions(7), velocities(7)]`` as float32.
+
+    This is the one place an observation is built (the env and the ROS controller both call
+    it). Raises ValueError on a wrong length or a non-finite value.
+    """
+    obs = np.empty(OBS_DIM, dtype=np.float32)
+    try:
+        obs[:NUM_JOINTS] = positions
+        obs[NUM_JOINTS:] = velocities
+    except (ValueError, TypeError) as exc:
+        raise ValueError(
+            f"a joint state needs {NUM_JOINTS} positions and {NUM_JOINTS} velocities: {exc}"
+        ) from None
+    if not np.isfinite(obs).all():
+        raise ValueError("joint state holds a non-finite value")
+    return obs
+
+
+class ArmEnv(gym.Env):
+    """KUKA iiwa reaching with a hidden goal and a possibly changed body (see module doc)."""
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 40}
+
+    def __init__(
+        self,
+        task: TaskSpec | None = None,
+        *,
+        control_hz: int = 40,
+        physics_hz: int = 240,
+        horizon: int = 50,
+        max_joint_velocity: float = 1.5,
+        action_cost: float = 0.01,
+        success_threshold: float = 0.05,
+        reset_noise: float = 0.01,
+        render_mode: str | None = None,
+    ) -> None:
+        if control_hz <= 0 or physics_hz <= 0 or physics_hz % control_hz:
+            raise ValueError(
+                f"physics_hz ({physics_hz}) must be a positive multiple of control_hz "
+                f"({control_hz})"
+            )
+        if horizon <= 0:
+            raise ValueError(f"horizon must be positive, got {horizon}")
+        for name, value in (
+            ("max_joint_velocity", max_joint_velocity),
+            ("success_threshold", success_threshold),
+        ):
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value}")
+        for name, value in (("action_cost", action_cost), ("reset_noise", reset_noise)):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a non-negative number, got {value}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"unsupported render_mode {render_mode!r}")
+        self.control_hz = control_hz
+        self.physics_hz = physics_hz
+        self.substeps = physics_hz // control_hz
+        self.horizon = horizon
+        self.max_joint_velocity = float(max_joint_velocity)
+        self.action_cost = float(action_cost)
+        self.success_threshold = float(success_threshold)
+        self.reset_noise = float(reset_noise)
+        self.render_mode = render_mode
+        self.metadata = {**self.metadata, "render_fps": control_hz}
+
+        self._client = pb.connect(pb.DIRECT)
+        self._cid = {"physicsClientId": self._client}
+        pb.setAdditionalSearchPath(pybullet_data.getDataPath(), **self._cid)
+        pb.setGravity(0.0, 0.0, -9.81, **self._cid)
+        pb.setPhysicsEngineParameter(fixedTimeStep=1.0 / physics_hz, **self._cid)
+        self._robot = pb.loadURDF(URDF, useFixedBase=True, **self._cid)
+        self._joints = list(range(NUM_JOINTS))
+        infos = [pb.getJointInfo(self._robot, j, **self._cid) for j in self._joints]
+        self.joint_names: tuple[str, ...] = tuple(info[1].decode() for info in infos)
+        self.joint_lower = np.array([info[8] for info in infos])
+        self.joint_upper = np.array([info[9] for info in infos])
+        ee_dynamics = pb.getDynamicsInfo(self._robot, EE_LINK, **self._cid)
+        self._base_damping = np.array([info[6] for info in infos])  # 0.5 in the URDF
+        self._ee_mass = float(ee_dynamics[0])
+        self._ee_inertia = np.array(ee_dynamics[2], dtype=float)
+        self._force_limits = np.array(JOINT_FORCE_LIMITS)
+
+        position_margin = 0.5  # encoder offsets and joint-limit overshoot
+        low = np.concatenate([self.joint_lower - position_margin, [-MAX_OBS_VELOCITY] * NUM_JOINTS])
+        high = np.concatenate([self.joint_upper + position_margin, [MAX_OBS_VELOCITY] * NUM_JOINTS])
+        self.observation_space = gym.spaces.Box(
+            low.astype(np.float32), high.astype(np.float32), dtype=np.float32
+        )
+        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(ACT_DIM,), dtype=np.float32)
+
+        self._steps = 0
+        self._goal_marker: int | None = None
+        self.set_task(task if task is not None else nominal_task())
+        self._reset_joints(np.array(HOME_POSE))
+
+    # --- task -----------------------------------------------------------------------------
+
+    @property
+    def task(self) -> TaskSpec:
+        """The current task."""
+        return self._task
+
+    @property
+    def goal(self) -> np.ndarray:
+        """The current (hidden) end-effector goal, m."""
+        return self._goal.copy()
+
+    def set_task(self, task: TaskSpec) -> None:
+        """Apply ``task`` now: goal, actuator gains, damping, payload and encoder offsets."""
+        if not isinstance(task, TaskSpec):
+            raise TypeError(f"task must be a TaskSpec, got {type(task).__name__}")
+        self._task = task
+        self._goal = np.array(task.goal, dtype=float)
+        gain = np.array(task.joint_gain, dtype=float)
+        dead = gain == 0.0
+        # A weak joint tracks gain * command within gain * torque limit; a dead joint is braked:
+        # it holds position with the nominal torque limit.
+        self._velocity_scale = self.max_joint_velocity * gain
+        self._forces = np.where(dead, self._force_limits, self._force_limits * gain)
+        self._offsets = np.array(task.encoder_offset, dtype=float)
+        damping = self._base_damping + np.array(task.joint_damping)  # extra viscous friction
+        for j in self._joints:
+            pb.changeDynamics(self._robot, j, jointDamping=float(damping[j]), **self._cid)
+        payload = task.payload_kg
+        sphere_inertia = 0.4 * payload * PAYLOAD_RADIUS**2
+        pb.changeDynamics(
+            self._robot,
+            EE_LINK,
+            mass=self._ee_mass + payload,
+            localInertiaDiagonal=list(self._ee_inertia + sphere_inertia),
+            **self._cid,
+        )
+        self._command(np.zeros(NUM_JOINTS))
+
+    # --- gymnasium API --------------------------------------------------------------------
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Back to the home pose (plus uniform noise of ``reset_noise`` rad), at rest.
+
+        ``options={"task": TaskSpec | str}`` switches the task first (a str is task JSON).
+        """
+        super().reset(seed=seed)
+        if options and options.get("task") is not None:
+            task = options["task"]
+            self.set_task(TaskSpec.from_json(task) if isinstance(task, str) else task)
+        noise = self.np_random.uniform(-self.reset_noise, self.reset_noise, NUM_JOINTS)
+        self._reset_joints(np.array(HOME_POSE) + noise)
+        self._steps = 0
+        positions, velocities = self.joint_state()
+        ee = self.ee_position()
+        distance = float(np.linalg.norm(ee - self._goal))
+        info = {"success": distance < self.success_threshold, "distance": distance, "ee_pos": ee}
+        return observation_from_joint_state(positions, velocities), info
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """Apply one action for ``substeps`` physics steps; see the module doc for the reward."""
+        action = np.asarray(action, dtype=np.float64)
+        if action.shape != (ACT_DIM,):
+            raise ValueError(f"action must have shape ({ACT_DIM},), got {action.shape}")
+        if not np.isfinite(action).all():
+            raise ValueError("action holds a non-finite value")
+        action = np.clip(action, -1.0, 1.0)
+        self._command(action * self._velocity_scale)
+        for _ in range(self.substeps):
+            pb.stepSimulation(**self._cid)
+        self._steps += 1
+        states = pb.getJointStates(self._robot, self._joints, **self._cid)
+        positions = np.fromiter((s[0] for s in states), float, NUM_JOINTS) + self._offsets
+        velocities = np.fromiter((s[1] for s in states), float, NUM_JOINTS)
+        ee = self.ee_position()
+        distance = float(np.linalg.norm(ee - self._goal))
+        reward = -distance - self.action_cost * float(action @ action)
+        info = {"success": distance < self.success_threshold, "distance": distance, "ee_pos": ee}
+        obs = observation_from_joint_state(positions, velocities)
+        return obs, reward, False, self._steps >= self.horizon, info
+
+    def render(self) -> np.ndarray | None:
+        """RGB image (H, W, 3) uint8 from TinyRenderer when ``render_mode="rgb_array"``."""
+        if self.render_mode != "rgb_array":
+            return None
+        from maml_ros.sim.render import render_rgb
+
+        return render_rgb(self)
+
+    def close(self) -> None:
+        """Disconnect from the physics server (idempotent)."""
+        if getattr(self, "_client", None) is not None:
+            if pb.isConnected(self._client):
+                pb.disconnect(self._client)
+            self._client = None
+
+    # --- state ----------------------------------------------------------------------------
+
+    def joint_state(self) -> tuple[np.ndarray, np.ndarray]:
+        """Observed joint positions (true + encoder offset, rad) and velocities (rad/s)."""
+        states = pb.getJointStates(self._robot, self._joints, **self._cid)
+        positions = np.fromiter((s[0] for s in states), float, NUM_JOINTS) + self._offsets
+        velocities = np.fromiter((s[1] for s in states), float, NUM_JOINTS)
+        return positions, velocities
+
+    def true_joint_positions(self) -> np.ndarray:
+        """Joint positions without encoder offsets (rad): for tests and diagnostics."""
+        states = pb.getJointStates(self._robot, self._joints, **self._cid)
+        return np.array([s[0] for s in states])
+
+    def ee_position(self) -> np.ndarray:
+        """World position (m) of the end-effector point."""
+        state = pb.getLinkState(self._robot, EE_LINK, computeForwardKinematics=True, **self._cid)
+        return np.array(state[4])
+
+    @property
+    def physics_client(self) -> int:
+        """PyBullet client id of this env's physics server (for rendering)."""
+        return self._client
+
+    @property
+    def robot_id(self) -> int:
+        """PyBullet body id of the arm."""
+        return self._robot
+
+    def _command(self, joint_velocities: np.ndarray) -> None:
+        pb.setJointMotorControlArray(
+            self._robot,
+            self._joints,
+            pb.VELOCITY_CONTROL,
+            targetVelocities=joint_velocities,
+            forces=self._forces,
+            **self._cid,
+        )
+
+    def _reset_joints(self, positions: np.ndarray) -> None:
+        for j, q in zip(self._joints, positions, strict=True):
+            pb.resetJointState(self._robot, j, float(q), 0.0, **self._cid)
+        self._command(np.zeros(NUM_JOINTS))
