@@ -1,0 +1,825 @@
+"""adaptation_node: on-robot MAML adaptation of the arm policy after a task change.
+
+On start it loads the meta-trained checkpoint and publishes it (latched) on ``policy``. It joins
+``joint_states``, ``<controller>/actions`` and ``reward`` on their stamp into control steps
+(:class:`StepJoiner`). On a task change it evaluates the policy, collects K exploring rollouts
+through the driver's ``reset`` service, runs the inner update (``maml_ros.rl.adapt_policy``),
+publishes the adapted policy, evaluates it and rolls back when it is worse. All of that runs in
+one worker thread; the subscription callbacks only validate and buffer.
+
+Status (``~/status``, JSON): ``phase`` is one of idle, evaluating_pre, collecting, adapting,
+evaluating_post, done, rolled_back, cancelled, failed.
+
+Actions in the rollouts and in ``buffer_dump`` are the controller's echoed actions in policy
+units (before clamping), which is what the policy-gradient loss needs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from geometry_msgs.msg import Vector3Stamped
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.client import Client
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from std_msgs.msg import String, UInt8MultiArray
+from std_srvs.srv import SetBool, Trigger
+
+from maml_ros.rl.checkpoint import CheckpointError, PolicyBundle, load_bundle
+from maml_ros.rl.pg import Rollouts, adapt_policy
+from maml_ros.ros.common import NodeStatus, ParamSpec, ValidatedParameters, run_node
+from maml_ros.ros.convert import (
+    action_from_msg,
+    joint_state_to_arrays,
+    policy_to_msg,
+    reward_from_msg,
+    task_from_msg,
+)
+from maml_ros.ros.interfaces import (
+    DEFAULT_CONTROLLER,
+    EXPLORATION_SERVICE,
+    JOINT_STATES_QOS,
+    JOINT_STATES_TOPIC,
+    LATCHED_QOS,
+    POLICY_TOPIC,
+    RESET_SERVICE,
+    REWARD_TOPIC,
+    STREAM_QOS,
+    TASK_TOPIC,
+    actions_topic,
+)
+from maml_ros.sim import TaskSpec, observation_from_joint_state
+
+SHIPPED_CHECKPOINT = "models/arm_maml.safetensors"
+"""Path of the meta-trained checkpoint inside share/maml_ros."""
+DEFAULT_JOINT_NAMES = [f"lbr_iiwa_joint_{i}" for i in range(1, 8)]
+"""The simulated KUKA iiwa's joints (``ArmEnv.joint_names``)."""
+PHASES = (
+    "idle",
+    "evaluating_pre",
+    "collecting",
+    "adapting",
+    "evaluating_post",
+    "done",
+    "rolled_back",
+    "cancelled",
+    "failed",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Joining the three streams into control steps (no ROS in here; unit-testable).
+
+
+@dataclass(frozen=True)
+class Step:
+    """One control step: the state it was taken from, the action, its reward; one stamp."""
+
+    stamp_ns: int
+    positions: np.ndarray
+    velocities: np.ndarray
+    action: np.ndarray
+    reward: float
+    success: bool
+    episode: int
+    generation: int
+    """Driver generation: increases whenever the joint-state stamps go backwards (restart)."""
+
+
+class StepJoiner:
+    """Bounded buffers joining joint states, actions and rewards on their stamp.
+
+    A step completes when all three parts of a stamp have arrived; parts of older stamps that
+    are still incomplete then can never complete (each stream is FIFO) and are dropped through
+    ``on_drop("step", reason)``. Completed steps wait in a bounded queue for :meth:`wait_step`.
+    Joint-state stamps that go backwards mean the driver restarted: pending parts are discarded
+    and ``generation`` increases.
+    """
+
+    def __init__(self, capacity: int, on_drop: Callable[[str, str], None]) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self._capacity = capacity
+        self._on_drop = on_drop
+        self._pending: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        self._completed: deque[Step] = deque(maxlen=capacity)
+        self._cond = threading.Condition()
+        self._newest_state_ns: int | None = None
+        self._last_completed_ns: int | None = None
+        self.generation = 0
+        self.last_episode: int | None = None
+        self.steps_joined = 0
+
+    def add_state(self, stamp_ns: int, positions: np.ndarray, velocities: np.ndarray) -> None:
+        """Buffers the joint state of ``stamp_ns``."""
+        with self._cond:
+            if self._newest_state_ns is not None and stamp_ns < self._newest_state_ns:
+                self.generation += 1
+                self._pending.clear()
+                self._last_completed_ns = None
+            self._newest_state_ns = stamp_ns
+            self._add(stamp_ns, "state", (positions, velocities))
+
+    def add_action(self, stamp_ns: int, action: np.ndarray) -> None:
+        """Buffers the action taken from the state of ``stamp_ns``."""
+        with self._cond:
+            self._add(stamp_ns, "action", action)
+
+    def add_reward(self, stamp_ns: int, reward: float, success: bool, episode: int) -> None:
+        """Buffers the reward of the step taken from the state of ``stamp_ns``."""
+        with self._cond:
+            self.last_episode = episode
+            self._add(stamp_ns, "reward", (reward, success, episode))
+
+    def wait_step(self, timeout_s: float) -> Step | None:
+        """The oldest completed step, waiting up to ``timeout_s``; None on timeout."""
+        with self._cond:
+            if not self._completed:
+                self._cond.wait(timeout_s)
+            return self._completed.popleft() if self._completed else None
+
+    def clear(self) -> None:
+        """Forgets every completed step (pending parts stay: they may still complete)."""
+        with self._cond:
+            self._completed.clear()
+
+    def _add(self, stamp_ns: int, part: str, value: Any) -> None:
+        if self._last_completed_ns is not None and stamp_ns <= self._last_completed_ns:
+            self._on_drop("step", f"late or duplicate {part} for stamp {stamp_ns}")
+            return
+        entry = self._pending.get(stamp_ns)
+        if entry is None:
+            entry = self._pending[stamp_ns] = {}
+            if len(self._pending) > self._capacity:
+                old_stamp, old = self._pending.popitem(last=False)
+                self._drop_incomplete(old_stamp, old, "buffer full")
+        if part in entry:
+            self._on_drop("step", f"duplicate {part} for stamp {stamp_ns}")
+            return
+        entry[part] = value
+        if len(entry) == 3:
+            del self._pending[stamp_ns]
+            self._last_completed_ns = stamp_ns
+            for old_stamp in [s for s in self._pending if s < stamp_ns]:
+                self._drop_incomplete(old_stamp, self._pending.pop(old_stamp), "never completed")
+            (positions, velocities), action = entry["state"], entry["action"]
+            reward, success, episode = entry["reward"]
+            self._completed.append(
+                Step(
+                    stamp_ns=stamp_ns,
+                    positions=positions,
+                    velocities=velocities,
+                    action=action,
+                    reward=float(reward),
+                    success=bool(success),
+                    episode=int(episode),
+                    generation=self.generation,
+                )
+            )
+            self.steps_joined += 1
+            self._cond.notify_all()
+
+    def _drop_incomplete(self, stamp_ns: int, entry: dict[str, Any], why: str) -> None:
+        missing = sorted({"state", "action", "reward"} - set(entry))
+        self._on_drop("step", f"stamp {stamp_ns} {why}: missing {', '.join(missing)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Small pure helpers.
+
+
+class Cancelled(Exception):
+    """The adaptation in progress was cancelled by a newer task change."""
+
+
+class PartialRollout(Exception):
+    """A rollout could not be completed (driver restart, timeout, failed reset); discard it."""
+
+
+class AdaptationFailed(RuntimeError):
+    """The adaptation cannot go on (services missing, too many partial rollouts)."""
+
+
+def episode_from_reset_message(message: str) -> int | None:
+    """The episode number a driver's reset response names ("... episode 3 ..."), if any."""
+    match = re.search(r"episode\D{0,8}?(\d+)", message, flags=re.IGNORECASE)
+    return int(match.group(1)) if match else None
+
+
+def episode_return(steps: Sequence[Step]) -> tuple[float, bool]:
+    """(sum of rewards, success at any step) of one episode."""
+    return float(sum(s.reward for s in steps)), any(s.success for s in steps)
+
+
+def update_problem(
+    old: dict[str, torch.Tensor], new: dict[str, torch.Tensor], max_ratio: float
+) -> str | None:
+    """Why an inner update must be rolled back (non-finite or exploding), or None if it is fine.
+
+    ``old`` and ``new`` are parameter dicts of tensors; exploding means the update's global L2
+    norm exceeds ``max_ratio`` times the parameters' norm.
+    """
+    if set(old) != set(new):
+        return "the update changed the parameter names"
+    delta_sq, norm_sq = 0.0, 0.0
+    for name, before in old.items():
+        after = new[name]
+        if not bool(torch.isfinite(after).all()):
+            return f"non-finite values in {name} after the update"
+        delta_sq += float((after.double() - before.double()).pow(2).sum())
+        norm_sq += float(before.double().pow(2).sum())
+    ratio = math.sqrt(delta_sq) / max(math.sqrt(norm_sq), 1e-12)
+    if not math.isfinite(ratio) or ratio > max_ratio:
+        return f"exploding update: |delta|/|params| = {ratio:.3g} > {max_ratio}"
+    return None
+
+
+def _check_device(value: Any) -> str | None:
+    if value not in ("auto", "cpu", "cuda"):
+        return f"device must be auto, cpu or cuda, got {value!r}"
+    if value == "cuda" and not torch.cuda.is_available():
+        return "device is cuda but CUDA is not available"
+    return None
+
+
+def _check_name(value: Any) -> str | None:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_/]*", value):
+        return f"controller_name must be a ROS name (letters, digits, _ and /), got {value!r}"
+    return None
+
+
+def _check_joint_names(value: Any) -> str | None:
+    names = list(value)
+    if not names or any(not isinstance(n, str) or not n for n in names):
+        return "joint_names must be a non-empty list of non-empty strings"
+    if len(set(names)) != len(names):
+        return "joint_names must be unique"
+    return None
+
+
+def _check_dump(value: Any) -> str | None:
+    if value and not Path(value).parent.is_dir():
+        return f"buffer_dump folder {Path(value).parent} does not exist"
+    return None
+
+
+PARAMS = (
+    ParamSpec(
+        "checkpoint",
+        "",
+        "Policy checkpoint (safetensors); '' = the shipped share/maml_ros/" + SHIPPED_CHECKPOINT,
+        read_only=True,
+    ),
+    ParamSpec(
+        "device",
+        "auto",
+        "Device of the inner update: auto (cuda if available), cpu or cuda",
+        _check_device,
+    ),
+    ParamSpec(
+        "rollouts", 20, "K: exploring rollouts collected per adaptation", int_range=(1, 1000)
+    ),
+    ParamSpec(
+        "horizon", 50, "Control steps per rollout and evaluation episode", int_range=(1, 10000)
+    ),
+    ParamSpec("inner_steps", 1, "Inner gradient steps on the K rollouts", int_range=(1, 100)),
+    ParamSpec("eval_episodes", 3, "Deterministic episodes per evaluation", int_range=(1, 100)),
+    ParamSpec(
+        "rollback_margin",
+        1.0,
+        "Roll back when the post-update return is below pre-update return minus this",
+        float_range=(0.0, 1e9),
+    ),
+    ParamSpec(
+        "max_update_ratio",
+        1.0,
+        "Roll back an update whose norm exceeds this times the parameters' norm",
+        float_range=(1e-6, 1e6),
+    ),
+    ParamSpec(
+        "step_timeout_s",
+        2.0,
+        "A rollout is discarded when no complete control step arrives for this long",
+        float_range=(0.01, 600.0),
+    ),
+    ParamSpec(
+        "service_timeout_s",
+        5.0,
+        "How long to wait for the reset and set_exploration services",
+        float_range=(0.1, 600.0),
+    ),
+    ParamSpec(
+        "max_discarded_rollouts",
+        20,
+        "Give up an adaptation after this many discarded rollouts in a row",
+        int_range=(1, 10000),
+    ),
+    ParamSpec(
+        "reset_to_meta",
+        True,
+        "Each adaptation starts from the meta-trained policy (MAML), not the last adapted one",
+    ),
+    ParamSpec(
+        "controller_name",
+        DEFAULT_CONTROLLER,
+        "Controller whose actions and set_exploration service are used",
+        _check_name,
+        read_only=True,
+    ),
+    ParamSpec(
+        "controller_status_topic",
+        "policy_controller/status",
+        "Controller status (JSON with policy_version, run_id): confirms a policy arrived",
+        read_only=True,
+    ),
+    ParamSpec(
+        "policy_ack_timeout_s",
+        3.0,
+        "How long to wait for the controller to confirm a published policy",
+        float_range=(0.0, 600.0),
+    ),
+    ParamSpec(
+        "joint_names",
+        DEFAULT_JOINT_NAMES,
+        "Joint order of the policy's observation and action",
+        _check_joint_names,
+        read_only=True,
+    ),
+    ParamSpec(
+        "buffer_capacity",
+        4096,
+        "Bound of each step buffer",
+        int_range=(16, 10_000_000),
+        read_only=True,
+    ),
+    ParamSpec(
+        "policy_max_bytes",
+        16 * 1024 * 1024,
+        "Largest checkpoint / policy message accepted",
+        int_range=(1024, 1 << 30),
+    ),
+    ParamSpec(
+        "buffer_dump",
+        "",
+        "JSON-lines file receiving every collected rollout's steps ('' = off)",
+        _check_dump,
+    ),
+)
+
+
+def shipped_checkpoint() -> Path:
+    """The meta-trained checkpoint installed with the package."""
+    from ament_index_python.packages import get_package_share_directory
+
+    return Path(get_package_share_directory("maml_ros")) / SHIPPED_CHECKPOINT
+
+
+# ---------------------------------------------------------------------------------------------
+# The node.
+
+
+class AdaptationNode(Node):
+    """Adapts the controller's policy to each new task from a few rollouts (see module doc)."""
+
+    def __init__(self, **node_kwargs: Any) -> None:
+        super().__init__("adaptation", **node_kwargs)
+        self._stopping = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._wake = threading.Condition()
+        self.status = NodeStatus(self)
+        self.params = ValidatedParameters(self, PARAMS)
+        self.joint_names = list(self.params["joint_names"])
+        path = self.params["checkpoint"] or str(shipped_checkpoint())
+        try:
+            bundle = load_bundle(path, max_bytes=self.params["policy_max_bytes"])
+        except CheckpointError as err:
+            raise ValueError(f"cannot load checkpoint: {err}") from err
+        n = len(self.joint_names)
+        if bundle.spec.act_dim != n or bundle.spec.obs_dim != 2 * n:
+            raise ValueError(
+                f"checkpoint {path} has obs_dim {bundle.spec.obs_dim} / act_dim "
+                f"{bundle.spec.act_dim}; {n} joints need {2 * n} / {n}"
+            )
+        self.run_id = uuid.uuid4().hex
+        self.meta_bundle = bundle.replace(run_id=self.run_id)
+        self.current = self.meta_bundle
+        self._next_version = bundle.version
+        self.rollouts_discarded = 0
+        self._controller_ack: tuple[str, int] | None = None
+        self._ack_cond = threading.Condition()
+
+        self.joiner = StepJoiner(self.params["buffer_capacity"], self.status.drop)
+        self._pending_task: TaskSpec | None = None
+        self._cancel = threading.Event()
+        self.adaptations = 0
+        self.cancellations = 0
+
+        controller = self.params["controller_name"]
+        services = ReentrantCallbackGroup()
+        streams = MutuallyExclusiveCallbackGroup()
+        self._reset = self.create_client(Trigger, RESET_SERVICE, callback_group=services)
+        self._explore = self.create_client(
+            SetBool, f"{controller}/{EXPLORATION_SERVICE}", callback_group=services
+        )
+        self._policy_pub = self.create_publisher(UInt8MultiArray, POLICY_TOPIC, LATCHED_QOS)
+        self.create_subscription(
+            JointState, JOINT_STATES_TOPIC, self._on_joint_state, JOINT_STATES_QOS,
+            callback_group=streams,
+        )  # fmt: skip
+        self.create_subscription(
+            JointState, actions_topic(controller), self._on_action, STREAM_QOS,
+            callback_group=streams,
+        )  # fmt: skip
+        self.create_subscription(
+            Vector3Stamped, REWARD_TOPIC, self._on_reward, STREAM_QOS, callback_group=streams
+        )
+        self.create_subscription(String, TASK_TOPIC, self._on_task, STREAM_QOS)
+        self.create_subscription(
+            String, self.params["controller_status_topic"], self._on_controller_status, LATCHED_QOS
+        )
+
+        self.status.set(
+            phase="idle",
+            task_family=None,
+            run_id=self.run_id,
+            checkpoint=str(path),
+            device=self.params["device"],
+            rollouts_collected=0,
+            rollouts_discarded=0,
+            inner_loss=None,
+            return_pre=None,
+            success_pre=None,
+            return_post=None,
+            success_post=None,
+            adapt_latency_ms=None,
+            adaptations=0,
+            cancellations=0,
+            reason=None,
+        )
+        self._publish_policy(self.meta_bundle)
+        self._worker = threading.Thread(target=self._worker_loop, name="adaptation", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"loaded {path} (run_id {self.run_id}); waiting for a task on '{TASK_TOPIC}'"
+        )
+
+    # -- subscription callbacks: validate and buffer only -------------------------------------
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        try:
+            positions, velocities, stamp_ns = joint_state_to_arrays(msg, self.joint_names)
+        except ValueError as err:
+            self.status.drop("joint_states", str(err))
+            return
+        self.joiner.add_state(stamp_ns, positions, velocities)
+
+    def _on_action(self, msg: JointState) -> None:
+        try:
+            stamp_ns, action = action_from_msg(msg, self.joint_names)
+        except ValueError as err:
+            self.status.drop("actions", str(err))
+            return
+        self.joiner.add_action(stamp_ns, action)
+
+    def _on_reward(self, msg: Vector3Stamped) -> None:
+        try:
+            stamp_ns, reward, success, episode = reward_from_msg(msg)
+        except ValueError as err:
+            self.status.drop("reward", str(err))
+            return
+        self.joiner.add_reward(stamp_ns, reward, success, episode)
+
+    def _on_task(self, msg: String) -> None:
+        try:
+            task = task_from_msg(msg)
+        except ValueError as err:
+            self.status.drop("task", str(err))
+            return
+        with self._wake:
+            self._pending_task = task
+            self._cancel.set()
+            self._wake.notify_all()
+        self.get_logger().info(f"task change: {task.family}")
+
+    def _on_controller_status(self, msg: String) -> None:
+        try:
+            data = json.loads(msg.data)
+            run_id, version = data["run_id"], data["policy_version"]
+        except (ValueError, KeyError, TypeError):
+            return  # a controller without these fields: acknowledgement falls back to a timeout
+        if isinstance(run_id, str) and isinstance(version, int):
+            with self._ack_cond:
+                self._controller_ack = (run_id, version)
+                self._ack_cond.notify_all()
+
+    # -- policy publishing ---------------------------------------------------------------------
+
+    def _publish_policy(self, bundle: PolicyBundle) -> PolicyBundle:
+        """Publishes ``bundle``'s weights as the next version; returns the published bundle."""
+        published = bundle.replace(version=self._next_version, run_id=self.run_id)
+        self._policy_pub.publish(policy_to_msg(published))
+        self._next_version += 1
+        self.current = published
+        self.status.set(policy_version=published.version)
+        self.status.publish()
+        return published
+
+    def _wait_policy_ack(self, version: int) -> None:
+        """Waits until the controller reports ``version`` of this run (or the ack timeout)."""
+        deadline = time.monotonic() + self.params["policy_ack_timeout_s"]
+        with self._ack_cond:
+            while True:
+                ack = self._controller_ack
+                if ack is not None and ack[0] == self.run_id and ack[1] >= version:
+                    return
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._ack_cond.wait(min(left, 0.05))
+                self._check_cancel()
+        self.get_logger().warning(
+            f"controller did not confirm policy version {version} within "
+            f"{self.params['policy_ack_timeout_s']} s; going on",
+            throttle_duration_sec=10.0,
+        )
+
+    # -- the worker ----------------------------------------------------------------------------
+
+    def _worker_loop(self) -> None:
+        while True:
+            with self._wake:
+                while self._pending_task is None and not self._stopping.is_set():
+                    self._wake.wait()
+                if self._stopping.is_set():
+                    return
+                task, self._pending_task = self._pending_task, None
+                self._cancel.clear()
+            try:
+                self._adapt_to(task)
+            except Cancelled:
+                if self._stopping.is_set():
+                    return
+                self.cancellations += 1
+                self.status.set(phase="cancelled", cancellations=self.cancellations)
+                self.status.publish()
+                self.get_logger().info("adaptation cancelled by a newer task change")
+            except AdaptationFailed as err:
+                if self._stopping.is_set():
+                    return
+                self.status.set(phase="failed", reason=str(err))
+                self.status.publish()
+                self.get_logger().error(f"adaptation failed: {err}")
+            except Exception as err:  # a bug must not kill the node silently
+                if self._stopping.is_set():
+                    return
+                self.status.set(phase="failed", reason=f"{type(err).__name__}: {err}")
+                self.status.publish()
+                self.get_logger().error(f"adaptation failed: {type(err).__name__}: {err}")
+
+    def _phase(self, phase: str, **fields: Any) -> None:
+        self._check_cancel()
+        self.status.set(phase=phase, **fields)
+        self.status.publish()
+
+    def _check_cancel(self) -> None:
+        if self._cancel.is_set() or self._stopping.is_set():
+            raise Cancelled
+
+    def _adapt_to(self, task: TaskSpec) -> None:
+        cfg = {p.name: self.params[p.name] for p in PARAMS}
+        self.rollouts_discarded = 0
+        self._phase(
+            "evaluating_pre",
+            task_family=task.family,
+            rollouts_collected=0,
+            rollouts_discarded=0,
+            inner_loss=None,
+            return_pre=None,
+            success_pre=None,
+            return_post=None,
+            success_post=None,
+            adapt_latency_ms=None,
+            reason=None,
+        )
+        start = self.current
+        if cfg["reset_to_meta"] and self.current.params is not self.meta_bundle.params:
+            start = self._publish_policy(self.meta_bundle)
+        self._wait_policy_ack(start.version)
+        return_pre, success_pre = self._evaluate(cfg)
+        self._phase("collecting", return_pre=return_pre, success_pre=success_pre)
+        rollouts = self._collect(cfg)
+
+        self._phase("adapting")
+        t0 = time.perf_counter()
+        try:
+            adapted, info = adapt_policy(start, rollouts, cfg["inner_steps"], cfg["device"])
+            problem = update_problem(start.params, adapted.params, cfg["max_update_ratio"])
+            if problem is None and not math.isfinite(info["inner_loss"]):
+                problem = f"non-finite inner loss {info['inner_loss']}"
+        except (ValueError, RuntimeError) as err:  # NonFiniteError, RolloutError, ...
+            adapted, info, problem = None, {}, f"{type(err).__name__}: {err}"
+        latency_ms = (time.perf_counter() - t0) * 1e3
+        inner_loss = info.get("inner_loss")
+        self.adaptations += 1
+        self.status.set(
+            adapt_latency_ms=latency_ms,
+            inner_loss=inner_loss if inner_loss is not None and math.isfinite(inner_loss) else None,
+            adaptations=self.adaptations,
+        )
+        if problem is not None:
+            self.status.set(phase="rolled_back", reason=problem)
+            self.status.publish()
+            self.get_logger().warning(f"update rolled back, policy kept: {problem}")
+            return
+        self._check_cancel()
+        published = self._publish_policy(adapted)
+        self._phase("evaluating_post")
+        self._wait_policy_ack(published.version)
+        return_post, success_post = self._evaluate(cfg)
+        self.status.set(return_post=return_post, success_post=success_post)
+        if return_post < return_pre - cfg["rollback_margin"]:
+            reason = (
+                f"post-update return {return_post:.3f} is worse than pre-update "
+                f"{return_pre:.3f} by more than {cfg['rollback_margin']}"
+            )
+            self._publish_policy(start)
+            self.status.set(phase="rolled_back", reason=reason)
+            self.get_logger().warning(f"rolled back: {reason}")
+        else:
+            self.status.set(phase="done")
+            self.get_logger().info(
+                f"adapted to {task.family} in {latency_ms:.1f} ms: return "
+                f"{return_pre:.3f} -> {return_post:.3f}, success {success_pre} -> {success_post}"
+            )
+        self.status.publish()
+
+    def _evaluate(self, cfg: dict[str, Any]) -> tuple[float, float]:
+        """Mean return and success rate of ``eval_episodes`` deterministic episodes."""
+        self._set_exploration(False, cfg)
+        results = [
+            episode_return(steps)
+            for steps in self._episodes(cfg, cfg["eval_episodes"], collecting=False)
+        ]
+        return (
+            float(np.mean([r for r, _ in results])),
+            float(np.mean([s for _, s in results])),
+        )
+
+    def _collect(self, cfg: dict[str, Any]) -> Rollouts:
+        """K exploring rollouts as ``maml_ros.rl.pg.Rollouts``."""
+        self._set_exploration(True, cfg)
+        episodes = self._episodes(cfg, cfg["rollouts"], collecting=True)
+        obs = np.array(
+            [
+                [observation_from_joint_state(s.positions, s.velocities) for s in ep]
+                for ep in episodes
+            ],
+            dtype=np.float32,
+        )
+        actions = np.array([[s.action for s in ep] for ep in episodes], dtype=np.float32)
+        rewards = np.array([[s.reward for s in ep] for ep in episodes], dtype=np.float32)
+        return Rollouts.from_numpy(obs, actions, rewards)
+
+    def _episodes(self, cfg: dict[str, Any], count: int, collecting: bool) -> list[list[Step]]:
+        """``count`` complete episodes; partial ones are discarded (counted) and retried.
+
+        Collected (exploring) episodes are counted in the status and go to ``buffer_dump``.
+        """
+        episodes: list[list[Step]] = []
+        discarded_in_a_row = 0
+        while len(episodes) < count:
+            try:
+                steps = self._run_episode(cfg)
+            except PartialRollout as err:
+                self.status.drop("rollout", str(err))
+                self.rollouts_discarded += 1
+                self.status.set(rollouts_discarded=self.rollouts_discarded)
+                discarded_in_a_row += 1
+                if discarded_in_a_row >= cfg["max_discarded_rollouts"]:
+                    raise AdaptationFailed(
+                        f"{discarded_in_a_row} rollouts in a row were discarded; last: {err}"
+                    ) from err
+                continue
+            discarded_in_a_row = 0
+            episodes.append(steps)
+            if collecting:
+                if cfg["buffer_dump"]:
+                    self._dump(cfg["buffer_dump"], steps)
+                self.status.set(rollouts_collected=len(episodes))
+                self.status.publish()
+        return episodes
+
+    def _run_episode(self, cfg: dict[str, Any]) -> list[Step]:
+        """Resets the driver and gathers the next ``horizon`` steps of the new episode."""
+        self.joiner.clear()
+        episode_before = self.joiner.last_episode
+        response = self._call(self._reset, Trigger.Request(), "reset", cfg)
+        if not response.success:
+            raise PartialRollout(f"reset failed: {response.message}")
+        target = episode_from_reset_message(response.message)
+        steps: list[Step] = []
+        skipped = 0
+        while len(steps) < cfg["horizon"]:
+            step = self._next_step(cfg)
+            if not steps:
+                stale = (
+                    step.episode != target
+                    if target is not None
+                    else episode_before is not None and step.episode == episode_before
+                )
+                if stale:
+                    skipped += 1
+                    if skipped > cfg["horizon"]:
+                        raise PartialRollout(
+                            f"episode {target} never started after the reset "
+                            f"(still seeing episode {step.episode})"
+                        )
+                    continue
+            elif step.episode != steps[0].episode or step.generation != steps[0].generation:
+                raise PartialRollout(
+                    f"episode changed from {steps[0].episode} to {step.episode} after "
+                    f"{len(steps)} steps (driver restart?)"
+                )
+            steps.append(step)
+        return steps
+
+    def _next_step(self, cfg: dict[str, Any]) -> Step:
+        deadline = time.monotonic() + cfg["step_timeout_s"]
+        while True:
+            self._check_cancel()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise PartialRollout(f"no complete control step for {cfg['step_timeout_s']} s")
+            step = self.joiner.wait_step(min(left, 0.05))
+            if step is not None:
+                return step
+
+    def _set_exploration(self, on: bool, cfg: dict[str, Any]) -> None:
+        response = self._call(self._explore, SetBool.Request(data=on), "set_exploration", cfg)
+        if not response.success:
+            raise AdaptationFailed(f"set_exploration({on}) refused: {response.message}")
+
+    def _call(self, client: Client, request: Any, what: str, cfg: dict[str, Any]) -> Any:
+        """Calls a service from the worker thread, cancellable; raises on timeout."""
+        deadline = time.monotonic() + cfg["service_timeout_s"]
+        while not client.service_is_ready():
+            self._check_cancel()
+            if time.monotonic() > deadline:
+                raise AdaptationFailed(f"service '{client.srv_name}' is not available")
+            time.sleep(0.05)
+        future = client.call_async(request)
+        done = threading.Event()
+        future.add_done_callback(lambda _: done.set())
+        while not done.wait(0.05):
+            if self._cancel.is_set() or self._stopping.is_set() or time.monotonic() > deadline:
+                client.remove_pending_request(future)
+                self._check_cancel()
+                if what == "reset":
+                    raise PartialRollout(f"reset timed out after {cfg['service_timeout_s']} s")
+                raise AdaptationFailed(f"{what} timed out after {cfg['service_timeout_s']} s")
+        return future.result()
+
+    def _dump(self, path: str, steps: Sequence[Step]) -> None:
+        with open(path, "a", encoding="utf-8") as out:
+            for s in steps:
+                record = {
+                    "stamp_ns": s.stamp_ns,
+                    "episode": s.episode,
+                    "positions": [float(x) for x in s.positions],
+                    "velocities": [float(x) for x in s.velocities],
+                    "action": [float(x) for x in s.action],
+                    "reward": s.reward,
+                    "success": s.success,
+                }
+                out.write(json.dumps(record) + "\n")
+
+    def destroy_node(self) -> None:
+        """Stops the worker (cancelling any adaptation) before the node goes."""
+        self._stopping.set()
+        with self._wake:
+            self._wake.notify_all()
+        if self._worker is not None and self._worker.is_alive():
+            self._worker.join(timeout=5.0)
+        super().destroy_node()
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    """Entry point of the ``adaptation_node`` executable."""
+    return run_node(AdaptationNode, args=args, threads=4)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,429 @@
+"""adaptation_node in-process: the stream joiner, the adaptation cycle against a fake arm, faults.
+
+The fake arm is a tiny node standing in for the driver and the controller at once: a 7-joint
+velocity-controlled point in joint space whose reward is the distance to a hidden goal. It runs
+the policy the adaptation node publishes, so a working inner update measurably improves it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rclpy
+import torch
+from geometry_msgs.msg import Vector3Stamped
+from rclpy.context import Context
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import JointState
+from std_msgs.msg import String, UInt8MultiArray
+from std_srvs.srv import SetBool, Trigger
+
+from maml_ros.meta import InnerConfig
+from maml_ros.rl.checkpoint import PolicyBundle, save_bundle
+from maml_ros.rl.policy import GaussianMLPPolicy, NumpyPolicy, PolicySpec
+from maml_ros.ros.adaptation_node import (
+    DEFAULT_JOINT_NAMES,
+    AdaptationNode,
+    StepJoiner,
+    episode_from_reset_message,
+    update_problem,
+)
+from maml_ros.ros.common import ns_to_stamp
+from maml_ros.ros.convert import action_to_msg, policy_from_msg, reward_to_msg
+from maml_ros.ros.interfaces import JOINT_STATES_QOS, LATCHED_QOS, STREAM_QOS
+from maml_ros.sim import sample_tasks
+
+torch.set_num_threads(1)
+NAMES = DEFAULT_JOINT_NAMES
+GOAL = np.array([0.5, -0.4, 0.3, -0.5, 0.4, -0.3, 0.5])
+DT = 0.05
+REACH_TASK = sample_tasks("reach", 2, "test", seed=0)
+
+
+def make_bundle(lr: float = 0.3, seed: int = 0) -> PolicyBundle:
+    """A small, untrained policy whose single inner step moves it toward the fake arm's goal."""
+    torch.manual_seed(seed)
+    spec = PolicySpec(hidden=(16,), init_log_std=-0.5)
+    policy = GaussianMLPPolicy(spec)
+    return PolicyBundle(
+        spec=spec,
+        params=policy.params(),
+        obs_mean=torch.zeros(14),
+        obs_std=torch.ones(14),
+        inner=InnerConfig(lr=lr, steps=1),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure parts.
+
+
+def test_joiner_joins_parts_in_any_order_and_drops_incomplete_steps() -> None:
+    drops: list[tuple[str, str]] = []
+    joiner = StepJoiner(8, lambda kind, reason: drops.append((kind, reason)))
+    pos, vel = np.arange(7.0), -np.arange(7.0)
+    joiner.add_reward(10, -1.0, False, 3)
+    joiner.add_action(10, np.ones(7))
+    assert joiner.wait_step(0.0) is None
+    joiner.add_state(10, pos, vel)
+    step = joiner.wait_step(0.0)
+    assert step is not None and step.stamp_ns == 10 and step.episode == 3
+    assert step.reward == -1.0 and not step.success
+    np.testing.assert_array_equal(step.positions, pos)
+    np.testing.assert_array_equal(step.action, np.ones(7))
+    # Stamp 20 lacks its action; when 30 completes, 20 can never complete: dropped, counted.
+    joiner.add_state(20, pos, vel)
+    joiner.add_reward(20, -1.0, False, 3)
+    for part in ("state", "action", "reward"):
+        {
+            "state": lambda: joiner.add_state(30, pos, vel),
+            "action": lambda: joiner.add_action(30, np.zeros(7)),
+            "reward": lambda: joiner.add_reward(30, -0.5, True, 3),
+        }[part]()
+    assert [s.stamp_ns for s in [joiner.wait_step(0.0)]] == [30]
+    assert drops and drops[0][0] == "step" and "missing action" in drops[0][1]
+
+
+def test_joiner_is_bounded_and_detects_a_driver_restart() -> None:
+    drops: list[tuple[str, str]] = []
+    joiner = StepJoiner(4, lambda kind, reason: drops.append((kind, reason)))
+    for stamp in range(1, 11):  # states only: they pile up, the oldest are evicted
+        joiner.add_state(stamp * 10, np.zeros(7), np.zeros(7))
+    assert len(drops) == 6 and all("buffer full" in r for _, r in drops)
+    assert joiner.generation == 0
+    joiner.add_state(5, np.zeros(7), np.zeros(7))  # stamps went backwards: restart
+    assert joiner.generation == 1
+    joiner.add_action(5, np.zeros(7))
+    joiner.add_reward(5, 0.0, False, 0)
+    step = joiner.wait_step(0.0)
+    assert step is not None and step.generation == 1 and step.episode == 0
+    joiner.add_action(5, np.zeros(7))
+    assert "late or duplicate action" in drops[-1][1]
+
+
+def test_reset_message_episode_and_update_checks() -> None:
+    assert episode_from_reset_message("reset; episode 12 started") == 12
+    assert episode_from_reset_message("Episode: 3") == 3
+    assert episode_from_reset_message("ok") is None
+    old = {"w": torch.ones(4), "b": torch.zeros(2)}
+    assert update_problem(old, {"w": torch.ones(4) * 1.1, "b": torch.zeros(2)}, 1.0) is None
+    assert "non-finite" in update_problem(
+        old, {"w": torch.tensor([1.0, float("nan"), 1, 1]), "b": torch.zeros(2)}, 1.0
+    )
+    assert "exploding" in update_problem(old, {"w": torch.ones(4) * 50, "b": torch.zeros(2)}, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The fake arm (driver + controller).
+
+
+class FakeArm(Node):
+    """Driver and controller in one: runs the received policy on a joint-space point mass."""
+
+    def __init__(self, context: Context, goal: np.ndarray = GOAL, period_s: float = 0.004) -> None:
+        super().__init__("fake_arm", context=context)
+        self.goal = goal
+        self.lock = threading.Lock()
+        self.policy: NumpyPolicy | None = None
+        self.policy_versions: list[int] = []
+        self.run_id = ""
+        self.explore = False
+        self.rng = np.random.default_rng(0)
+        self.episode = 0
+        self.stamp_ns = 1_000_000_000
+        self.pos = np.zeros(7)
+        self.vel = np.zeros(7)
+        self.log: list[dict] = []
+        self.restart_at_step: int | None = None  # one simulated driver restart while exploring
+        self.step_in_episode = 0
+        self.drop_action_every = 0
+        self.flip_goal_on_version: int | None = None
+        self.ticks = 0
+        self.state_pub = self.create_publisher(JointState, "joint_states", JOINT_STATES_QOS)
+        self.action_pub = self.create_publisher(JointState, "arm_controller/actions", STREAM_QOS)
+        self.reward_pub = self.create_publisher(Vector3Stamped, "reward", STREAM_QOS)
+        self.status_pub = self.create_publisher(String, "policy_controller/status", LATCHED_QOS)
+        self.create_subscription(UInt8MultiArray, "policy", self.on_policy, LATCHED_QOS)
+        self.create_service(Trigger, "reset", self.on_reset)
+        self.create_service(SetBool, "arm_controller/set_exploration", self.on_explore)
+        self.create_timer(period_s, self.tick)
+
+    def on_policy(self, msg: UInt8MultiArray) -> None:
+        bundle = policy_from_msg(msg, 1 << 24)
+        with self.lock:
+            self.policy, self.run_id = NumpyPolicy(bundle), bundle.run_id
+            self.policy_versions.append(bundle.version)
+            if bundle.version == self.flip_goal_on_version:
+                self.goal = -self.goal
+        status = {"run_id": bundle.run_id, "policy_version": bundle.version}
+        self.status_pub.publish(String(data=json.dumps(status)))
+
+    def on_reset(self, _req: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        with self.lock:
+            self.episode += 1
+            self.pos, self.vel = np.zeros(7), np.zeros(7)
+            self.step_in_episode = 0
+            response.success, response.message = True, f"home; episode {self.episode}"
+        return response
+
+    def on_explore(self, req: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        self.explore = bool(req.data)
+        response.success = True
+        return response
+
+    def tick(self) -> None:
+        with self.lock:
+            if self.policy is None:
+                return
+            if self.explore and self.restart_at_step == self.step_in_episode:
+                self.restart_at_step = None  # the driver restarts: clock and episode from zero
+                self.stamp_ns, self.episode, self.step_in_episode = 1_000_000_000, 0, 0
+                self.pos, self.vel = np.zeros(7), np.zeros(7)
+            self.stamp_ns += int(DT * 1e9)
+            self.ticks += 1
+            stamp = ns_to_stamp(self.stamp_ns)
+            state = JointState(name=list(NAMES), position=self.pos.tolist())
+            state.velocity = self.vel.tolist()
+            state.header.stamp = stamp
+            obs = np.concatenate([self.pos, self.vel]).astype(np.float32)
+            action = self.policy.act(obs, self.explore, self.rng).copy()
+            self.state_pub.publish(state)
+            if not (self.drop_action_every and self.ticks % self.drop_action_every == 0):
+                self.action_pub.publish(action_to_msg(stamp, NAMES, action))
+            record = {
+                "stamp_ns": self.stamp_ns,
+                "episode": self.episode,
+                "positions": self.pos.tolist(),
+                "velocities": self.vel.tolist(),
+                "action": [float(a) for a in action],
+            }
+            self.vel = np.clip(action, -1.0, 1.0).astype(np.float64)
+            self.pos = self.pos + DT * self.vel
+            distance = float(np.linalg.norm(self.pos - self.goal))
+            reward, success = -distance, distance < 0.05
+            record.update(reward=reward, success=success)
+            self.log.append(record)
+            self.step_in_episode += 1
+            self.reward_pub.publish(reward_to_msg(stamp, reward, success, self.episode))
+
+
+# ---------------------------------------------------------------------------------------------
+# Harness.
+
+
+class Harness:
+    """A context, the fake arm and an adaptation node spinning in a background thread."""
+
+    def __init__(self, tmp_path: Path, bundle: PolicyBundle, **overrides: object) -> None:
+        self.context = Context()
+        rclpy.init(context=self.context)
+        self.checkpoint = tmp_path / "policy.safetensors"
+        save_bundle(self.checkpoint, bundle)
+        params = {
+            "checkpoint": str(self.checkpoint),
+            "device": "cpu",
+            "rollouts": 8,
+            "horizon": 20,
+            "eval_episodes": 1,
+            "step_timeout_s": 2.0,
+            "policy_ack_timeout_s": 2.0,
+            **overrides,
+        }
+        self.arm = FakeArm(self.context)
+        self.node = AdaptationNode(
+            context=self.context,
+            parameter_overrides=[Parameter(k, value=v) for k, v in params.items()],
+        )
+        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        self.executor.add_node(self.arm)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+        self.task_pub = self.arm.create_publisher(String, "task", STREAM_QOS)
+
+    def send_task(self, index: int = 0) -> None:
+        self.task_pub.publish(String(data=REACH_TASK[index].to_json()))
+
+    def status(self) -> dict:
+        return self.node.status.snapshot()
+
+    def wait_for_first_policy(self) -> None:
+        self.wait_for(lambda _: bool(self.arm.policy_versions), 10.0)
+
+    def wait_for(self, predicate: Callable[[dict], bool], timeout_s: float = 30.0) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            status = self.status()
+            if predicate(status):
+                return status
+            time.sleep(0.02)
+        raise AssertionError(f"timed out; last status: {self.status()}")
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=2.0)
+        self.node.destroy_node()
+        self.arm.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+        self.thread.join(timeout=5.0)
+
+
+@pytest.fixture
+def harness_factory(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
+    made: list[Harness] = []
+
+    def make(bundle: PolicyBundle | None = None, **overrides: object) -> Harness:
+        made.append(Harness(tmp_path, bundle or make_bundle(), **overrides))
+        return made[-1]
+
+    yield make
+    for harness in made:
+        harness.close()
+
+
+def finished(status: dict) -> bool:
+    return status.get("phase") in ("done", "rolled_back", "failed")
+
+
+# ---------------------------------------------------------------------------------------------
+# The node.
+
+
+def test_adapts_to_a_task_change_and_dumps_what_the_arm_executed(
+    harness_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    dump = tmp_path / "buffer.jsonl"
+    h = harness_factory(buffer_dump=str(dump))
+    h.wait_for_first_policy()
+    assert h.arm.policy_versions == [0] and h.arm.run_id == h.node.run_id
+    h.send_task()
+    status = h.wait_for(finished)
+    assert status["phase"] == "done", status
+    assert status["task_family"] == "reach"
+    assert status["rollouts_collected"] == 8
+    assert status["policy_version"] == 1 and h.arm.policy_versions[-1] == 1
+    assert status["return_post"] > status["return_pre"], status
+    assert status["adapt_latency_ms"] > 0 and np.isfinite(status["inner_loss"])
+    records = [json.loads(line) for line in dump.read_text().splitlines()]
+    assert len(records) == 8 * 20
+    executed = {r["stamp_ns"]: r for r in h.arm.log}
+    for record in records:
+        assert record == executed[record["stamp_ns"]]
+    by_episode: dict[int, list[int]] = {}
+    for record in records:
+        by_episode.setdefault(record["episode"], []).append(record["stamp_ns"])
+    assert len(by_episode) == 8 and all(len(s) == 20 for s in by_episode.values())
+
+
+def test_a_driver_restart_mid_collection_discards_the_partial_rollout(
+    harness_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    dump = tmp_path / "buffer.jsonl"
+    h = harness_factory(buffer_dump=str(dump), rollouts=4)
+    h.wait_for_first_policy()
+    h.arm.restart_at_step = 7
+    h.send_task()
+    status = h.wait_for(finished)
+    assert status["phase"] in ("done", "rolled_back"), status
+    assert status["rollouts_discarded"] >= 1 and status["dropped"].get("rollout", 0) >= 1
+    assert "driver restart" in status["last_drop_reason"]["rollout"]
+    records = [json.loads(line) for line in dump.read_text().splitlines()]
+    episodes: dict[int, int] = {}
+    for record in records:
+        episodes[record["episode"]] = episodes.get(record["episode"], 0) + 1
+    assert sorted(episodes.values()) == [20] * 4  # no partial episode got through
+
+
+def test_a_task_change_during_an_adaptation_cancels_and_restarts(
+    harness_factory: Callable[..., Harness],
+) -> None:
+    h = harness_factory(rollouts=30)
+    h.wait_for_first_policy()
+    h.send_task(0)
+    h.wait_for(lambda s: s["phase"] == "collecting" and s["rollouts_collected"] >= 2)
+    h.send_task(1)
+    status = h.wait_for(lambda s: s.get("cancellations", 0) >= 1)
+    status = h.wait_for(finished, timeout_s=60.0)
+    assert status["cancellations"] == 1 and status["phase"] == "done", status
+    assert status["rollouts_collected"] == 30 and status["adaptations"] == 1
+
+
+def test_missing_actions_are_dropped_and_counted(
+    harness_factory: Callable[..., Harness],
+) -> None:
+    h = harness_factory(rollouts=3)
+    h.arm.drop_action_every = 9
+    h.wait_for_first_policy()
+    h.send_task()
+    status = h.wait_for(finished)
+    assert status["phase"] in ("done", "rolled_back"), status
+    assert status["dropped"]["step"] >= 3
+    assert "missing action" in status["last_drop_reason"]["step"]
+
+
+def test_an_exploding_update_is_rolled_back(harness_factory: Callable[..., Harness]) -> None:
+    h = harness_factory(make_bundle(lr=1e4), rollouts=3)
+    h.wait_for_first_policy()
+    h.send_task()
+    status = h.wait_for(finished)
+    assert status["phase"] == "rolled_back" and "exploding" in status["reason"], status
+    assert status["policy_version"] == 0 and h.arm.policy_versions == [0]
+
+
+def test_a_worse_policy_after_the_update_is_rolled_back(
+    harness_factory: Callable[..., Harness],
+) -> None:
+    # The world changes behind the node's back once the adapted policy is out: the goal
+    # flips, so the policy adapted toward the old goal does worse than the one before.
+    h = harness_factory(rollouts=8, rollback_margin=0.0)
+    h.wait_for_first_policy()
+    h.arm.flip_goal_on_version = 1
+    h.send_task()
+    status = h.wait_for(finished)
+    assert status["phase"] == "rolled_back", status
+    assert status["return_post"] < status["return_pre"]
+    assert status["policy_version"] == 2
+    h.wait_for(lambda _: h.arm.policy_versions[-1] == 2, 5.0)
+    assert h.arm.policy_versions == [0, 1, 2]
+    # The republished version carries the pre-update weights.
+    assert torch.equal(h.node.current.params["log_std"], h.node.meta_bundle.params["log_std"])
+
+
+def test_bad_messages_are_dropped_and_counted(harness_factory: Callable[..., Harness]) -> None:
+    h = harness_factory()
+    h.wait_for_first_policy()
+    h.task_pub.publish(String(data='{"family": "fly"}'))
+    bad_state = JointState(name=["a"], position=[0.0], velocity=[0.0])
+    bad_state.header.stamp = ns_to_stamp(5)
+    h.arm.state_pub.publish(bad_state)
+    bad_reward = Vector3Stamped()
+    bad_reward.header.stamp = ns_to_stamp(5)
+    bad_reward.vector.x = float("nan")
+    h.arm.reward_pub.publish(bad_reward)
+    h.wait_for(lambda s: {"task", "joint_states", "reward"} <= set(s["dropped"]), 10.0)
+    assert h.status()["phase"] == "idle"
+
+
+def test_invalid_parameters_are_rejected(
+    harness_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    h = harness_factory()
+    results = h.node.set_parameters(
+        [Parameter("rollouts", value=0), Parameter("device", value="tpu")]
+    )
+    assert not any(r.successful for r in results)
+    assert not h.node.set_parameters([Parameter("checkpoint", value="x")])[0].successful
+    assert h.node.set_parameters([Parameter("horizon", value=30)])[0].successful
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json")
+    with pytest.raises(ValueError, match="cannot load checkpoint"):
+        AdaptationNode(
+            context=h.context, parameter_overrides=[Parameter("checkpoint", value=str(bad))]
+        )
