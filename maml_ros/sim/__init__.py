@@ -22,6 +22,7 @@ from maml_ros.sim.task import (
     sample_tasks,
     task_split,
 )
+from maml_ros.sim.vec_env import VecArmEnv
 
 __all__ = [
     "ACT_DIM",
@@ -35,6 +36,7 @@ __all__ = [
     "ArmEnv",
     "TaskSpec",
     "TaskSpecError",
+    "VecArmEnv",
     "nominal_task",
     "observation_from_joint_state",
     "sample_tasks",

@@ -1,0 +1,266 @@
+"""Many :class:`~maml_ros.sim.arm_env.ArmEnv` in worker processes, with no pickle on the wire.
+
+Like gymnasium's AsyncVectorEnv, but the pipes carry only raw bytes: each worker process owns a
+contiguous group of envs; the main process sends actions as float32 bytes and tasks as JSON
+text, and receives one float32 row per env (observation, reward, distance, end-effector
+position, terminated/truncated/success flags). The policy is not the sim's business: the caller
+batches inference over all envs and calls :meth:`VecArmEnv.step` with the actions.
+
+Workers exit when their pipe closes, so they die with the parent even when it is killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing as mp
+import os
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+from maml_ros.sim.arm_env import ACT_DIM, OBS_DIM, ArmEnv
+from maml_ros.sim.task import TaskSpec
+
+# Layout of one env's row in a worker reply (float32).
+_REWARD = OBS_DIM
+_DISTANCE = OBS_DIM + 1
+_EE = slice(OBS_DIM + 2, OBS_DIM + 5)
+_TERMINATED = OBS_DIM + 5
+_TRUNCATED = OBS_DIM + 6
+_SUCCESS = OBS_DIM + 7
+ROW = OBS_DIM + 8
+
+_STEP, _RESET, _CLOSE = b"S", b"R", b"C"
+_OK, _ERROR = b"K", b"E"
+
+
+def _row(obs: np.ndarray, reward: float, terminated: bool, truncated: bool, info: dict) -> list:
+    return [
+        *obs,
+        reward,
+        info["distance"],
+        *info["ee_pos"],
+        float(terminated),
+        float(truncated),
+        float(info["success"]),
+    ]
+
+
+def _serve(conn: Connection, envs: list[ArmEnv]) -> None:
+    out = np.zeros((len(envs), ROW), dtype=np.float32)
+    while True:
+        try:
+            message = conn.recv_bytes()
+        except (EOFError, OSError):  # the parent is gone
+            return
+        command, payload = message[:1], message[1:]
+        if command == _CLOSE:
+            return
+        try:
+            if command == _STEP:
+                actions = np.frombuffer(payload, dtype=np.float32).reshape(len(envs), ACT_DIM)
+                for i, (env, action) in enumerate(zip(envs, actions, strict=True)):
+                    out[i] = _row(*env.step(action))
+            elif command == _RESET:
+                request = json.loads(payload.decode("utf-8"))
+                for i, (env, task, seed) in enumerate(
+                    zip(envs, request["tasks"], request["seeds"], strict=True)
+                ):
+                    options = {"task": TaskSpec.from_json(task)} if task is not None else None
+                    obs, info = env.reset(seed=seed, options=options)
+                    out[i] = _row(obs, 0.0, False, False, info)
+            else:
+                raise ValueError(f"unknown command {command!r}")
+            conn.send_bytes(_OK + out.tobytes())
+        except Exception as exc:
+            conn.send_bytes(_ERROR + f"{type(exc).__name__}: {exc}".encode())
+
+
+def _worker(conn: Connection, n_envs: int, env_kwargs_json: str) -> None:
+    """Worker process entry: build ``n_envs`` envs, then serve commands until told to stop."""
+    envs: list[ArmEnv] = []
+    try:
+        envs = [ArmEnv(**json.loads(env_kwargs_json)) for _ in range(n_envs)]
+        conn.send_bytes(_OK)
+        _serve(conn, envs)
+    except Exception as exc:
+        with contextlib.suppress(OSError, ValueError):
+            conn.send_bytes(_ERROR + f"{type(exc).__name__}: {exc}".encode())
+    finally:
+        for env in envs:
+            env.close()
+        conn.close()
+
+
+class VecArmEnv:
+    """``n_envs`` ArmEnvs spread over ``n_workers`` processes (default: one per core).
+
+    ``reset(tasks, seeds) -> obs [n_envs, 14]``;
+    ``step(actions [n_envs, 7]) -> obs, rewards, terminated, truncated, success``.
+    ``last_info`` holds ``distance`` [n_envs] and ``ee_pos`` [n_envs, 3] of the last call.
+    Use it as a context manager (or call :meth:`close`).
+    """
+
+    def __init__(
+        self,
+        n_envs: int,
+        n_workers: int | None = None,
+        env_kwargs: dict[str, Any] | None = None,
+        *,
+        start_method: str = "spawn",
+        timeout_s: float = 120.0,
+    ) -> None:
+        if isinstance(n_envs, bool) or not isinstance(n_envs, int) or n_envs < 1:
+            raise ValueError(f"n_envs must be a positive int, got {n_envs!r}")
+        if n_workers is None:
+            n_workers = min(n_envs, os.cpu_count() or 1)
+        if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
+            raise ValueError(f"n_workers must be a positive int, got {n_workers!r}")
+        n_workers = min(n_workers, n_envs)
+        kwargs_json = json.dumps(env_kwargs or {})  # plain data only: fails early otherwise
+        self.n_envs = n_envs
+        self.n_workers = n_workers
+        self.timeout_s = timeout_s
+        sizes = [len(group) for group in np.array_split(np.arange(n_envs), n_workers)]
+        self._bounds = np.cumsum([0, *sizes])
+        self._conns: list[Connection] = []
+        self._procs: list[mp.process.BaseProcess] = []
+        self._closed = False
+        self.last_info: dict[str, np.ndarray] = {}
+        ctx = mp.get_context(start_method)
+        try:
+            for size in sizes:
+                parent_end, child_end = ctx.Pipe(duplex=True)
+                proc = ctx.Process(target=_worker, args=(child_end, size, kwargs_json), daemon=True)
+                proc.start()
+                child_end.close()
+                self._conns.append(parent_end)
+                self._procs.append(proc)
+            for index in range(n_workers):
+                self._receive(index)
+        except BaseException:
+            self.close()
+            raise
+
+    # --- public API -----------------------------------------------------------------------
+
+    def reset(
+        self,
+        tasks: Sequence[TaskSpec | None] | None = None,
+        seeds: Sequence[int | None] | None = None,
+    ) -> np.ndarray:
+        """Reset every env (to ``tasks[i]`` if given, seeded with ``seeds[i]`` if given)."""
+        tasks = list(tasks) if tasks is not None else [None] * self.n_envs
+        seeds = list(seeds) if seeds is not None else [None] * self.n_envs
+        if len(tasks) != self.n_envs or len(seeds) != self.n_envs:
+            raise ValueError(
+                f"need {self.n_envs} tasks and seeds, got {len(tasks)} and {len(seeds)}"
+            )
+        for task in tasks:
+            if task is not None and not isinstance(task, TaskSpec):
+                raise TypeError(f"tasks must be TaskSpec or None, got {type(task).__name__}")
+        for seed in seeds:
+            if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+                raise TypeError(f"seeds must be int or None, got {seed!r}")
+        task_json = [task.to_json() if task is not None else None for task in tasks]
+        for index, (lo, hi) in enumerate(self._groups()):
+            request = json.dumps({"tasks": task_json[lo:hi], "seeds": seeds[lo:hi]})
+            self._send(index, _RESET + request.encode())
+        rows = self._gather()
+        return rows[:, :OBS_DIM].copy()
+
+    def step(
+        self, actions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """One control step of every env; returns obs, rewards, terminated, truncated, success."""
+        actions = np.ascontiguousarray(actions, dtype=np.float32)
+        if actions.shape != (self.n_envs, ACT_DIM):
+            raise ValueError(
+                f"actions must have shape ({self.n_envs}, {ACT_DIM}), got {actions.shape}"
+            )
+        if not np.isfinite(actions).all():
+            raise ValueError("actions hold a non-finite value")
+        for index, (lo, hi) in enumerate(self._groups()):
+            self._send(index, _STEP + actions[lo:hi].tobytes())
+        rows = self._gather()
+        return (
+            rows[:, :OBS_DIM].copy(),
+            rows[:, _REWARD].copy(),
+            rows[:, _TERMINATED] > 0.5,
+            rows[:, _TRUNCATED] > 0.5,
+            rows[:, _SUCCESS] > 0.5,
+        )
+
+    def close(self) -> None:
+        """Stop the workers (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        for conn in self._conns:
+            with contextlib.suppress(OSError, ValueError):
+                conn.send_bytes(_CLOSE)
+        for proc in self._procs:
+            proc.join(timeout=5.0)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=5.0)
+        for conn in self._conns:
+            conn.close()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has run."""
+        return self._closed
+
+    def __enter__(self) -> VecArmEnv:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            self.close()
+
+    # --- wire -----------------------------------------------------------------------------
+
+    def _groups(self) -> list[tuple[int, int]]:
+        return [
+            (int(lo), int(hi)) for lo, hi in zip(self._bounds[:-1], self._bounds[1:], strict=False)
+        ]
+
+    def _send(self, index: int, message: bytes) -> None:
+        if self._closed:
+            raise RuntimeError("VecArmEnv is closed")
+        try:
+            self._conns[index].send_bytes(message)
+        except (OSError, ValueError) as exc:
+            raise RuntimeError(f"sim worker {index} is gone: {exc}") from None
+
+    def _receive(self, index: int) -> bytes:
+        conn = self._conns[index]
+        try:
+            if not conn.poll(self.timeout_s):
+                raise RuntimeError(f"sim worker {index} did not answer in {self.timeout_s} s")
+            message = conn.recv_bytes()
+        except (EOFError, OSError) as exc:
+            raise RuntimeError(f"sim worker {index} died: {exc!r}") from None
+        if message[:1] == _ERROR:
+            raise RuntimeError(f"sim worker {index}: {message[1:].decode(errors='replace')}")
+        return message[1:]
+
+    def _gather(self) -> np.ndarray:
+        rows = np.empty((self.n_envs, ROW), dtype=np.float32)
+        errors = []
+        for index, (lo, hi) in enumerate(self._groups()):
+            try:  # read every reply, even after an error, so the pipes stay in step
+                rows[lo:hi] = np.frombuffer(self._receive(index), np.float32).reshape(-1, ROW)
+            except RuntimeError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise RuntimeError("; ".join(errors))
+        self.last_info = {"distance": rows[:, _DISTANCE].copy(), "ee_pos": rows[:, _EE].copy()}
+        return rows
