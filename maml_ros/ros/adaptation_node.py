@@ -49,6 +49,7 @@ from maml_ros.ros.convert import (
     task_from_msg,
 )
 from maml_ros.ros.interfaces import (
+    COMMAND_QOS,
     DEFAULT_CONTROLLER,
     EXPLORATION_SERVICE,
     JOINT_STATES_QOS,
@@ -425,6 +426,7 @@ class AdaptationNode(Node):
         self._pending_task: TaskSpec | None = None
         self._cancel = threading.Event()
         self.adaptations = 0
+        self.adaptation_id = 0
         self.cancellations = 0
 
         controller = self.params["controller_name"]
@@ -446,7 +448,7 @@ class AdaptationNode(Node):
         self.create_subscription(
             Vector3Stamped, REWARD_TOPIC, self._on_reward, STREAM_QOS, callback_group=streams
         )
-        self.create_subscription(String, TASK_TOPIC, self._on_task, STREAM_QOS)
+        self.create_subscription(String, TASK_TOPIC, self._on_task, COMMAND_QOS)
         self.create_subscription(
             String, self.params["controller_status_topic"], self._on_controller_status, LATCHED_QOS
         )
@@ -465,6 +467,7 @@ class AdaptationNode(Node):
             return_post=None,
             success_post=None,
             adapt_latency_ms=None,
+            adaptation_id=0,
             adaptations=0,
             cancellations=0,
             reason=None,
@@ -601,8 +604,10 @@ class AdaptationNode(Node):
     def _adapt_to(self, task: TaskSpec) -> None:
         cfg = {p.name: self.params[p.name] for p in PARAMS}
         self.rollouts_discarded = 0
+        self.adaptation_id += 1
         self._phase(
             "evaluating_pre",
+            adaptation_id=self.adaptation_id,
             task_family=task.family,
             rollouts_collected=0,
             rollouts_discarded=0,
