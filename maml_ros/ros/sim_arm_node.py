@@ -1,0 +1,407 @@
+"""sim_arm_node: the simulated KUKA iiwa behaving as a robot driver.
+
+It is the only node that knows the hidden task. Each control tick (the env's 40 Hz, with 240 Hz
+physics inside) a worker thread:
+
+1. applies a pending task change (``task`` topic) or reset (``reset`` service);
+2. advances the simulated clock by exactly one control period and publishes the arm's
+   ``joint_states`` with that stamp (encoder offsets included);
+3. in lockstep mode, waits up to ``command_wait_s`` for a command received after that state
+   was published, so the executed action is the one the controller computed for it;
+4. steps the env with the latest command (rad/s divided by the env's ``max_joint_velocity``);
+5. publishes the step's ``reward`` stamped with the state's stamp (x reward, y success,
+   z episode) and appends the transition to ``transition_log`` when one is set: one JSON line
+   ``{stamp_ns, episode, positions, velocities, action, reward, success, answered}`` with the
+   published state the step was taken from, the action in env units as executed (clipped to
+   [-1, 1]) and whether a command arrived after that state was published;
+6. sleeps so that sim time runs at ``real_time_factor`` times wall-clock time (0: no sleep).
+
+Commands: the latest valid command is held (ros2_control forward-command behaviour) until it is
+older than ``command_timeout_s`` of wall time, then the arm holds still (zero velocity). A reset
+clears the held command. Commands carry no stamp, so lockstep pairs a state with the first
+command received after it: when an answer misses its ``command_wait_s`` (counted in
+``lockstep_misses``) the held command is executed, and the late answer is taken for the next
+state.
+
+Episodes: ``reset`` puts the arm back home (plus the env's small reset noise) and starts episode
+counter + 1 (the first episode, from start-up, is 0). After ``episode_steps`` steps in an
+episode, with ``hold_after_episode`` on (default), the driver holds the arm still (zero velocity,
+commands ignored) and keeps publishing states and rewards until the next reset; nothing in the
+messages marks the end (learners count steps from the reset), only ``~/status`` shows
+``episode_over``. With ``hold_after_episode`` off the commands keep being executed.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import numpy as np
+from geometry_msgs.msg import Vector3Stamped
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.exceptions import ParameterException
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray, String
+from std_srvs.srv import Trigger
+
+from maml_ros.ros.common import NodeStatus, ParamSpec, ValidatedParameters, ns_to_stamp, run_node
+from maml_ros.ros.convert import (
+    arrays_to_joint_state,
+    commands_from_msg,
+    reward_to_msg,
+    task_from_msg,
+)
+from maml_ros.ros.interfaces import (
+    COMMAND_QOS,
+    DEFAULT_CONTROLLER,
+    JOINT_STATES_QOS,
+    JOINT_STATES_TOPIC,
+    RESET_SERVICE,
+    REWARD_TOPIC,
+    STREAM_QOS,
+    TASK_TOPIC,
+    commands_topic,
+)
+from maml_ros.sim import ArmEnv, TaskSpec, TaskSpecError, nominal_task
+
+TASK_QOS = COMMAND_QOS
+"""RELIABLE, depth 10: the ``task`` topic's QoS (interfaces.py)."""
+CLOCK_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+"""Reliable, so both reliable and best-effort (rclpy's TimeSource) subscribers match."""
+RESET_TIMEOUT_S = 5.0
+
+
+def _task_json_problem(text: str) -> str | None:
+    if text == "":
+        return None
+    try:
+        TaskSpec.from_json(text)
+    except TaskSpecError as exc:
+        return f"initial_task: {exc}"
+    return None
+
+
+def _log_path_problem(path: str) -> str | None:
+    return "transition_log must not contain NUL" if "\0" in path else None
+
+
+PARAMS = [
+    ParamSpec(
+        "controller",
+        DEFAULT_CONTROLLER,
+        "Controller whose <controller>/commands drive the arm",
+        validator=lambda v: None if v.strip("/") else "controller must not be empty",
+        read_only=True,
+    ),
+    ParamSpec(
+        "real_time_factor",
+        1.0,
+        "Sim time per wall time (1 = real time, >1 faster, 0 = as fast as lockstep allows)",
+        float_range=(0.0, 1000.0),
+    ),
+    ParamSpec(
+        "lockstep",
+        True,
+        "Wait (up to command_wait_s) for the command answering each published state",
+    ),
+    ParamSpec(
+        "command_wait_s",
+        0.02,
+        "Lockstep: longest wait for the command answering a state (s)",
+        float_range=(0.0, 1.0),
+    ),
+    ParamSpec(
+        "command_timeout_s",
+        0.5,
+        "A command older than this (wall s) is dropped and the arm holds still (0 = never)",
+        float_range=(0.0, 60.0),
+    ),
+    ParamSpec(
+        "episode_steps",
+        50,
+        "Steps per episode; after them the arm holds still until reset (hold_after_episode)",
+        int_range=(1, 1_000_000),
+    ),
+    ParamSpec(
+        "hold_after_episode",
+        True,
+        "After episode_steps steps, hold still (ignore commands) until the next reset",
+    ),
+    ParamSpec("publish_clock", False, "Publish rosgraph_msgs/Clock on /clock with the sim time"),
+    ParamSpec(
+        "initial_task",
+        "",
+        "Task JSON applied at start-up ('' = the nominal arm reaching the default goal)",
+        validator=_task_json_problem,
+        read_only=True,
+    ),
+    ParamSpec("seed", 0, "Seed of the env's reset noise", int_range=(0, 2**31 - 1), read_only=True),
+    ParamSpec(
+        "transition_log",
+        "",
+        "Append one JSON line per executed step to this file ('' = off)",
+        validator=_log_path_problem,
+        read_only=True,
+    ),
+]
+
+
+@dataclass
+class _Command:
+    """The latest valid command, in env units, with its wall-clock arrival and sequence."""
+
+    action: np.ndarray
+    received: float = 0.0
+    seq: int = 0
+
+
+@dataclass
+class _ResetRequest:
+    done: threading.Event = field(default_factory=threading.Event)
+    episode: int = -1
+
+
+class SimArmNode(Node):
+    """The simulated arm as a ROS driver (see the module docstring)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("sim_arm", **kwargs)
+        # Everything destroy_node touches exists before anything below can raise.
+        self._stop = threading.Event()
+        self._cond = threading.Condition()
+        self._pending_resets: list[_ResetRequest] = []
+        self._worker: threading.Thread | None = None
+        self._log: TextIO | None = None
+        self.env: ArmEnv | None = None
+        try:
+            self.params = ValidatedParameters(self, PARAMS)
+        except ParameterException as exc:  # out of a descriptor's range, or of the wrong type
+            raise ValueError(f"invalid parameter: {exc}") from exc
+        self.status = NodeStatus(self)
+        task = (
+            TaskSpec.from_json(self.params["initial_task"])
+            if self.params["initial_task"]
+            else nominal_task()
+        )
+        self.env = ArmEnv(task)
+        self.env.reset(seed=self.params["seed"])
+        self.joint_names = list(self.env.joint_names)
+        self._period_ns = round(1e9 / self.env.control_hz)
+        self._sim_ns = time.time_ns()
+        self._episode = 0
+        self._step = 0
+        self._ticks = 0
+        self._lockstep_misses = 0
+        if self.params["transition_log"]:
+            try:
+                self._log = open(self.params["transition_log"], "a", encoding="utf-8")  # noqa: SIM115
+            except OSError as exc:
+                raise ValueError(f"cannot open transition_log: {exc}") from exc
+
+        self._command = _Command(action=np.zeros(len(self.joint_names)))
+        self._pending_task: TaskSpec | None = None
+
+        controller = self.params["controller"].strip("/")
+        self._state_pub = self.create_publisher(JointState, JOINT_STATES_TOPIC, JOINT_STATES_QOS)
+        self._reward_pub = self.create_publisher(Vector3Stamped, REWARD_TOPIC, STREAM_QOS)
+        self._clock_pub = self.create_publisher(Clock, "/clock", CLOCK_QOS)
+        commands_group = MutuallyExclusiveCallbackGroup()
+        control_group = MutuallyExclusiveCallbackGroup()
+        self.create_subscription(
+            Float64MultiArray,
+            commands_topic(controller),
+            self._on_command,
+            COMMAND_QOS,
+            callback_group=commands_group,
+        )
+        self.create_subscription(
+            String, TASK_TOPIC, self._on_task, TASK_QOS, callback_group=control_group
+        )
+        self.create_service(Trigger, RESET_SERVICE, self._on_reset, callback_group=control_group)
+        self._update_status()
+        self._worker = threading.Thread(target=self._run, name="sim_arm_physics", daemon=True)
+        self._worker.start()
+
+    # --- inputs (executor threads) --------------------------------------------------------
+
+    def _on_command(self, msg: Float64MultiArray) -> None:
+        try:
+            velocities = commands_from_msg(msg, len(self.joint_names))
+        except ValueError as exc:
+            self.status.drop("command", str(exc))
+            return
+        with self._cond:
+            self._command = _Command(
+                action=velocities / self.env.max_joint_velocity,
+                received=time.monotonic(),
+                seq=self._command.seq + 1,
+            )
+            self._cond.notify_all()
+
+    def _on_task(self, msg: String) -> None:
+        try:
+            task = task_from_msg(msg)
+        except ValueError as exc:
+            self.status.drop("task", str(exc))
+            return
+        self.get_logger().info(f"new task ({task.family}) received")
+        with self._cond:
+            self._pending_task = task
+            self._cond.notify_all()
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        reset = _ResetRequest()
+        with self._cond:
+            self._pending_resets.append(reset)
+            self._cond.notify_all()
+        if not reset.done.wait(RESET_TIMEOUT_S) or reset.episode < 0:
+            response.success = False
+            response.message = "reset timed out: the physics loop is not running"
+            return response
+        response.success = True
+        response.message = f"arm reset to home; episode {reset.episode}"
+        return response
+
+    # --- the physics loop (worker thread) -------------------------------------------------
+
+    def _run(self) -> None:
+        next_tick = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                self._tick()
+            except Exception as exc:  # keep the driver alive; the status shows the failure
+                self.status.drop("tick_error", f"{type(exc).__name__}: {exc}")
+                self.get_logger().error(f"physics tick failed: {exc!r}")
+                self._stop.wait(0.1)
+            rtf = self.params["real_time_factor"]
+            if rtf > 0:
+                next_tick += self._period_ns / 1e9 / rtf
+                delay = next_tick - time.monotonic()
+                if delay > 0:
+                    self._stop.wait(delay)
+                elif delay < -0.5:  # far behind (e.g. a debugger pause): do not try to catch up
+                    next_tick = time.monotonic()
+
+    def _apply_requests(self) -> None:
+        with self._cond:
+            task, self._pending_task = self._pending_task, None
+            resets, self._pending_resets = self._pending_resets, []
+        if task is not None:
+            self.env.set_task(task)
+        if resets:
+            self.env.reset()
+            self._episode += 1
+            self._step = 0
+            with self._cond:
+                self._command = _Command(
+                    action=np.zeros(len(self.joint_names)), seq=self._command.seq
+                )
+            for reset in resets:
+                reset.episode = self._episode
+                reset.done.set()
+
+    def _tick(self) -> None:
+        self._apply_requests()
+        self._sim_ns += self._period_ns
+        stamp_ns = self._sim_ns
+        positions, velocities = self.env.joint_state()
+        with self._cond:
+            seq_before = self._command.seq
+        self._state_pub.publish(
+            arrays_to_joint_state(stamp_ns, self.joint_names, positions, velocities)
+        )
+        if self.params["publish_clock"]:
+            self._clock_pub.publish(Clock(clock=ns_to_stamp(stamp_ns)))
+
+        holding = self.params["hold_after_episode"] and self._step >= self.params["episode_steps"]
+        action, answered = self._action_for_state(seq_before, wait=not holding)
+        if self._stop.is_set():
+            return  # shutting down: do not execute a command nobody answered
+        if holding:
+            action = np.zeros_like(action)
+        _, reward, _, _, info = self.env.step(action)
+        success = bool(info["success"])
+        self._reward_pub.publish(reward_to_msg(stamp_ns, reward, success, self._episode))
+        if self._log is not None:
+            record = {
+                "stamp_ns": stamp_ns,
+                "episode": self._episode,
+                "positions": positions.tolist(),
+                "velocities": velocities.tolist(),
+                "action": np.clip(action, -1.0, 1.0).tolist(),
+                "reward": reward,
+                "success": success,
+                "answered": answered,
+            }
+            self._log.write(json.dumps(record) + "\n")
+            self._log.flush()
+        self._step += 1
+        self._ticks += 1
+        self._update_status()
+
+    def _action_for_state(self, seq_before: int, wait: bool) -> tuple[np.ndarray, bool]:
+        """(command to execute for the state just published, in env units; answered).
+
+        ``answered`` is True when a command arrived after the state was published (in lockstep
+        that is the controller's answer to this state, unless an earlier answer came late).
+        """
+        with self._cond:
+            if wait and self.params["lockstep"]:
+                self._cond.wait_for(
+                    lambda: self._command.seq > seq_before or self._stop.is_set(),
+                    timeout=self.params["command_wait_s"],
+                )
+            command = self._command
+        answered = command.seq > seq_before
+        if wait and self.params["lockstep"] and not answered and not self._stop.is_set():
+            self._lockstep_misses += 1
+        timeout = self.params["command_timeout_s"]
+        if command.seq == 0 or (timeout > 0 and time.monotonic() - command.received > timeout):
+            return np.zeros(len(self.joint_names)), answered
+        return command.action.copy(), answered
+
+    def _update_status(self) -> None:
+        self.status.set(
+            episode=self._episode,
+            step=self._step,
+            episode_over=self._step >= self.params["episode_steps"],
+            task_family=self.env.task.family,
+            sim_time_ns=self._sim_ns,
+            ticks=self._ticks,
+            lockstep_misses=self._lockstep_misses,
+        )
+
+    # --- shutdown -------------------------------------------------------------------------
+
+    def destroy_node(self) -> None:
+        """Stops the physics loop, then closes the env and the transition log."""
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._worker is not None and self._worker.is_alive():
+            self._worker.join(timeout=5.0)
+        with self._cond:
+            for reset in self._pending_resets:
+                reset.done.set()
+        if self.env is not None:
+            self.env.close()
+            self.env = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of the ``sim_arm_node`` executable."""
+    return run_node(SimArmNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

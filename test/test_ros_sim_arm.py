@@ -1,0 +1,275 @@
+"""sim_arm_node: stamped states and rewards, commands, lockstep, reset, bad inputs, executable."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import rclpy
+from geometry_msgs.msg import Vector3Stamped
+from rclpy.context import Context
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray, String
+from std_srvs.srv import Trigger
+
+from maml_ros.ros.common import stamp_to_ns
+from maml_ros.ros.convert import commands_to_msg
+from maml_ros.ros.interfaces import (
+    COMMAND_QOS,
+    JOINT_STATES_QOS,
+    STREAM_QOS,
+    commands_topic,
+)
+from maml_ros.ros.sim_arm_node import SimArmNode
+from maml_ros.sim import HOME_POSE, sample_tasks
+
+PERIOD_NS = 25_000_000
+FAST = {"real_time_factor": 0.0, "lockstep": True, "command_wait_s": 0.5}
+
+
+class Ros:
+    """A private rclpy context whose nodes a background MultiThreadedExecutor spins."""
+
+    def __init__(self) -> None:
+        self.context = Context()
+        rclpy.init(context=self.context)
+        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        self.nodes: list[Node] = []
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def add(self, node: Node) -> Any:
+        self.nodes.append(node)
+        self.executor.add_node(node)
+        return node
+
+    def close(self) -> None:
+        for node in reversed(self.nodes):
+            self.executor.remove_node(node)
+            node.destroy_node()
+        self.executor.shutdown(timeout_sec=5.0)
+        rclpy.try_shutdown(context=self.context)
+        self.thread.join(timeout=5.0)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"condition not met within {timeout} s"
+        time.sleep(0.01)
+    return value
+
+
+@pytest.fixture
+def ros() -> Iterator[Ros]:
+    harness = Ros()
+    yield harness
+    harness.close()
+
+
+def sim_node(ros: Ros, **params: Any) -> SimArmNode:
+    overrides = [Parameter(k, value=v) for k, v in {**FAST, **params}.items()]
+    return ros.add(SimArmNode(context=ros.context, parameter_overrides=overrides))
+
+
+class Probe:
+    """Records joint states and rewards; optionally answers each state with a command."""
+
+    def __init__(self, ros: Ros, answer: Callable[[JointState], np.ndarray] | None = None):
+        self.node = ros.add(Node("probe", context=ros.context))
+        self.states: list[JointState] = []
+        self.rewards: list[Vector3Stamped] = []
+        self.answer = answer
+        self.commands = self.node.create_publisher(
+            Float64MultiArray, commands_topic("arm_controller"), COMMAND_QOS
+        )
+        self.node.create_subscription(JointState, "joint_states", self._state, JOINT_STATES_QOS)
+        self.node.create_subscription(Vector3Stamped, "reward", self.rewards.append, STREAM_QOS)
+
+    def _state(self, msg: JointState) -> None:
+        self.states.append(msg)
+        if self.answer is not None:
+            self.commands.publish(commands_to_msg(self.answer(msg)))
+
+
+def test_publishes_stamped_states_and_rewards(ros: Ros) -> None:
+    node = sim_node(ros, lockstep=False, real_time_factor=2.0)
+    probe = Probe(ros)
+    wait_until(lambda: len(probe.rewards) >= 30 and len(probe.states) >= 30)
+    states, rewards = list(probe.states), list(probe.rewards)
+    assert list(states[0].name) == list(node.env.joint_names)
+    assert all(len(s.position) == len(s.velocity) == 7 for s in states)
+    stamps = [stamp_to_ns(s.header.stamp) for s in states]
+    gaps = np.diff(stamps)
+    # The sim clock advances exactly one control period per tick; best-effort delivery may
+    # lose a state now and then, which shows as a multiple of the period, never as a repeat.
+    assert (gaps > 0).all() and (gaps % PERIOD_NS == 0).all(), gaps
+    assert (gaps == PERIOD_NS).mean() > 0.8, gaps
+    state_stamps = set(stamps)
+    for reward in rewards:
+        stamp = stamp_to_ns(reward.header.stamp)
+        if stamp in state_stamps:
+            assert reward.vector.x < 0.0  # minus the distance to the goal
+            assert reward.vector.y in (0.0, 1.0)
+            assert reward.vector.z == 0.0
+    matched = sum(stamp_to_ns(r.header.stamp) in state_stamps for r in rewards)
+    assert matched >= len(rewards) - 2  # the first may predate the probe's subscription
+
+
+def test_commands_move_joints_and_lockstep_executes_the_answer(ros: Ros, tmp_path) -> None:
+    log = tmp_path / "transitions.jsonl"
+    node = sim_node(ros, transition_log=str(log), hold_after_episode=False)
+
+    def answer(state: JointState) -> np.ndarray:
+        # Joint 0 up, joint 3 down; joint 6's command encodes the state's stamp parity, so the
+        # log shows whether each step executed the answer to its own state.
+        parity = (stamp_to_ns(state.header.stamp) // PERIOD_NS) % 2
+        return np.array([1.0, 0, 0, -1.0, 0, 0, 0.75 if parity else -0.75])
+
+    probe = Probe(ros, answer)
+    wait_until(lambda: len(probe.states) >= 45)
+    states = list(probe.states)
+    first, last = np.array(states[0].position), np.array(states[-1].position)
+    assert last[0] - first[0] > 0.5, "joint 0 should move up at ~1 rad/s for > 1 s of sim time"
+    assert last[3] - first[3] < -0.3, "joint 3 should move down (to its -2.09 rad limit)"
+    assert abs(last[1] - first[1]) < 0.2
+
+    misses = node.status.snapshot()["lockstep_misses"]
+    ros.executor.remove_node(node)  # stop ticking before reading the log
+    node.destroy_node()
+    ros.nodes.remove(node)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(lines) >= 45
+    answered = [rec for rec in lines if rec["answered"]]
+    # Misses: the first state (published before the probe subscribed) and the last one (the
+    # node left the executor); a miss also makes the next state take the late answer.
+    assert misses <= 2 and len(answered) >= len(lines) - 2 * misses
+    answered = answered[1:-1]
+    max_v = 1.5
+    for rec in answered:
+        parity = (rec["stamp_ns"] // PERIOD_NS) % 2
+        assert rec["action"][6] == pytest.approx((0.75 if parity else -0.75) / max_v)
+        assert rec["action"][0] == pytest.approx(1.0 / max_v)
+    by_stamp = {stamp_to_ns(s.header.stamp): s for s in states}
+    for rec in lines:
+        if rec["stamp_ns"] in by_stamp:
+            assert rec["positions"] == list(by_stamp[rec["stamp_ns"]].position)
+            assert rec["velocities"] == list(by_stamp[rec["stamp_ns"]].velocity)
+    assert {rec["episode"] for rec in lines} == {0}
+
+
+def test_reset_service_starts_a_new_episode_at_home(ros: Ros) -> None:
+    node = sim_node(ros, hold_after_episode=False)
+    probe = Probe(ros, lambda s: np.full(7, 1.0))
+    client = probe.node.create_client(Trigger, "reset")
+    assert client.wait_for_service(timeout_sec=10.0)
+    wait_until(lambda: len(probe.states) >= 20)
+    assert np.abs(np.array(probe.states[-1].position) - HOME_POSE).max() > 0.3
+
+    probe.answer = None  # let the arm hold still after the reset
+    response = client.call(Trigger.Request(), timeout_sec=10.0)
+    assert response.success and "episode 1" in response.message
+    wait_until(lambda: any(r.vector.z == 1.0 for r in probe.rewards))
+    first_new = next(
+        s for s in probe.states if stamp_to_ns(s.header.stamp) >= _first_stamp_of(probe, 1)
+    )
+    assert np.abs(np.array(first_new.position) - HOME_POSE).max() < 0.05
+    assert node.status.snapshot()["episode"] == 1
+
+
+def _first_stamp_of(probe: Probe, episode: int) -> int:
+    return min(stamp_to_ns(r.header.stamp) for r in probe.rewards if r.vector.z == episode)
+
+
+def test_holds_still_after_episode_steps(ros: Ros) -> None:
+    sim_node(ros, episode_steps=10, hold_after_episode=True)
+    probe = Probe(ros, lambda s: np.full(7, 1.0))
+    wait_until(lambda: len(probe.states) >= 30)
+    late = [np.array(s.position) for s in probe.states[20:30]]
+    assert np.abs(late[-1] - late[0]).max() < 0.02, "the arm must hold after episode_steps"
+
+
+def test_bad_inputs_are_dropped_and_counted_and_valid_task_applies(ros: Ros) -> None:
+    node = sim_node(ros)
+    helper = ros.add(Node("helper", context=ros.context))
+    tasks = helper.create_publisher(String, "task", COMMAND_QOS)
+    commands = helper.create_publisher(
+        Float64MultiArray, commands_topic("arm_controller"), COMMAND_QOS
+    )
+    wait_until(lambda: tasks.get_subscription_count() and commands.get_subscription_count())
+    tasks.publish(String(data='{"family": "reach", "goal": [9, 9, 9]}'))
+    tasks.publish(String(data="not json"))
+    commands.publish(Float64MultiArray(data=[1.0, 2.0]))
+    commands.publish(Float64MultiArray(data=[float("nan")] * 7))
+    wait_until(lambda: node.status.dropped("task") == 2 and node.status.dropped("command") == 2)
+
+    task = sample_tasks("reach+dynamics", 1, split="test", seed=3)[0]
+    tasks.publish(String(data=task.to_json()))
+    wait_until(lambda: node.env.task == task)
+    ticks = node.status.snapshot()["ticks"]
+    wait_until(lambda: node.status.snapshot()["ticks"] > ticks + 5)  # still stepping
+    assert node.status.snapshot()["task_family"] == "reach+dynamics"
+
+
+def test_rejects_invalid_parameters(ros: Ros) -> None:
+    node = sim_node(ros)
+    results = node.set_parameters(
+        [
+            Parameter("real_time_factor", value=-1.0),
+            Parameter("command_wait_s", value=float("nan")),
+            Parameter("episode_steps", value=0),
+            Parameter("controller", value="other"),
+        ]
+    )
+    assert [r.successful for r in results] == [False] * 4
+    assert node.params["real_time_factor"] == 0.0
+    assert node.set_parameters([Parameter("real_time_factor", value=2.0)])[0].successful
+    assert node.params["real_time_factor"] == 2.0
+    with pytest.raises(ValueError, match="initial_task"):
+        SimArmNode(
+            context=ros.context,
+            parameter_overrides=[Parameter("initial_task", value='{"family": "walk"}')],
+        )
+
+
+def _executable(name: str) -> str:
+    path = shutil.which(name)
+    assert path, f"{name} is not on PATH: run `make setup` and `source tools/env.sh`"
+    return path
+
+
+def test_executable_publishes_and_shuts_down_cleanly(ros: Ros) -> None:
+    proc = subprocess.Popen(
+        [_executable("sim_arm_node"), "--ros-args", "-p", "real_time_factor:=4.0"],
+        env=os.environ.copy(),
+    )
+    try:
+        probe = Probe(ros)
+        wait_until(lambda: len(probe.states) >= 5, timeout=30.0)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=15)
+    assert code == 0
+
+
+def test_executable_exits_2_on_invalid_parameter() -> None:
+    proc = subprocess.run(
+        [_executable("sim_arm_node"), "--ros-args", "-p", "real_time_factor:=-3.0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "real_time_factor" in proc.stderr + proc.stdout
