@@ -38,7 +38,7 @@ from maml_ros.meta.sine import (
 
 SHOTS = (5, 10, 20)
 METHODS = {"maml": False, "metasgd": True}
-FULL_ITERATIONS = 12_000
+FULL_ITERATIONS = 10_000
 QUICK_ITERATIONS = 150
 EVAL_TASKS = 600
 EVAL_SEED = 1_000_000  # training seeds are 0..5
