@@ -10,7 +10,7 @@ from maml_ros.sim.arm_env import (
     ArmEnv,
     observation_from_joint_state,
 )
-from maml_ros.sim.task import DEFAULT_GOAL, TaskSpec, sample_tasks
+from maml_ros.sim.task import DEFAULT_GOAL, GOAL_CUBE_CENTER, HOME_EE, TaskSpec, sample_tasks
 
 
 @pytest.fixture
@@ -44,8 +44,13 @@ def test_spaces_and_joint_names(env):
 
 
 def test_home_pose_sits_in_the_goal_cube(env):
-    env.reset(seed=0)
-    assert np.linalg.norm(env.ee_position() - np.array([0.55, 0.0, 0.45])) < 0.03
+    arm = ArmEnv(reset_noise=0.0)
+    try:
+        arm.reset(seed=0)
+        np.testing.assert_allclose(arm.ee_position(), HOME_EE, atol=0.002)
+    finally:
+        arm.close()
+    assert np.linalg.norm(np.array(HOME_EE) - GOAL_CUBE_CENTER) < 0.01
 
 
 def test_same_seed_same_trajectory(env):

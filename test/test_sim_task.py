@@ -9,8 +9,13 @@ import pytest
 from maml_ros.sim.task import (
     DEFAULT_GOAL,
     FAMILIES,
+    GOAL_CELL_SIZE,
+    GOAL_CUBE_CELLS,
+    GOAL_CUBE_CENTER,
     GOAL_MARGIN,
+    HOME_EE,
     MAX_JSON_CHARS,
+    MIN_GOAL_DISTANCE,
     TaskSpec,
     TaskSpecError,
     sample_tasks,
@@ -110,8 +115,9 @@ def test_train_and_test_regions_are_disjoint(family):
         assert closest >= 2 * GOAL_MARGIN - 1e-9
 
 
-def test_held_out_goals_span_a_30cm_cube():
+def test_held_out_goals_span_a_30cm_cube_away_from_home():
     goals = [t.goal for t in sample_tasks("reach", 300, "test", seed=1)]
+    assert min(math.dist(g, HOME_EE) for g in goals) >= MIN_GOAL_DISTANCE
     for axis in range(3):
         values = [g[axis] for g in goals]
         assert max(values) - min(values) >= 0.3
@@ -139,3 +145,10 @@ def test_sampler_argument_errors():
 def test_to_dict_is_plain_json():
     task = sample_tasks("reach+dynamics", 1, "train", 0)[0]
     assert json.loads(json.dumps(task.to_dict())) == task.to_dict()
+
+
+def test_every_point_of_the_goal_cube_is_a_valid_goal():
+    half = GOAL_CUBE_CELLS * GOAL_CELL_SIZE / 2
+    for signs in itertools.product((-1, 1), repeat=3):
+        corner = tuple(c + s * half for c, s in zip(GOAL_CUBE_CENTER, signs, strict=True))
+        TaskSpec(family="reach", goal=corner)  # raises if the sampler could ever raise

@@ -162,6 +162,7 @@ class ArmEnv(gym.Env):
             raise TypeError(f"task must be a TaskSpec, got {type(task).__name__}")
         self._task = task
         self._goal = np.array(task.goal, dtype=float)
+        self._goal_tuple = task.goal
         gain = np.array(task.joint_gain, dtype=float)
         dead = gain == 0.0
         # A weak joint tracks gain * command within gain * torque limit; a dead joint is braked:
@@ -212,7 +213,7 @@ class ArmEnv(gym.Env):
             raise ValueError(f"action must have shape ({ACT_DIM},), got {action.shape}")
         if not np.isfinite(action).all():
             raise ValueError("action holds a non-finite value")
-        action = np.clip(action, -1.0, 1.0)
+        action = np.minimum(np.maximum(action, -1.0), 1.0)
         self._command(action * self._velocity_scale)
         for _ in range(self.substeps):
             pb.stepSimulation(**self._cid)
@@ -220,10 +221,14 @@ class ArmEnv(gym.Env):
         states = pb.getJointStates(self._robot, self._joints, **self._cid)
         positions = np.fromiter((s[0] for s in states), float, NUM_JOINTS) + self._offsets
         velocities = np.fromiter((s[1] for s in states), float, NUM_JOINTS)
-        ee = self.ee_position()
-        distance = float(np.linalg.norm(ee - self._goal))
+        ee = self._ee_tuple()
+        distance = math.dist(ee, self._goal_tuple)
         reward = -distance - self.action_cost * float(action @ action)
-        info = {"success": distance < self.success_threshold, "distance": distance, "ee_pos": ee}
+        info = {
+            "success": distance < self.success_threshold,
+            "distance": distance,
+            "ee_pos": np.array(ee),
+        }
         obs = observation_from_joint_state(positions, velocities)
         return obs, reward, False, self._steps >= self.horizon, info
 
@@ -258,8 +263,12 @@ class ArmEnv(gym.Env):
 
     def ee_position(self) -> np.ndarray:
         """World position (m) of the end-effector point."""
+        return np.array(self._ee_tuple())
+
+    def _ee_tuple(self) -> tuple[float, float, float]:
+        # Without computeForwardKinematics the link state lags one physics step behind.
         state = pb.getLinkState(self._robot, EE_LINK, computeForwardKinematics=True, **self._cid)
-        return np.array(state[4])
+        return state[4]
 
     @property
     def physics_client(self) -> int:

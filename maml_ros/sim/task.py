@@ -36,13 +36,17 @@ GOAL_CELL_SIZE = 0.12
 """Edge of one goal cell (m): the goal cube is 0.36 m on a side."""
 GOAL_MARGIN = 0.01
 """Sampled goals stay this far (m) inside their cell, so train and test goals are >= 2 cm apart."""
+HOME_EE = (0.550, 0.0, 0.446)
+"""End-effector position (m) at the arm's home pose (checked against the env in the tests)."""
+MIN_GOAL_DISTANCE = 0.08
+"""Sampled goals lie at least this far (m) from HOME_EE, so no episode starts in success."""
 DEFAULT_GOAL = (0.64, 0.12, 0.34)
 """The fixed goal (m) of the ``"dynamics"`` family: off the home pose, so every joint matters."""
 
 WORKSPACE_LOW = (0.25, -0.45, 0.10)
 WORKSPACE_HIGH = (0.85, 0.45, 0.85)
 SHOULDER = (0.0, 0.0, 0.36)
-MAX_REACH = 0.78
+MAX_REACH = 0.85
 """A valid goal lies in the workspace box and within MAX_REACH (m) of the shoulder joint."""
 
 GAIN_RANGE = (0.0, 1.0)
@@ -57,6 +61,9 @@ ENCODER_OFFSET_RANGE = (-0.3, 0.3)
 # Sampling ranges of the "dynamics" family (a subset of the valid ranges above).
 SAMPLE_WEAK_GAIN = (0.4, 0.9)
 SAMPLE_DEAD_PROBABILITY = 0.3
+DEAD_JOINT_CANDIDATES = (0, 2, 4, 5, 6)
+"""Joints the sampler may kill: the redundant ones. Without the shoulder (1) or the elbow (3)
+most goals are out of reach, so those two are only ever weakened."""
 SAMPLE_DAMPING = (0.0, 2.0)
 SAMPLE_PAYLOAD = (0.0, 3.0)
 SAMPLE_ENCODER_OFFSET = 0.05
@@ -271,11 +278,13 @@ def _sample_goal(rng: np.random.Generator, split: str) -> tuple[float, float, fl
         for k in range(GOAL_CUBE_CELLS)
         if (i + j + k) % 2 == parity
     ]
-    cell = cells[rng.integers(len(cells))]
     half = GOAL_CUBE_CELLS * GOAL_CELL_SIZE / 2
-    low = np.array(GOAL_CUBE_CENTER) - half + np.array(cell) * GOAL_CELL_SIZE + GOAL_MARGIN
-    goal = low + rng.uniform(0.0, GOAL_CELL_SIZE - 2 * GOAL_MARGIN, size=3)
-    return (float(goal[0]), float(goal[1]), float(goal[2]))
+    while True:  # rejection: about 1 draw in 23 falls near the home position
+        cell = cells[rng.integers(len(cells))]
+        low = np.array(GOAL_CUBE_CENTER) - half + np.array(cell) * GOAL_CELL_SIZE + GOAL_MARGIN
+        goal = low + rng.uniform(0.0, GOAL_CELL_SIZE - 2 * GOAL_MARGIN, size=3)
+        if math.dist(goal, HOME_EE) >= MIN_GOAL_DISTANCE:
+            return (float(goal[0]), float(goal[1]), float(goal[2]))
 
 
 def _sample_body(rng: np.random.Generator, split: str) -> dict[str, Any]:
@@ -284,7 +293,7 @@ def _sample_body(rng: np.random.Generator, split: str) -> dict[str, Any]:
     combos = [(j, b) for j in range(NUM_JOINTS) for b in range(num_bins) if (j + b) % 2 == parity]
     joint, payload_bin = combos[rng.integers(len(combos))]
     gain = np.ones(NUM_JOINTS)
-    dead = rng.random() < SAMPLE_DEAD_PROBABILITY
+    dead = rng.random() < SAMPLE_DEAD_PROBABILITY and joint in DEAD_JOINT_CANDIDATES
     gain[joint] = 0.0 if dead else rng.uniform(*SAMPLE_WEAK_GAIN)
     payload = SAMPLE_PAYLOAD[0] + payload_bin * PAYLOAD_BIN + PAYLOAD_MARGIN
     payload += rng.uniform(0.0, PAYLOAD_BIN - 2 * PAYLOAD_MARGIN)
