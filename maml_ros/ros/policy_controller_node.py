@@ -1,0 +1,367 @@
+"""policy_controller_node: runs the current policy at the control rate on the latest joint state.
+
+Event-driven: each valid ``joint_states`` message (reordered to ``joint_names``) becomes an
+observation (``maml_ros.sim.observation_from_joint_state``), the policy acts (``NumpyPolicy``, no
+torch, no per-tick allocation inside the policy), and the node publishes
+
+- ``<controller>/commands``: joint velocities in rad/s = clip(action, -1, 1) × ``action_scale``,
+  then clamped to ±``max_velocity``;
+- ``<controller>/actions``: the action in policy units (before clamping), stamped with the joint
+  state's stamp, so the adaptation node can join (state, action, reward) on the stamp.
+
+Until it has a policy the controller publishes nothing at all (the driver then holds the arm).
+
+Policies arrive on ``policy`` (latched) in their own callback group. A policy is accepted when it
+decodes and validates (size, shapes, dtype, finiteness: rl's codec), matches this controller
+(observation size 2 × joints, action size = joints, and ``joint_names`` when its metadata has
+them), and is newer: another ``run_id`` than the current policy's, or the same run_id with a
+higher ``version``. It then replaces the current one between ticks (one reference assignment
+under a lock). A bad update is dropped and counted; the last good policy keeps running.
+
+Watchdog: when no valid joint state arrived for ``stale_timeout_s`` (wall time) while a policy
+is loaded, the controller holds position: it publishes zero velocities at ``hold_rate_hz``
+until states resume, and ``~/status`` shows ``stale: true``. Going stale also forgets the last
+stamp, so a restarted driver whose clock starts lower is accepted.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock, ClockType
+from rclpy.exceptions import ParameterException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray, UInt8MultiArray
+from std_srvs.srv import SetBool
+
+from maml_ros.rl.checkpoint import DEFAULT_MAX_BYTES, PolicyBundle, load_bundle
+from maml_ros.rl.policy import NumpyPolicy
+from maml_ros.ros.common import NodeStatus, ParamSpec, ValidatedParameters, run_node
+from maml_ros.ros.convert import (
+    action_to_msg,
+    commands_to_msg,
+    joint_state_to_arrays,
+    policy_from_msg,
+)
+from maml_ros.ros.interfaces import (
+    COMMAND_QOS,
+    DEFAULT_CONTROLLER,
+    EXPLORATION_SERVICE,
+    JOINT_STATES_QOS,
+    JOINT_STATES_TOPIC,
+    LATCHED_QOS,
+    POLICY_TOPIC,
+    STREAM_QOS,
+    actions_topic,
+    commands_topic,
+)
+from maml_ros.sim import observation_from_joint_state
+
+DEFAULT_JOINT_NAMES = [f"lbr_iiwa_joint_{i}" for i in range(1, 8)]
+"""The simulated KUKA iiwa's joints (``ArmEnv.joint_names``)."""
+DEFAULT_ACTION_SCALE = 1.5
+"""rad/s per policy unit: ``ArmEnv``'s default ``max_joint_velocity``."""
+WATCHDOG_PERIOD_S = 0.02
+
+
+def _joint_names_problem(value: Any) -> str | None:
+    names = list(value)
+    if not names or not all(isinstance(n, str) and n for n in names):
+        return "joint_names must be a non-empty list of non-empty strings"
+    if len(set(names)) != len(names):
+        return "joint_names must be unique"
+    return None
+
+
+def _positive_finite_problem(name: str, value: Any) -> str | None:
+    values = list(value)
+    if not values or not all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in values):
+        return f"{name} must be a non-empty list of finite positive numbers"
+    return None
+
+
+class PolicyControllerNode(Node):
+    """Runs the latest accepted policy on each joint state (see the module docstring)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("policy_controller", **kwargs)
+        specs = [
+            ParamSpec(
+                "controller",
+                DEFAULT_CONTROLLER,
+                "Controller name: publishes <controller>/commands and <controller>/actions",
+                validator=lambda v: None if v.strip("/") else "controller must not be empty",
+                read_only=True,
+            ),
+            ParamSpec(
+                "joint_names",
+                DEFAULT_JOINT_NAMES,
+                "Joint order of the observation, the action and the commands",
+                validator=_joint_names_problem,
+                read_only=True,
+            ),
+            ParamSpec(
+                "action_scale",
+                DEFAULT_ACTION_SCALE,
+                "rad/s per policy unit (the driver's max joint velocity)",
+                float_range=(1e-6, 100.0),
+            ),
+            ParamSpec(
+                "max_velocity",
+                [DEFAULT_ACTION_SCALE],
+                "Commanded velocity limits (rad/s): one for all joints or one per joint",
+                validator=self._max_velocity_problem,
+            ),
+            ParamSpec("explore", True, "Add the policy's Gaussian exploration noise"),
+            ParamSpec("seed", 0, "Seed of the exploration noise", int_range=(0, 2**31 - 1)),
+            ParamSpec(
+                "stale_timeout_s",
+                0.2,
+                "Hold position when no valid joint state arrived for this long (wall s)",
+                float_range=(0.01, 60.0),
+            ),
+            ParamSpec(
+                "hold_rate_hz",
+                10.0,
+                "Rate of the zero-velocity commands while joint states are stale",
+                float_range=(0.1, 1000.0),
+            ),
+            ParamSpec(
+                "policy_max_bytes",
+                DEFAULT_MAX_BYTES,
+                "Largest policy message accepted (bytes)",
+                int_range=(1024, 1 << 30),
+            ),
+            ParamSpec(
+                "initial_policy",
+                "",
+                "Checkpoint loaded at start-up ('' = wait for the policy topic)",
+                read_only=True,
+            ),
+        ]
+        try:
+            self.params = ValidatedParameters(self, specs, on_change=self._on_param_change)
+        except ParameterException as exc:  # out of a descriptor's range, or of the wrong type
+            raise ValueError(f"invalid parameter: {exc}") from exc
+        self.joint_names = list(self.params["joint_names"])
+        n = len(self.joint_names)
+        self.status = NodeStatus(self)
+        self._lock = threading.Lock()
+        self._active: _ActivePolicy | None = None
+        self._rng = np.random.default_rng(self.params["seed"])
+        self._limits = np.empty(n)
+        self._set_limits(self.params["max_velocity"])
+        self._action = np.empty(n, dtype=np.float32)
+        self._command = np.empty(n)
+        self._zeros = np.zeros(n)
+        self._last_stamp_ns: int | None = None
+        self._last_valid = time.monotonic()
+        self._last_hold = -math.inf
+        self._stale = False
+        self._ticks = 0
+        self._updates = 0
+
+        controller = self.params["controller"].strip("/")
+        self._commands_pub = self.create_publisher(
+            Float64MultiArray, commands_topic(controller), COMMAND_QOS
+        )
+        self._actions_pub = self.create_publisher(JointState, actions_topic(controller), STREAM_QOS)
+        control = MutuallyExclusiveCallbackGroup()
+        policy_group = MutuallyExclusiveCallbackGroup()
+        self.create_subscription(
+            JointState,
+            JOINT_STATES_TOPIC,
+            self._on_joint_state,
+            JOINT_STATES_QOS,
+            callback_group=control,
+        )
+        self.create_subscription(
+            UInt8MultiArray,
+            POLICY_TOPIC,
+            self._on_policy,
+            LATCHED_QOS,
+            callback_group=policy_group,
+        )
+        self.create_service(
+            SetBool,
+            f"{controller}/{EXPLORATION_SERVICE}",
+            self._on_set_exploration,
+            callback_group=policy_group,
+        )
+        self.create_timer(
+            WATCHDOG_PERIOD_S,
+            self._watchdog,
+            callback_group=control,
+            clock=Clock(clock_type=ClockType.STEADY_TIME),
+        )
+        if self.params["initial_policy"]:
+            bundle = load_bundle(self.params["initial_policy"], self.params["policy_max_bytes"])
+            problem = self._incompatibility(bundle)
+            if problem:
+                raise ValueError(f"initial_policy: {problem}")
+            self._install(bundle)
+        self._update_status()
+
+    # --- parameters -----------------------------------------------------------------------
+
+    def _max_velocity_problem(self, value: Any) -> str | None:
+        problem = _positive_finite_problem("max_velocity", value)
+        if problem:
+            return problem
+        n = len(self.get_parameter("joint_names").value)
+        if len(value) not in (1, n):
+            return f"max_velocity must have 1 or {n} (joint count) values, got {len(value)}"
+        return None
+
+    def _set_limits(self, values: Any) -> None:
+        self._limits[:] = np.asarray(values, dtype=np.float64)
+
+    def _on_param_change(self, name: str, value: Any) -> None:
+        if name == "max_velocity":
+            self._set_limits(value)
+        elif name == "seed":
+            self._rng = np.random.default_rng(value)
+        self._update_status()
+
+    # --- control (the control callback group) ---------------------------------------------
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        try:
+            positions, velocities, stamp_ns = joint_state_to_arrays(
+                msg, self.joint_names, last_stamp_ns=self._last_stamp_ns
+            )
+            obs = observation_from_joint_state(positions, velocities)
+        except ValueError as exc:
+            self.status.drop("joint_state", str(exc))
+            return
+        self._last_stamp_ns = stamp_ns
+        self._last_valid = time.monotonic()
+        if self._stale:
+            self._stale = False
+            self.get_logger().info("joint states resumed")
+            self._update_status()
+        with self._lock:
+            active = self._active
+        if active is None:
+            return
+        action = active.policy.act(obs, self.params["explore"], self._rng, out=self._action)
+        np.clip(action, -1.0, 1.0, out=self._command)
+        np.multiply(self._command, self.params["action_scale"], out=self._command)
+        np.clip(self._command, -self._limits, self._limits, out=self._command)
+        self._commands_pub.publish(commands_to_msg(self._command))
+        self._actions_pub.publish(action_to_msg(msg.header.stamp, self.joint_names, action))
+        self._ticks += 1
+        self.status.set(ticks=self._ticks)
+
+    def _watchdog(self) -> None:
+        with self._lock:
+            has_policy = self._active is not None
+        now = time.monotonic()
+        if not has_policy or now - self._last_valid <= self.params["stale_timeout_s"]:
+            return
+        if not self._stale:
+            self._stale = True
+            self._last_stamp_ns = None  # accept a restarted driver's clock
+            self.get_logger().warning(
+                f"no valid joint state for {self.params['stale_timeout_s']} s: holding position"
+            )
+            self._update_status()
+        if now - self._last_hold >= 1.0 / self.params["hold_rate_hz"]:
+            self._last_hold = now
+            self._commands_pub.publish(commands_to_msg(self._zeros))
+
+    # --- policy updates and services (the policy callback group) -------------------------
+
+    def _on_policy(self, msg: UInt8MultiArray) -> None:
+        try:
+            bundle = policy_from_msg(msg, self.params["policy_max_bytes"])
+            problem = self._incompatibility(bundle) or self._not_newer(bundle)
+            if problem:
+                raise ValueError(problem)
+        except ValueError as exc:
+            self.status.drop("policy", str(exc))
+            self.status.publish()
+            return
+        self._install(bundle)
+        self.get_logger().info(f"policy version {bundle.version} (run {bundle.run_id!r}) active")
+
+    def _incompatibility(self, bundle: PolicyBundle) -> str | None:
+        """Why ``bundle`` cannot drive these joints, or None."""
+        n = len(self.joint_names)
+        if bundle.spec.obs_dim != 2 * n or bundle.spec.act_dim != n:
+            return (
+                f"policy spec obs_dim={bundle.spec.obs_dim}, act_dim={bundle.spec.act_dim} does "
+                f"not match {n} joints (expected {2 * n} and {n})"
+            )
+        names = bundle.metadata.get("joint_names")
+        if names is not None and list(names) != self.joint_names:
+            return f"policy joint_names {names} differ from the controller's {self.joint_names}"
+        return None
+
+    def _not_newer(self, bundle: PolicyBundle) -> str | None:
+        """Why ``bundle`` does not replace the current policy (the version rule), or None."""
+        with self._lock:
+            active = self._active
+        if active is None or bundle.run_id != active.run_id or bundle.version > active.version:
+            return None
+        return (
+            f"old version: {bundle.version} is not newer than the active {active.version} "
+            f"of run {bundle.run_id!r}"
+        )
+
+    def _install(self, bundle: PolicyBundle) -> None:
+        active = _ActivePolicy(NumpyPolicy(bundle), bundle.version, bundle.run_id)
+        with self._lock:
+            self._active = active
+        self._updates += 1
+        self._update_status()
+        self.status.publish()
+
+    def _on_set_exploration(
+        self, request: SetBool.Request, response: SetBool.Response
+    ) -> SetBool.Response:
+        result = self.set_parameters([Parameter("explore", value=bool(request.data))])[0]
+        response.success = result.successful
+        response.message = (
+            f"exploration {'on' if request.data else 'off'}" if result.successful else result.reason
+        )
+        return response
+
+    # --- status ---------------------------------------------------------------------------
+
+    def _update_status(self) -> None:
+        with self._lock:
+            active = self._active
+        self.status.set(
+            policy_version=active.version if active else None,
+            run_id=active.run_id if active else None,
+            has_policy=active is not None,
+            policy_updates=self._updates,
+            ticks=self._ticks,
+            exploring=self.params["explore"],
+            stale=self._stale,
+        )
+
+
+@dataclass(frozen=True)
+class _ActivePolicy:
+    policy: NumpyPolicy
+    version: int
+    run_id: str
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of the ``policy_controller_node`` executable."""
+    return run_node(PolicyControllerNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

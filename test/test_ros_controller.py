@@ -1,0 +1,367 @@
+"""policy_controller_node: clamped commands, stamped action echoes, policy swaps and rejections,
+stale hold, exploration service, parameter validation, and the executable."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import rclpy
+import torch
+from rclpy.context import Context
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray, UInt8MultiArray
+from std_srvs.srv import SetBool
+
+from maml_ros.meta import InnerConfig
+from maml_ros.rl.checkpoint import PolicyBundle, bundle_to_bytes, save_bundle
+from maml_ros.rl.policy import GaussianMLPPolicy, PolicySpec
+from maml_ros.ros.common import stamp_to_ns
+from maml_ros.ros.convert import arrays_to_joint_state, policy_to_msg
+from maml_ros.ros.interfaces import COMMAND_QOS, JOINT_STATES_QOS, LATCHED_QOS
+from maml_ros.ros.policy_controller_node import (
+    DEFAULT_ACTION_SCALE,
+    DEFAULT_JOINT_NAMES,
+    PolicyControllerNode,
+)
+from maml_ros.sim import ArmEnv
+
+JOINTS = DEFAULT_JOINT_NAMES
+BIAS_A = np.array([2.0, -2.0, 0.5, -0.3, 0.0, 0.9, -1.2], dtype=np.float32)
+BIAS_B = np.array([-0.1, 0.2, -0.3, 0.4, -0.5, 0.6, -0.7], dtype=np.float32)
+START_NS = 1_000_000_000_000
+
+
+class Ros:
+    """A private rclpy context whose nodes a background MultiThreadedExecutor spins."""
+
+    def __init__(self) -> None:
+        self.context = Context()
+        rclpy.init(context=self.context)
+        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        self.nodes: list[Node] = []
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def add(self, node: Node) -> Any:
+        self.nodes.append(node)
+        self.executor.add_node(node)
+        return node
+
+    def close(self) -> None:
+        for node in reversed(self.nodes):
+            self.executor.remove_node(node)
+            node.destroy_node()
+        self.executor.shutdown(timeout_sec=5.0)
+        rclpy.try_shutdown(context=self.context)
+        self.thread.join(timeout=5.0)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"condition not met within {timeout} s"
+        time.sleep(0.01)
+    return value
+
+
+@pytest.fixture
+def ros() -> Iterator[Ros]:
+    harness = Ros()
+    yield harness
+    harness.close()
+
+
+def constant_bundle(
+    bias: np.ndarray, version: int = 1, run_id: str = "run-a", **spec_changes: Any
+) -> PolicyBundle:
+    """A tiny policy whose action mean is ``bias`` whatever the observation."""
+    spec = PolicySpec(**{"obs_dim": 14, "act_dim": 7, "hidden": (8,), **spec_changes})
+    params = GaussianMLPPolicy(spec).params()
+    last = len(spec.hidden)
+    params[f"mlp.{last}.weight"] = torch.zeros_like(params[f"mlp.{last}.weight"])
+    params[f"mlp.{last}.bias"] = torch.as_tensor(bias[: spec.act_dim]).clone()
+    return PolicyBundle(
+        spec=spec,
+        params=params,
+        obs_mean=torch.zeros(spec.obs_dim),
+        obs_std=torch.ones(spec.obs_dim),
+        inner=InnerConfig(lr=0.05),
+        version=version,
+        run_id=run_id,
+        metadata={"joint_names": JOINTS},
+    )
+
+
+def policy_msg(data: bytes) -> UInt8MultiArray:
+    msg = UInt8MultiArray()
+    msg.data = data
+    return msg
+
+
+class Rig:
+    """Plays the driver and the adaptation node around one controller."""
+
+    def __init__(self, ros: Ros, **params: Any) -> None:
+        defaults = {"explore": False, "max_velocity": [1.0], "stale_timeout_s": 0.3}
+        overrides = [Parameter(k, value=v) for k, v in {**defaults, **params}.items()]
+        self.ctl: PolicyControllerNode = ros.add(
+            PolicyControllerNode(context=ros.context, parameter_overrides=overrides)
+        )
+        self.node = ros.add(Node("rig", context=ros.context))
+        self.states = self.node.create_publisher(JointState, "joint_states", JOINT_STATES_QOS)
+        self.policies = self.node.create_publisher(UInt8MultiArray, "policy", LATCHED_QOS)
+        self.commands: list[tuple[float, np.ndarray]] = []
+        self.actions: dict[int, np.ndarray] = {}
+        self.node.create_subscription(
+            Float64MultiArray,
+            "arm_controller/commands",
+            lambda m: self.commands.append((time.monotonic(), np.array(m.data))),
+            COMMAND_QOS,
+        )
+        self.node.create_subscription(JointState, "arm_controller/actions", self._action, 100)
+        self.stamp_ns = START_NS
+        wait_until(
+            lambda: (
+                self.states.get_subscription_count()
+                and self.ctl._commands_pub.get_subscription_count()
+                and self.ctl._actions_pub.get_subscription_count()
+            )
+        )
+
+    def _action(self, msg: JointState) -> None:
+        assert list(msg.name) == JOINTS and len(msg.position) == 0
+        self.actions[stamp_to_ns(msg.header.stamp)] = np.array(msg.velocity)
+
+    def send_policy(self, bundle_or_bytes: PolicyBundle | bytes) -> None:
+        if isinstance(bundle_or_bytes, PolicyBundle):
+            self.policies.publish(policy_to_msg(bundle_or_bytes))
+        else:
+            self.policies.publish(policy_msg(bundle_or_bytes))
+
+    def publish_state(self, stamp_ns: int | None = None) -> int:
+        if stamp_ns is None:
+            self.stamp_ns += 25_000_000
+            stamp_ns = self.stamp_ns
+        self.states.publish(arrays_to_joint_state(stamp_ns, JOINTS, np.zeros(7), np.zeros(7)))
+        return stamp_ns
+
+    def tick(self) -> tuple[np.ndarray, np.ndarray]:
+        """Publishes a state; returns (command, echoed action) for it (retries lost states)."""
+        for _ in range(20):
+            sent = len(self.commands)
+            stamp = self.publish_state()
+            try:
+                wait_until(
+                    lambda s=stamp, n=sent: s in self.actions and len(self.commands) > n,
+                    timeout=1.0,
+                )
+            except AssertionError:
+                continue
+            return self.commands[-1][1], self.actions[stamp]
+        raise AssertionError("the controller never answered a joint state")
+
+
+def test_publishes_clamped_commands_and_stamped_echoes(ros: Ros) -> None:
+    rig = Rig(ros)
+    rig.publish_state()
+    time.sleep(0.2)
+    assert rig.commands == [] and rig.actions == {}, "no policy yet: nothing is published"
+    rig.send_policy(constant_bundle(BIAS_A))
+    wait_until(lambda: rig.ctl.status.snapshot()["policy_version"] == 1)
+    command, action = rig.tick()
+    np.testing.assert_allclose(action, BIAS_A, atol=1e-6)  # policy units, before clamping
+    expected = np.clip(np.clip(BIAS_A, -1, 1) * DEFAULT_ACTION_SCALE, -1.0, 1.0)
+    np.testing.assert_allclose(command, expected, atol=1e-6)
+    assert command[3] == pytest.approx(-0.45) and command[0] == 1.0  # scaled, then clamped
+    # Per-joint limits can be changed at run time.
+    limits = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    assert rig.ctl.set_parameters([Parameter("max_velocity", value=limits)])[0].successful
+    command, _ = rig.tick()
+    np.testing.assert_allclose(command, np.clip(expected, -np.array(limits), limits), atol=1e-6)
+
+
+def test_default_action_scale_is_the_env_velocity() -> None:
+    default = inspect.signature(ArmEnv).parameters["max_joint_velocity"].default
+    assert default == DEFAULT_ACTION_SCALE
+
+
+def test_swaps_to_newer_policies_and_keeps_the_last_good_one(ros: Ros) -> None:
+    rig = Rig(ros, policy_max_bytes=8192)
+    rig.send_policy(constant_bundle(BIAS_A, version=1))
+    wait_until(lambda: rig.ctl.status.snapshot()["policy_version"] == 1)
+    rig.send_policy(constant_bundle(BIAS_B, version=2))
+    wait_until(lambda: rig.ctl.status.snapshot()["policy_version"] == 2)
+    np.testing.assert_allclose(rig.tick()[1], BIAS_B, atol=1e-6)
+
+    good = bundle_to_bytes(constant_bundle(BIAS_A, version=3))
+    nan_bytes = bytearray(good)
+    nan_bytes[-4:] = np.array([np.nan], dtype="<f4").tobytes()
+    bad_inputs = {
+        "truncated": good[: len(good) - 100],
+        "NaN": bytes(nan_bytes),
+        "wrong shape": constant_bundle(BIAS_A, version=3, obs_dim=10),
+        "old version": constant_bundle(BIAS_A, version=2),
+        "oversized": constant_bundle(BIAS_A, version=3, hidden=(64, 64)),
+        "wrong joints": constant_bundle(BIAS_A, version=3).replace(
+            metadata={"joint_names": list(reversed(JOINTS))}
+        ),
+    }
+    for count, (what, payload) in enumerate(bad_inputs.items(), start=1):
+        rig.send_policy(payload)
+        wait_until(lambda c=count: rig.ctl.status.dropped("policy") == c)
+        reason = rig.ctl.status.snapshot()["last_drop_reason"]["policy"]
+        assert rig.ctl.status.snapshot()["policy_version"] == 2, what
+        np.testing.assert_allclose(rig.tick()[1], BIAS_B, atol=1e-6, err_msg=what)
+        if what in ("old version", "oversized"):
+            assert what in reason, reason
+
+    # Another run (a restarted adaptation node) may start again from a low version.
+    rig.send_policy(constant_bundle(BIAS_A, version=0, run_id="run-b"))
+    wait_until(lambda: rig.ctl.status.snapshot()["run_id"] == "run-b")
+    np.testing.assert_allclose(rig.tick()[1], BIAS_A, atol=1e-6)
+
+
+def test_bad_joint_states_are_dropped(ros: Ros) -> None:
+    rig = Rig(ros)
+    rig.send_policy(constant_bundle(BIAS_A))
+    wait_until(lambda: rig.ctl.status.snapshot()["has_policy"])
+    last = rig.publish_state()
+    wait_until(lambda: last in rig.actions)
+    rig.publish_state(last)  # repeated stamp
+    bad = arrays_to_joint_state(last + 10**9, JOINTS, np.zeros(7), np.zeros(7))
+    bad.position[2] = float("nan")
+    rig.states.publish(bad)
+    wait_until(lambda: rig.ctl.status.dropped("joint_state") >= 2)
+    assert len(rig.actions) == 1
+
+
+def test_stale_joint_states_hold_position(ros: Ros) -> None:
+    rig = Rig(ros, hold_rate_hz=20.0)
+    rig.send_policy(constant_bundle(BIAS_A))
+    wait_until(lambda: rig.ctl.status.snapshot()["has_policy"])
+    for _ in range(3):
+        rig.tick()
+    stopped = time.monotonic()
+    wait_until(lambda: rig.ctl.status.snapshot()["stale"])
+    wait_until(lambda: len([c for t, c in rig.commands if t > stopped + 0.3]) >= 3)
+    holds = [c for t, c in rig.commands if t > stopped + 0.3]
+    assert all((c == 0.0).all() for c in holds)
+    # A restarted driver's clock may start lower: it is accepted after going stale.
+    rig.stamp_ns = START_NS // 2
+    _, action = rig.tick()
+    np.testing.assert_allclose(action, BIAS_A, atol=1e-6)
+    wait_until(lambda: not rig.ctl.status.snapshot()["stale"])
+
+
+def test_exploration_service_and_seeded_noise(ros: Ros) -> None:
+    rig = Rig(ros, explore=True, seed=7)
+    rig.send_policy(constant_bundle(BIAS_B))
+    wait_until(lambda: rig.ctl.status.snapshot()["has_policy"])
+    noisy = rig.tick()[1]
+    assert np.abs(noisy - BIAS_B).max() > 1e-3
+    std = np.exp(-0.5)  # PolicySpec's init_log_std
+    expected = BIAS_B + std * np.random.default_rng(7).standard_normal(7, dtype=np.float32)
+    np.testing.assert_allclose(noisy, expected, atol=1e-5)
+
+    client = rig.node.create_client(SetBool, "arm_controller/set_exploration")
+    assert client.wait_for_service(timeout_sec=10.0)
+    response = client.call(SetBool.Request(data=False), timeout_sec=10.0)
+    assert response.success and "off" in response.message
+    assert rig.ctl.params["explore"] is False
+    assert rig.ctl.status.snapshot()["exploring"] is False
+    np.testing.assert_allclose(rig.tick()[1], BIAS_B, atol=1e-6)
+
+
+def test_rejects_invalid_runtime_parameters(ros: Ros) -> None:
+    rig = Rig(ros)
+    bad = [
+        Parameter("max_velocity", value=[-1.0]),
+        Parameter("max_velocity", value=[1.0, 2.0]),
+        Parameter("max_velocity", value=[float("inf")]),
+        Parameter("action_scale", value=float("nan")),
+        Parameter("stale_timeout_s", value=0.0),
+        Parameter("hold_rate_hz", value=-5.0),
+        Parameter("policy_max_bytes", value=10),
+        Parameter("seed", value=-1),
+        Parameter("joint_names", value=["a"] * 7),
+        Parameter("controller", value="other"),
+    ]
+    for param in bad:
+        result = rig.ctl.set_parameters([param])[0]
+        assert not result.successful, param.name
+    assert rig.ctl.params["max_velocity"] == [1.0]
+    assert rig.ctl.set_parameters([Parameter("stale_timeout_s", value=1.0)])[0].successful
+
+
+def _executable(name: str) -> str:
+    path = shutil.which(name)
+    assert path, f"{name} is not on PATH: run `make setup` and `source tools/env.sh`"
+    return path
+
+
+def test_executable_runs_an_initial_policy(ros: Ros, tmp_path) -> None:
+    checkpoint = save_bundle(tmp_path / "policy.safetensors", constant_bundle(BIAS_B))
+    proc = subprocess.Popen(
+        [
+            _executable("policy_controller_node"),
+            "--ros-args",
+            "-p",
+            f"initial_policy:={checkpoint}",
+            "-p",
+            "explore:=false",
+        ],
+        env=os.environ.copy(),
+    )
+    try:
+        node = ros.add(Node("driver", context=ros.context))
+        states = node.create_publisher(JointState, "joint_states", JOINT_STATES_QOS)
+        actions: list[JointState] = []
+        node.create_subscription(JointState, "arm_controller/actions", actions.append, 100)
+        stamp = START_NS
+
+        def answered() -> bool:
+            nonlocal stamp
+            stamp += 25_000_000
+            states.publish(arrays_to_joint_state(stamp, JOINTS, np.zeros(7), np.zeros(7)))
+            time.sleep(0.05)
+            return bool(actions)
+
+        wait_until(answered, timeout=30.0)
+        np.testing.assert_allclose(actions[0].velocity, BIAS_B, atol=1e-6)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=15)
+    assert code == 0
+
+
+def test_invalid_start_parameters_are_value_errors(ros: Ros) -> None:
+    for name, value in (("stale_timeout_s", 0.0), ("max_velocity", [1.0, 2.0])):
+        with pytest.raises(ValueError, match=name):
+            PolicyControllerNode(
+                context=ros.context, parameter_overrides=[Parameter(name, value=value)]
+            )
+
+
+def test_executable_exits_2_on_a_missing_initial_policy(tmp_path) -> None:
+    missing = tmp_path / "missing.safetensors"
+    proc = subprocess.run(
+        [_executable("policy_controller_node"), "--ros-args", "-p", f"initial_policy:={missing}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "missing.safetensors" in proc.stderr + proc.stdout
