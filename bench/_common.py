@@ -1,0 +1,272 @@
+"""Helpers shared by the bench scripts: machine info, percentiles, the JSON last line, a policy
+bundle of the shipped architecture, real arm rollouts, and node processes in an isolated domain.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the working tree, not an install
+
+from maml_ros.meta import init_meta_sgd_lrs  # noqa: E402
+from maml_ros.rl.checkpoint import PolicyBundle, load_bundle  # noqa: E402
+from maml_ros.rl.config import load_config  # noqa: E402
+from maml_ros.rl.pg import Rollouts  # noqa: E402
+from maml_ros.rl.policy import GaussianMLPPolicy, NumpyPolicy  # noqa: E402
+
+SHIPPED_CHECKPOINT = REPO / "models" / "arm_maml.safetensors"
+DEFAULT_CONFIG = REPO / "config" / "train.yaml"
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (or platform's guess)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    """What the numbers were measured on (goes into every bench's JSON)."""
+    cuda = torch.cuda.is_available()
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda_device": torch.cuda.get_device_name(0) if cuda else None,
+        "python": platform.python_version(),
+    }
+
+
+def summarize_ms(samples_s: Sequence[float]) -> dict[str, float]:
+    """p50 / p90 / p99 / max / mean in milliseconds of samples in seconds."""
+    if not samples_s:
+        return {"n": 0, "p50": float("nan"), "p90": float("nan"), "p99": float("nan")}
+    ms = np.asarray(samples_s, dtype=np.float64) * 1e3
+    return {
+        "n": int(ms.size),
+        "p50": round(float(np.percentile(ms, 50)), 4),
+        "p90": round(float(np.percentile(ms, 90)), 4),
+        "p99": round(float(np.percentile(ms, 99)), 4),
+        "max": round(float(ms.max()), 4),
+        "mean": round(float(ms.mean()), 4),
+    }
+
+
+def emit_json(result: dict[str, Any]) -> None:
+    """Print the one JSON object that must be the bench's last line (NaN becomes null)."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and not np.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [clean(v) for v in value]
+        return value
+
+    sys.stdout.flush()
+    print(json.dumps(clean(result)), flush=True)
+
+
+# --------------------------------------------------------------------------- policies and data
+
+
+def shipped_bundle(
+    checkpoint: str | Path | None = None, hidden: Sequence[int] | None = None, seed: int = 0
+) -> tuple[PolicyBundle, str]:
+    """The policy the robot runs and where it came from.
+
+    ``checkpoint`` (or the shipped models/arm_maml.safetensors when it exists and ``hidden`` is
+    not given); otherwise a freshly initialised bundle of the default training config's
+    architecture (hidden sizes, Meta-SGD lrs, inner lr/steps, PG config), ``hidden`` overriding
+    the layer widths.
+    """
+    path = Path(checkpoint) if checkpoint else SHIPPED_CHECKPOINT
+    if hidden is None and (checkpoint or SHIPPED_CHECKPOINT.exists()):
+        return load_bundle(path), str(path)
+    cfg = load_config(DEFAULT_CONFIG)
+    spec = cfg.policy_spec(14, 7)
+    if hidden is not None:
+        spec = type(spec).from_dict({**spec.to_dict(), "hidden": list(hidden)})
+    torch.manual_seed(seed)
+    policy = GaussianMLPPolicy(spec)
+    params = policy.params()
+    inner = cfg.inner.inner_config()
+    lrs = init_meta_sgd_lrs(params, inner.lr) if cfg.inner.meta_sgd else None
+    bundle = PolicyBundle(
+        spec=spec,
+        params=params,
+        obs_mean=torch.zeros(spec.obs_dim),
+        obs_std=torch.ones(spec.obs_dim),
+        inner=inner,
+        pg=cfg.pg,
+        lrs=None if lrs is None else {k: v.detach().clone() for k, v in lrs.items()},
+        run_id="bench",
+    )
+    return bundle, f"fresh init of {DEFAULT_CONFIG.name} sizes, hidden={list(spec.hidden)}"
+
+
+def arm_rollouts(bundle: PolicyBundle, k: int, seed: int = 0, task: Any = None) -> Rollouts:
+    """``k`` exploring episodes of the default horizon on the PyBullet arm, by ``bundle``."""
+    from maml_ros.sim import ArmEnv, sample_tasks
+
+    env = ArmEnv()
+    env.set_task(task or sample_tasks("reach", 1, "test", seed)[0])
+    policy = NumpyPolicy(bundle)
+    rng = np.random.default_rng(seed)
+    horizon = env.horizon
+    obs_buf = np.zeros((k, horizon, bundle.spec.obs_dim), np.float32)
+    act_buf = np.zeros((k, horizon, bundle.spec.act_dim), np.float32)
+    rew_buf = np.zeros((k, horizon), np.float32)
+    mask = np.zeros((k, horizon), np.float32)
+    try:
+        for episode in range(k):
+            obs, _ = env.reset(seed=seed + episode)
+            for t in range(horizon):
+                action = policy.act(obs, explore=True, rng=rng).copy()
+                obs_buf[episode, t], act_buf[episode, t], mask[episode, t] = obs, action, 1.0
+                obs, reward, terminated, truncated, _ = env.step(action)
+                rew_buf[episode, t] = reward
+                if terminated or truncated:
+                    break
+    finally:
+        env.close()
+    return Rollouts.from_numpy(obs_buf, act_buf, rew_buf, mask)
+
+
+# --------------------------------------------------------------------------- node processes
+
+
+def isolate_dds() -> dict[str, str]:
+    """Localhost-only discovery and a random domain for this process and its children, unless
+    the caller (tools/isolated.sh) already chose; returns the values."""
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 100)))
+    if "ROS_HOME" not in os.environ:
+        os.environ["ROS_HOME"] = tempfile.mkdtemp(prefix="maml_bench_ros_")
+    return {k: os.environ[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID")}
+
+
+def find_executable(name: str) -> str:
+    """A node executable on PATH or in the venv's lib/maml_ros (``make setup`` installs them)."""
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.prefix) / "lib/maml_ros"))
+    if not found:
+        raise SystemExit(f"executable {name} not found: run `make setup` and source tools/env.sh")
+    return found
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """VmHWM (peak resident set) of a live process in MiB, None if it is gone."""
+    return _proc_status_kb(pid, "VmHWM")
+
+
+def rss_mb(pid: int) -> float | None:
+    """VmRSS (current resident set) of a live process in MiB, None if it is gone."""
+    return _proc_status_kb(pid, "VmRSS")
+
+
+def _proc_status_kb(pid: int, key: str) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith(key + ":"):
+                    return round(int(line.split()[1]) / 1024.0, 2)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+class NodeGroup:
+    """Node processes started with ``--ros-args``, logging to files, stopped with SIGINT."""
+
+    def __init__(self, log_dir: str | Path | None = None) -> None:
+        self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="maml_bench_logs_"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._files: list[IO[bytes]] = []
+
+    def start(self, name: str, executable: str, params: dict[str, Any] | None = None) -> int:
+        """Start ``executable`` (found by :func:`find_executable`) with ``-p k:=v``; its pid."""
+        command = [find_executable(executable), "--ros-args"]
+        for key, value in (params or {}).items():
+            command += ["-p", f"{key}:={_param_text(value)}"]
+        out = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 (closed in stop())
+        self._files.append(out)
+        self.procs[name] = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        return self.procs[name].pid
+
+    def start_python(self, name: str, args: Sequence[str]) -> int:
+        """Start ``python args...`` (a helper process) in the group; its pid."""
+        out = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 (closed in stop())
+        self._files.append(out)
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, *args], stdout=out, stderr=subprocess.STDOUT
+        )
+        return self.procs[name].pid
+
+    def dead(self) -> dict[str, int]:
+        """Processes that exited, with their exit codes."""
+        return {n: p.returncode for n, p in self.procs.items() if p.poll() is not None}
+
+    def tail(self, name: str, lines: int = 15) -> str:
+        """The end of a process's log."""
+        path = self.log_dir / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, timeout_s: float = 10.0) -> dict[str, int]:
+        """SIGINT every process, wait, SIGKILL stragglers; exit codes by name."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        codes: dict[str, int] = {}
+        deadline = time.monotonic() + timeout_s
+        for name, proc in self.procs.items():
+            try:
+                codes[name] = proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes[name] = proc.wait()
+        for out in self._files:
+            out.close()
+        return codes
+
+    def __enter__(self) -> NodeGroup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _param_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_param_text(v) for v in value) + "]"
+    if isinstance(value, str):
+        return json.dumps(value) if value == "" or any(c in value for c in " ,[]:") else value
+    return str(value)
