@@ -11,12 +11,14 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import rclpy
 import torch
+import yaml
 from rclpy.context import Context
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
@@ -42,6 +44,8 @@ JOINTS = DEFAULT_JOINT_NAMES
 BIAS_A = np.array([2.0, -2.0, 0.5, -0.3, 0.0, 0.9, -1.2], dtype=np.float32)
 BIAS_B = np.array([-0.1, 0.2, -0.3, 0.4, -0.5, 0.6, -0.7], dtype=np.float32)
 START_NS = 1_000_000_000_000
+
+ROS_BUILTIN_PARAMETERS = {"use_sim_time", "start_type_description_service"}
 
 
 class Ros:
@@ -365,3 +369,13 @@ def test_executable_exits_2_on_a_missing_initial_policy(tmp_path) -> None:
     )
     assert proc.returncode == 2, proc.stderr
     assert "missing.safetensors" in proc.stderr + proc.stdout
+
+
+def test_config_lists_every_parameter_with_its_default(ros: Ros) -> None:
+    config = yaml.safe_load((Path(__file__).parents[1] / "config" / "adapt.yaml").read_text())
+    values = config["/**/policy_controller"]["ros__parameters"]
+    node = ros.add(PolicyControllerNode(context=ros.context))
+    declared = {
+        name: p.value for name, p in node._parameters.items() if name not in ROS_BUILTIN_PARAMETERS
+    }
+    assert values == declared

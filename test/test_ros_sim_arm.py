@@ -10,11 +10,13 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import rclpy
+import yaml
 from geometry_msgs.msg import Vector3Stamped
 from rclpy.context import Context
 from rclpy.executors import MultiThreadedExecutor
@@ -32,11 +34,13 @@ from maml_ros.ros.interfaces import (
     STREAM_QOS,
     commands_topic,
 )
-from maml_ros.ros.sim_arm_node import SimArmNode
+from maml_ros.ros.sim_arm_node import PARAMS, SimArmNode
 from maml_ros.sim import HOME_POSE, sample_tasks
 
 PERIOD_NS = 25_000_000
 FAST = {"real_time_factor": 0.0, "lockstep": True, "command_wait_s": 0.5}
+
+ROS_BUILTIN_PARAMETERS = {"use_sim_time", "start_type_description_service"}
 
 
 class Ros:
@@ -273,3 +277,11 @@ def test_executable_exits_2_on_invalid_parameter() -> None:
     )
     assert proc.returncode == 2, proc.stderr
     assert "real_time_factor" in proc.stderr + proc.stdout
+
+
+def test_config_lists_every_parameter_with_its_default(ros: Ros) -> None:
+    config = yaml.safe_load((Path(__file__).parents[1] / "config" / "adapt.yaml").read_text())
+    values = config["/**/sim_arm"]["ros__parameters"]
+    assert values == {spec.name: spec.default for spec in PARAMS}
+    node = sim_node(ros)
+    assert set(values) == {name for name in node._parameters if name not in ROS_BUILTIN_PARAMETERS}
