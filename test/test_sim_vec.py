@@ -125,3 +125,14 @@ def _alive(pid: int) -> bool:
             return stat.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_dead_worker_closes_the_vec_env_with_a_clear_error():
+    with VecArmEnv(2, n_workers=2) as vec:
+        vec.reset()
+        vec._procs[1].kill()
+        vec._procs[1].join(timeout=10)
+        with pytest.raises(RuntimeError, match="worker 1 died"):
+            vec.step(np.zeros((2, 7)))
+        assert vec.closed
+        assert not any(proc.is_alive() for proc in vec._procs)

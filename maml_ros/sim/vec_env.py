@@ -37,6 +37,10 @@ _STEP, _RESET, _CLOSE = b"S", b"R", b"C"
 _OK, _ERROR = b"K", b"E"
 
 
+class _WorkerLost(RuntimeError):
+    """A worker died or stopped answering; the VecArmEnv cannot go on."""
+
+
 def _row(obs: np.ndarray, reward: float, terminated: bool, truncated: bool, info: dict) -> list:
     return [
         *obs,
@@ -238,28 +242,34 @@ class VecArmEnv:
         try:
             self._conns[index].send_bytes(message)
         except (OSError, ValueError) as exc:
-            raise RuntimeError(f"sim worker {index} is gone: {exc}") from None
+            self.close()  # replies of the other workers may be pending: stop them all
+            raise _WorkerLost(f"sim worker {index} died: {exc!r}") from None
 
     def _receive(self, index: int) -> bytes:
         conn = self._conns[index]
         try:
             if not conn.poll(self.timeout_s):
-                raise RuntimeError(f"sim worker {index} did not answer in {self.timeout_s} s")
+                raise _WorkerLost(f"sim worker {index} did not answer in {self.timeout_s} s")
             message = conn.recv_bytes()
         except (EOFError, OSError) as exc:
-            raise RuntimeError(f"sim worker {index} died: {exc!r}") from None
+            raise _WorkerLost(f"sim worker {index} died: {exc!r}") from None
         if message[:1] == _ERROR:
             raise RuntimeError(f"sim worker {index}: {message[1:].decode(errors='replace')}")
         return message[1:]
 
     def _gather(self) -> np.ndarray:
         rows = np.empty((self.n_envs, ROW), dtype=np.float32)
-        errors = []
+        errors, lost = [], False
         for index, (lo, hi) in enumerate(self._groups()):
             try:  # read every reply, even after an error, so the pipes stay in step
                 rows[lo:hi] = np.frombuffer(self._receive(index), np.float32).reshape(-1, ROW)
+            except _WorkerLost as exc:
+                errors.append(str(exc))
+                lost = True
             except RuntimeError as exc:
                 errors.append(str(exc))
+        if lost:  # a dead or silent worker leaves the pipes out of step: stop them all
+            self.close()
         if errors:
             raise RuntimeError("; ".join(errors))
         self.last_info = {"distance": rows[:, _DISTANCE].copy(), "ee_pos": rows[:, _EE].copy()}
