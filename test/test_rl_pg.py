@@ -19,6 +19,7 @@ from maml_ros.rl.pg import (
     inner_loss_fn,
     make_pg_batch,
     pg_loss,
+    warm_up,
 )
 from maml_ros.rl.policy import GaussianMLPPolicy, PolicySpec, log_prob
 
@@ -271,3 +272,10 @@ def test_likelihood_ratio_loss_value_is_minus_mean_advantage_at_theta_old():
     )
     torch.testing.assert_close(pg_loss(policy, bundle.params, batch), -batch["advantages"].mean())
     assert torch.allclose(log_prob(policy, bundle.params, r.obs, r.actions), batch["logp_old"])
+
+
+def test_warm_up_runs_an_adaptation_and_leaves_the_bundle_alone():
+    bundle = make_bundle()
+    before = {k: v.clone() for k, v in bundle.params.items()}
+    assert warm_up(bundle) > 0
+    assert all(torch.equal(before[k], bundle.params[k]) for k in before)

@@ -306,6 +306,35 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     return path
 
 
+SHIPPED_MODEL = "arm_maml.safetensors"
+SHIPPED_MULTITASK_MODEL = "arm_multitask.safetensors"
+
+
+def find_shipped_model(name: str = SHIPPED_MODEL) -> Path:
+    """Path of a shipped model: ``models/`` in the source tree, else the installed
+    ``share/maml_ros/models``; raises FileNotFoundError naming both places."""
+    repo_path = Path(__file__).resolve().parents[2] / "models" / name
+    if repo_path.is_file():
+        return repo_path
+    tried = [str(repo_path)]
+    try:
+        from ament_index_python.packages import (
+            PackageNotFoundError,
+            get_package_share_directory,
+        )
+
+        try:
+            share_path = Path(get_package_share_directory("maml_ros")) / "models" / name
+            if share_path.is_file():
+                return share_path
+            tried.append(str(share_path))
+        except PackageNotFoundError:
+            tried.append("share/maml_ros (package not installed)")
+    except ImportError:
+        tried.append("share/maml_ros (ament_index_python not available)")
+    raise FileNotFoundError(f"shipped model {name!r} not found; looked in: {', '.join(tried)}")
+
+
 def clone_params(params: Params) -> Params:
     """Detached float32 CPU copies."""
     return {k: v.detach().to("cpu", torch.float32).clone() for k, v in params.items()}
@@ -320,6 +349,7 @@ __all__ = [
     "bundle_from_bytes",
     "bundle_to_bytes",
     "clone_params",
+    "find_shipped_model",
     "inner_config_from_dict",
     "load_bundle",
     "save_bundle",

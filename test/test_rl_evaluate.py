@@ -1,0 +1,85 @@
+"""maml-ros-eval: statistics, and the protocol end to end on the toy point env."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from maml_ros.meta import InnerConfig
+from maml_ros.rl.checkpoint import PolicyBundle, save_bundle
+from maml_ros.rl.evaluate import SUMMARY_KEYS, TaskResult, bootstrap_ci, main, summarize
+from maml_ros.rl.policy import GaussianMLPPolicy, PolicySpec
+
+
+def test_bootstrap_ci_brackets_the_mean_and_narrows_with_more_data():
+    rng = np.random.default_rng(0)
+    small, large = rng.normal(1.0, 1.0, 10), rng.normal(1.0, 1.0, 400)
+    lo_s, hi_s = bootstrap_ci(small, np.mean, 2000)
+    lo_l, hi_l = bootstrap_ci(large, np.mean, 2000)
+    assert lo_s < small.mean() < hi_s and lo_l < large.mean() < hi_l
+    assert hi_l - lo_l < (hi_s - lo_s) / 2
+    assert bootstrap_ci(np.ones(5), np.mean, 100) == (1.0, 1.0)
+
+
+def result(family, pre, post1, post3, oracle=None, success=0.0):
+    returns = {"pre": pre, "post1": post1, "post3": post3, "scratch_lr0.1": pre - 1}
+    if oracle is not None:
+        returns["oracle"] = oracle
+    stages = ("pre", "post1", "post3", "scratch_lr0.1")
+    return TaskResult(0, family, "{}", returns, dict.fromkeys(stages, success))
+
+
+def test_summary_numbers_and_gap_recovered():
+    results = [
+        result("reach", -10, -6, -4, success=1.0),
+        result("reach", -12, -8, -6, success=0.0),
+        result("dynamics", -10, -7, -6, oracle=-4),
+        result("dynamics", -20, -17, -15, oracle=-14),
+    ]
+    summary = summarize(results, {"scratch": 0.1}, 500)
+    assert summary["reach_return_pre"] == -11 and summary["reach_return_post1"] == -7
+    assert summary["reach_success_post1"] == 0.5
+    assert summary["scratch_return_post1"] == -12
+    assert summary["finetune_return_post1"] is None
+    # (mean post1 - mean pre) / (mean oracle - mean pre) = 3 / 6
+    assert summary["dynamics_gap_recovered"] == pytest.approx(0.5)
+    lo, hi = summary["dynamics_gap_recovered_ci95"]
+    assert lo <= 0.5 <= hi
+
+
+def point_bundle(tmp_path):
+    spec = PolicySpec(obs_dim=4, act_dim=2, hidden=(8,))
+    torch.manual_seed(0)
+    bundle = PolicyBundle(
+        spec=spec,
+        params=GaussianMLPPolicy(spec).params(),
+        obs_mean=torch.zeros(4),
+        obs_std=torch.full((4,), 0.3),
+        inner=InnerConfig(lr=0.1),
+    )
+    path = tmp_path / "point.safetensors"
+    save_bundle(path, bundle)
+    return path
+
+
+def test_cli_quick_run_on_the_toy_writes_json_and_plot(tmp_path, capsys):
+    policy = point_bundle(tmp_path)
+    out = tmp_path / "eval"
+    args = ["--policy", str(policy), "--multitask", str(policy), "--env", "point", "--quick"]
+    assert main([*args, "--out", str(out), "--workers", "1"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in SUMMARY_KEYS:
+        assert key in line and f"{key}_ci95" in line
+    assert line["finetune_return_post1"] is not None
+    report = json.loads((out / "eval.json").read_text())
+    assert len(report["tasks"]) == 3  # quick: 2 reach + 1 dynamics, one seed
+    assert {"pre", "post1", "post3", "oracle"} <= set(report["tasks"][-1]["returns"])
+    assert (out / "eval.png").stat().st_size > 0
+
+
+def test_cli_rejects_a_corrupt_policy(tmp_path, capsys):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    assert main(["--policy", str(bad), "--out", str(tmp_path / "o"), "--quick"]) == 2
+    assert "maml-ros-eval" in capsys.readouterr().err

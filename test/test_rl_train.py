@@ -1,0 +1,159 @@
+"""Meta-training on the toy point-navigation env: config validation, learning, the one-InnerConfig
+property, resume, and the files maml-ros-train writes."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import maml_ros.rl.trainer as trainer_module
+from maml_ros.rl.checkpoint import load_bundle
+from maml_ros.rl.config import ConfigError, config_from_dict, load_config
+from maml_ros.rl.envs import make_env, make_task_source
+from maml_ros.rl.train import main, train
+from maml_ros.rl.trainer import InnerMismatchError, MetaTrainer
+
+REPO = Path(__file__).resolve().parents[1]
+
+TOY = {
+    "seed": 3,
+    "iterations": 4,
+    "checkpoint_every": 2,
+    "obs_norm_episodes": 10,
+    "env": {
+        "name": "point",
+        "num_envs": 60,
+        "horizon": 15,
+        "families": ["reach"],
+        "family_weights": [1.0],
+    },
+    "policy": {"hidden": [16, 16]},
+    "inner": {"lr": 0.1},
+    "outer": {"meta_batch": 6, "rollouts_per_task": 10, "epochs": 3, "lr": 0.01},
+}
+
+
+def toy_trainer(**changes) -> MetaTrainer:
+    cfg = config_from_dict({**TOY, **changes})
+    env = make_env("point", cfg.env.num_envs, 1, cfg.env.horizon)
+    return MetaTrainer(
+        cfg, env, make_task_source("point", cfg.env.families, cfg.env.family_weights)
+    )
+
+
+def test_default_config_is_valid_and_fits_the_arm():
+    cfg = load_config(REPO / "config" / "train.yaml")
+    assert cfg.env.name == "arm" and cfg.outer.algo == "promp"
+    assert cfg.max_minutes is not None and cfg.max_minutes + (cfg.pretrain.max_minutes or 0) <= 45
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        ({"iterationz": 3}, "unknown key"),
+        ({"outer": {"meta_batch": 4, "clip": 0.2}}, r"unknown key.*outer"),
+        ({"inner": {"lr": -0.1}}, "lr"),
+        ({"outer": {"algo": "trpo"}}, "algo"),
+        ({"env": {"name": "mujoco"}}, "env.name"),
+        ({"env": {"families": ["reach"], "family_weights": [1, 2]}}, "family_weights"),
+        ({"pg": {"gamma": 1.5}}, "gamma"),
+        ({"policy": {"hidden": [0]}}, "hidden"),
+        ({"outer": "fast"}, "mapping"),
+    ],
+)
+def test_config_rejects_bad_values(data, reason):
+    with pytest.raises(ConfigError, match=reason):
+        config_from_dict(data)
+
+
+def test_meta_training_improves_post_update_return_on_the_toy():
+    torch.manual_seed(0)
+    trainer = toy_trainer()
+    history = [trainer.step() for _ in range(16)]
+    first = sum(h["post_return"] for h in history[:3]) / 3
+    last = sum(h["post_return"] for h in history[-3:]) / 3
+    assert last > first + 1.0, (first, last)
+    assert sum(h["post_return"] - h["pre_return"] for h in history[-3:]) > 0
+
+
+def test_sampling_and_meta_objective_share_one_inner_config(monkeypatch):
+    trainer = toy_trainer(inner={"lr": 0.2, "meta_sgd": True})
+    seen = []
+    real = trainer_module.adapt_batched
+
+    def spy(loss_fn, params, batches, cfg, lrs=None):
+        seen.append(cfg)
+        return real(loss_fn, params, batches, cfg, lrs)
+
+    monkeypatch.setattr(trainer_module, "adapt_batched", spy)
+    metrics = trainer.step()
+    assert len(seen) == 1 + trainer.cfg.outer.epochs  # sampling + every epoch
+    assert all(cfg is trainer.inner_cfg for cfg in seen)
+    assert metrics["ratio_dev"] < 1e-5
+
+
+def test_a_sampling_lr_mismatch_is_caught(monkeypatch):
+    trainer = toy_trainer()
+    trainer.step()  # a trained step, so the policy is no longer at its init
+    wrong = dataclasses.replace(trainer.inner_cfg, lr=trainer.inner_cfg.lr * 1.5)
+    real = trainer_module.adapt_batched
+
+    def sampling_with_wrong_lr(loss_fn, params, support):
+        adapted = real(loss_fn, params, support, wrong)
+        return {k: v.detach() for k, v in adapted.items()}
+
+    monkeypatch.setattr(
+        trainer,
+        "sample_adapted",
+        lambda support: sampling_with_wrong_lr(trainer.inner_loss, trainer._detached()[0], support),
+    )
+    with pytest.raises(InnerMismatchError, match="inner lr"):
+        trainer.step()
+
+
+def test_train_writes_checkpoints_and_resumes_exactly(tmp_path):
+    cfg = config_from_dict({**TOY, "pretrain": {"iterations": 2}})
+
+    def factory(c):
+        return make_env("point", c.env.num_envs, 1, c.env.horizon), make_task_source(
+            "point", c.env.families, c.env.family_weights
+        )
+
+    straight = tmp_path / "straight"
+    train(cfg, straight, env_factory=factory, show_progress=False)
+    split = tmp_path / "split"
+    train(dataclasses.replace(cfg, iterations=3), split, env_factory=factory, show_progress=False)
+    with pytest.raises(FileExistsError):
+        train(cfg, split, env_factory=factory, show_progress=False)
+    train(cfg, split, resume=True, env_factory=factory, show_progress=False)
+    a = load_bundle(straight / "policy_latest.safetensors")
+    b = load_bundle(split / "policy_latest.safetensors")
+    for name in a.params:
+        torch.testing.assert_close(a.params[name], b.params[name], rtol=0, atol=1e-6)
+    assert a.lrs is None and a.inner.lr == 0.1
+    meta = a.metadata
+    assert meta["iteration"] == 4 and meta["task_families"] == ["reach"]
+    assert meta["config"]["outer"]["meta_batch"] == 6 and "git_commit" in meta
+    for name in (
+        "learning_curve.png",
+        "summary.json",
+        "config.yaml",
+        "multitask_policy_latest.safetensors",
+    ):
+        assert (straight / name).stat().st_size > 0
+    assert list((straight / "tb").iterdir())
+    lines = (straight / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["iteration"] for line in lines] == [0, 1, 2, 3]
+    assert (
+        load_bundle(straight / "multitask_policy_latest.safetensors").metadata["algo"]
+        == "multitask"
+    )
+
+
+def test_cli_rejects_a_bad_config(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("iterations: 3\nwings: 2\n")
+    assert main(["--config", str(bad), "--out", str(tmp_path / "out")]) == 2
+    assert "unknown key" in capsys.readouterr().err
