@@ -1,5 +1,9 @@
 """ArmEnv: gymnasium contract, determinism, reward/success, and that a changed body matters."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
@@ -11,6 +15,8 @@ from maml_ros.sim.arm_env import (
     observation_from_joint_state,
 )
 from maml_ros.sim.task import DEFAULT_GOAL, GOAL_CUBE_CENTER, HOME_EE, TaskSpec, sample_tasks
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -224,3 +230,13 @@ def test_bad_constructor_arguments():
         ArmEnv(control_hz=50)
     with pytest.raises(ValueError, match="max_joint_velocity"):
         ArmEnv(max_joint_velocity=0.0)
+
+
+def test_sim_layer_imports_no_torch_rl_or_ros():
+    code = (
+        "import sys, maml_ros.sim, maml_ros.sim.render, maml_ros.sim.oracle\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'rclpy')\n"
+        "       or m.startswith(('maml_ros.rl', 'maml_ros.ros', 'maml_ros.meta'))]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
