@@ -49,7 +49,7 @@ def test_matches_single_envs_for_the_same_seeds():
 def test_reset_without_tasks_keeps_tasks_and_rng_streams():
     task = sample_tasks("reach", 1, "test", 3)[0]
     with VecArmEnv(2, n_workers=1) as vec:
-        first = vec.reset([task, task], [5, 5])
+        first = vec.reset([task, task], np.array([5, 5]))  # numpy ints are fine
         np.testing.assert_array_equal(first[0], first[1])
         vec.step(np.zeros((2, 7)))
         again = vec.reset()
@@ -73,6 +73,8 @@ def test_bad_inputs_are_rejected():
             vec.reset([None])
         with pytest.raises(TypeError, match="TaskSpec"):
             vec.reset([{"family": "reach"}, None])
+        with pytest.raises(TypeError, match="seeds"):
+            vec.reset(None, [1, -1])
         obs, *_ = vec.step(np.zeros((2, 7)))  # still in step after the errors
         assert obs.shape == (2, 14)
     assert vec.closed

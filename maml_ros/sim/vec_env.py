@@ -166,9 +166,12 @@ class VecArmEnv:
         for task in tasks:
             if task is not None and not isinstance(task, TaskSpec):
                 raise TypeError(f"tasks must be TaskSpec or None, got {type(task).__name__}")
-        for seed in seeds:
-            if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-                raise TypeError(f"seeds must be int or None, got {seed!r}")
+        for i, seed in enumerate(seeds):
+            if seed is None:
+                continue
+            if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+                raise TypeError(f"seeds must be non-negative ints or None, got {seed!r}")
+            seeds[i] = int(seed)
         task_json = [task.to_json() if task is not None else None for task in tasks]
         for index, (lo, hi) in enumerate(self._groups()):
             request = json.dumps({"tasks": task_json[lo:hi], "seeds": seeds[lo:hi]})
