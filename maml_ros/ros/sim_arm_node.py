@@ -272,7 +272,7 @@ class SimArmNode(Node):
 
     def _run(self) -> None:
         next_tick = time.monotonic()
-        while not self._stop.is_set():
+        while not self._stop.is_set() and self.context.ok():
             try:
                 self._tick()
             except Exception as exc:  # keep the driver alive; the status shows the failure
