@@ -373,6 +373,13 @@ PARAMS = (
         int_range=(1024, 1 << 30),
     ),
     ParamSpec(
+        "torch_threads",
+        1,
+        "torch intra-op threads of the inner update (1 is fastest for small policies)",
+        int_range=(1, 256),
+        read_only=True,
+    ),
+    ParamSpec(
         "buffer_dump",
         "",
         "JSON-lines file receiving every collected rollout's steps ('' = off)",
@@ -401,8 +408,9 @@ class AdaptationNode(Node):
         self._worker: threading.Thread | None = None
         self._wake = threading.Condition()
         self.status = NodeStatus(self)
-        self.params = ValidatedParameters(self, PARAMS)
+        self.params = ValidatedParameters(self, PARAMS, self._on_parameter_change)
         self.joint_names = list(self.params["joint_names"])
+        torch.set_num_threads(self.params["torch_threads"])
         path = self.params["checkpoint"] or str(shipped_checkpoint())
         try:
             bundle = load_bundle(path, max_bytes=self.params["policy_max_bytes"])
@@ -467,6 +475,7 @@ class AdaptationNode(Node):
             return_post=None,
             success_post=None,
             adapt_latency_ms=None,
+            ready=False,
             adaptation_id=0,
             adaptations=0,
             cancellations=0,
@@ -478,6 +487,11 @@ class AdaptationNode(Node):
         self.get_logger().info(
             f"loaded {path} (run_id {self.run_id}); waiting for a task on '{TASK_TOPIC}'"
         )
+
+    def _on_parameter_change(self, name: str, value: Any) -> None:
+        if name == "device":
+            self.status.set(device=value)
+        self.get_logger().info(f"parameter {name} = {value!r} (used from the next adaptation)")
 
     # -- subscription callbacks: validate and buffer only -------------------------------------
 
@@ -561,7 +575,24 @@ class AdaptationNode(Node):
 
     # -- the worker ----------------------------------------------------------------------------
 
+    def _warm_up(self) -> None:
+        """One throw-away inner update, so the first real one pays no one-time start-up cost."""
+        spec = self.meta_bundle.spec
+        rng = np.random.default_rng(0)
+        fake = Rollouts.from_numpy(
+            rng.standard_normal((2, 4, spec.obs_dim)),
+            rng.standard_normal((2, 4, spec.act_dim)),
+            rng.standard_normal((2, 4)),
+        )
+        t0 = time.perf_counter()
+        try:
+            adapt_policy(self.meta_bundle, fake, 1, self.params["device"])
+        except (ValueError, RuntimeError) as err:
+            self.get_logger().warning(f"warm-up update failed: {err}")
+        self.status.set(ready=True, warm_up_ms=(time.perf_counter() - t0) * 1e3)
+
     def _worker_loop(self) -> None:
+        self._warm_up()
         while True:
             with self._wake:
                 while self._pending_task is None and not self._stopping.is_set():
