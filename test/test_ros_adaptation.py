@@ -427,3 +427,13 @@ def test_invalid_parameters_are_rejected(
         AdaptationNode(
             context=h.context, parameter_overrides=[Parameter("checkpoint", value=str(bad))]
         )
+
+
+def test_config_section_lists_every_parameter_with_its_default() -> None:
+    import yaml
+
+    from maml_ros.ros.adaptation_node import PARAMS
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "config" / "adapt.yaml").read_text())
+    section = config["/**/adaptation"]["ros__parameters"]
+    assert section == {spec.name: spec.default for spec in PARAMS}
