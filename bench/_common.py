@@ -67,7 +67,8 @@ def machine_info() -> dict[str, Any]:
 def summarize_ms(samples_s: Sequence[float]) -> dict[str, float]:
     """p50 / p90 / p99 / max / mean in milliseconds of samples in seconds."""
     if not samples_s:
-        return {"n": 0, "p50": float("nan"), "p90": float("nan"), "p99": float("nan")}
+        nan = float("nan")
+        return {"n": 0, "p50": nan, "p90": nan, "p99": nan, "max": nan, "mean": nan}
     ms = np.asarray(samples_s, dtype=np.float64) * 1e3
     return {
         "n": int(ms.size),
