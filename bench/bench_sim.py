@@ -2,7 +2,9 @@
 
 Default arm, 40 Hz control / 240 Hz physics (6 sub-steps), random actions, an episode reset
 every ``horizon`` (50) steps. Also reports raw PyBullet physics steps/s of the same arm, so the
-Python overhead per control step can be read off. The last printed line is one JSON object.
+Python overhead per control step can be read off, and VecArmEnv with one physics world per
+worker (the default) vs. one per env, with the workers' memory. The last printed line is one
+JSON object.
 
     python bench/bench_sim.py [--steps 3000] [--n-envs 16] [--workers N] [--repeats 3]
 """
@@ -97,11 +99,25 @@ def bench_single(steps: int, seed: int, repeats: int) -> dict[str, float]:
     }
 
 
-def bench_vec(steps: int, n_envs: int, workers: int, seed: int, repeats: int) -> dict[str, float]:
+def _rss_mb(pid: int) -> float:
+    """Resident memory of process ``pid`` in MB (Linux; NaN elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return math.nan
+
+
+def bench_vec(
+    steps: int, n_envs: int, workers: int, seed: int, repeats: int, shared_world: bool
+) -> dict[str, float]:
     """Env steps/s (summed over envs) of a VecArmEnv, best of runs; reset every 50 steps."""
     rng = np.random.default_rng(seed)
     tasks = sample_tasks("reach+dynamics", n_envs, "train", seed)
-    with VecArmEnv(n_envs, n_workers=workers) as vec:
+    with VecArmEnv(n_envs, n_workers=workers, shared_world=shared_world) as vec:
         vec.reset(tasks, list(range(n_envs)))
         rounds = max(1, steps // n_envs)
         actions = rng.uniform(-1, 1, (rounds, n_envs, 7)).astype(np.float32)
@@ -113,10 +129,8 @@ def bench_vec(steps: int, n_envs: int, workers: int, seed: int, repeats: int) ->
                 if truncated.any():
                     vec.reset()
             elapsed = min(elapsed, time.perf_counter() - start)
-    return {
-        "control_steps_per_s_vec": rounds * n_envs / elapsed,
-        "vec_rounds_per_s": rounds / elapsed,
-    }
+        rss = sum(_rss_mb(proc.pid) for proc in vec._procs)
+    return {"steps_per_s": rounds * n_envs / elapsed, "worker_rss_mb": rss}
 
 
 def main() -> None:
@@ -141,11 +155,14 @@ def main() -> None:
         f"{single['physics_part_ms']:.3f} ms, overhead {single['overhead_ms']:.3f} ms; raw physics "
         f"{single['physics_steps_per_s_raw']:.0f} steps/s)"
     )
-    vec = bench_vec(args.steps, args.n_envs, workers, args.seed, args.repeats)
-    print(
-        f"VecArmEnv({args.n_envs} envs, {workers} workers): "
-        f"{vec['control_steps_per_s_vec']:.0f} control steps/s"
-    )
+    vec = bench_vec(args.steps, args.n_envs, workers, args.seed, args.repeats, True)
+    separate = bench_vec(args.steps, args.n_envs, workers, args.seed, args.repeats, False)
+    for name, numbers in (("one world per worker", vec), ("one world per env", separate)):
+        print(
+            f"VecArmEnv({args.n_envs} envs, {workers} workers, {name}): "
+            f"{numbers['steps_per_s']:.0f} control steps/s, workers' RSS "
+            f"{numbers['worker_rss_mb']:.0f} MB"
+        )
     result = {
         "bench": "sim",
         "cpu": cpu_model(),
@@ -156,9 +173,7 @@ def main() -> None:
         "control_hz": 40,
         "physics_hz": 240,
         **{k: round(v, 4) for k, v in {**single, **vec}.items()},
-        "speedup_vec": round(
-            vec["control_steps_per_s_vec"] / single["control_steps_per_s_1proc"], 3
-        ),
+        "speedup_vec": round(vec["steps_per_s"] / single["control_steps_per_s_1proc"], 3),
     }
     print(json.dumps(result))
 

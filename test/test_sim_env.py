@@ -12,6 +12,7 @@ from maml_ros.sim.arm_env import (
     HOME_POSE,
     JOINT_FORCE_LIMITS,
     ArmEnv,
+    PhysicsWorld,
     observation_from_joint_state,
 )
 from maml_ros.sim.task import DEFAULT_GOAL, GOAL_CUBE_CENTER, HOME_EE, TaskSpec, sample_tasks
@@ -240,3 +241,32 @@ def test_sim_layer_imports_no_torch_rl_or_ros():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
+
+
+def test_arms_sharing_a_world_move_as_if_alone():
+    tasks = sample_tasks("reach+dynamics", 2, "train", seed=5)
+    actions = np.random.default_rng(3).uniform(-1, 1, (15, 2, 7))
+    world = PhysicsWorld()
+    shared = [ArmEnv(task, world=world) for task in tasks]
+    try:
+        for i, arm in enumerate(shared):
+            arm.reset(seed=i)
+        with pytest.raises(RuntimeError, match="shares its world"):
+            shared[0].step(np.zeros(7))
+        for step_actions in actions:
+            clipped = [arm._command_action(a) for arm, a in zip(shared, step_actions, strict=True)]
+            world.step(shared[0].substeps)
+            together = [arm._finish_step(c)[0] for arm, c in zip(shared, clipped, strict=True)]
+        for i, task in enumerate(tasks):
+            alone = ArmEnv(task)
+            try:
+                alone.reset(seed=i)
+                for step_actions in actions:
+                    obs = alone.step(step_actions[i])[0]
+            finally:
+                alone.close()
+            np.testing.assert_array_equal(obs, together[i])
+    finally:
+        for arm in shared:
+            arm.close()
+        world.close()

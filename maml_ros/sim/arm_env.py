@@ -67,6 +67,51 @@ def observation_from_joint_state(
     return obs
 
 
+class PhysicsWorld:
+    """A PyBullet DIRECT physics server with gravity and a fixed time step.
+
+    One ArmEnv owns one by default. Several arms may share one (VecArmEnv's workers do, which
+    saves ~30 MB per env): each arm gets its own spot on a grid (:meth:`allocate_base`, far
+    enough apart that the broad phase never pairs two arms) and collides with nothing, so its
+    joints move bit for bit as they would alone (end-effector positions, taken from PyBullet's
+    single-precision world frame, agree to ~1e-7 m); a shared world is stepped once for all.
+    """
+
+    GRID_SPACING = 4.0
+    """Metres between neighbouring arms' bases (a power of two: the offsets are exact)."""
+    GRID_ROW = 16
+
+    def __init__(self, physics_hz: int = 240) -> None:
+        if isinstance(physics_hz, bool) or not isinstance(physics_hz, int) or physics_hz <= 0:
+            raise ValueError(f"physics_hz must be a positive int, got {physics_hz!r}")
+        self.physics_hz = physics_hz
+        self.client: int | None = pb.connect(pb.DIRECT)
+        cid = {"physicsClientId": self.client}
+        pb.setAdditionalSearchPath(pybullet_data.getDataPath(), **cid)
+        pb.setGravity(0.0, 0.0, -9.81, **cid)
+        pb.setPhysicsEngineParameter(fixedTimeStep=1.0 / physics_hz, **cid)
+        self._arms = 0
+
+    def allocate_base(self) -> tuple[float, float, float]:
+        """World position for the next arm's base: (0, 0, 0) first, then along a grid."""
+        index = self._arms
+        self._arms += 1
+        row, column = divmod(index, self.GRID_ROW)
+        return (self.GRID_SPACING * column, self.GRID_SPACING * row, 0.0)
+
+    def step(self, substeps: int) -> None:
+        """Advance every body in the world by ``substeps`` physics steps."""
+        for _ in range(substeps):
+            pb.stepSimulation(physicsClientId=self.client)
+
+    def close(self) -> None:
+        """Disconnect (idempotent)."""
+        if self.client is not None:
+            if pb.isConnected(self.client):
+                pb.disconnect(self.client)
+            self.client = None
+
+
 class ArmEnv(gym.Env):
     """KUKA iiwa reaching with a hidden goal and a possibly changed body (see module doc)."""
 
@@ -84,7 +129,12 @@ class ArmEnv(gym.Env):
         success_threshold: float = 0.05,
         reset_noise: float = 0.01,
         render_mode: str | None = None,
+        world: PhysicsWorld | None = None,
     ) -> None:
+        if world is not None:
+            if world.client is None:
+                raise ValueError("world is closed")
+            physics_hz = world.physics_hz
         if control_hz <= 0 or physics_hz <= 0 or physics_hz % control_hz:
             raise ValueError(
                 f"physics_hz ({physics_hz}) must be a positive multiple of control_hz "
@@ -114,12 +164,14 @@ class ArmEnv(gym.Env):
         self.render_mode = render_mode
         self.metadata = {**self.metadata, "render_fps": control_hz}
 
-        self._client = pb.connect(pb.DIRECT)
+        self._owns_world = world is None
+        self._world = world if world is not None else PhysicsWorld(physics_hz)
+        self._client = self._world.client
         self._cid = {"physicsClientId": self._client}
-        pb.setAdditionalSearchPath(pybullet_data.getDataPath(), **self._cid)
-        pb.setGravity(0.0, 0.0, -9.81, **self._cid)
-        pb.setPhysicsEngineParameter(fixedTimeStep=1.0 / physics_hz, **self._cid)
-        self._robot = pb.loadURDF(URDF, useFixedBase=True, **self._cid)
+        self._base = self._world.allocate_base()
+        self._robot = pb.loadURDF(URDF, self._base, useFixedBase=True, **self._cid)
+        for link in range(-1, NUM_JOINTS):  # collides with nothing, not even other arms
+            pb.setCollisionFilterGroupMask(self._robot, link, 0, 0, **self._cid)
         self._joints = list(range(NUM_JOINTS))
         infos = [pb.getJointInfo(self._robot, j, **self._cid) for j in self._joints]
         self.joint_names: tuple[str, ...] = tuple(info[1].decode() for info in infos)
@@ -208,6 +260,14 @@ class ArmEnv(gym.Env):
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Apply one action for ``substeps`` physics steps; see the module doc for the reward."""
+        if not self._owns_world:
+            raise RuntimeError("this arm shares its world: step the world once for all its arms")
+        clipped = self._command_action(action)
+        self._world.step(self.substeps)
+        return self._finish_step(clipped)
+
+    def _command_action(self, action: Any) -> np.ndarray:
+        """Validate, clip and command ``action`` (first half of a step); returns it clipped."""
         action = np.asarray(action, dtype=np.float64)
         if action.shape != (ACT_DIM,):
             raise ValueError(f"action must have shape ({ACT_DIM},), got {action.shape}")
@@ -215,8 +275,10 @@ class ArmEnv(gym.Env):
             raise ValueError("action holds a non-finite value")
         action = np.minimum(np.maximum(action, -1.0), 1.0)
         self._command(action * self._velocity_scale)
-        for _ in range(self.substeps):
-            pb.stepSimulation(**self._cid)
+        return action
+
+    def _finish_step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        """Observation, reward and info after the world moved (second half of step)."""
         self._steps += 1
         states = pb.getJointStates(self._robot, self._joints, **self._cid)
         positions = np.fromiter((s[0] for s in states), float, NUM_JOINTS) + self._offsets
@@ -241,10 +303,10 @@ class ArmEnv(gym.Env):
         return render_rgb(self)
 
     def close(self) -> None:
-        """Disconnect from the physics server (idempotent)."""
+        """Disconnect from the physics server if this env owns it (idempotent)."""
         if getattr(self, "_client", None) is not None:
-            if pb.isConnected(self._client):
-                pb.disconnect(self._client)
+            if self._owns_world:
+                self._world.close()
             self._client = None
 
     # --- state ----------------------------------------------------------------------------
@@ -268,12 +330,19 @@ class ArmEnv(gym.Env):
     def _ee_tuple(self) -> tuple[float, float, float]:
         # Without computeForwardKinematics the link state lags one physics step behind.
         state = pb.getLinkState(self._robot, EE_LINK, computeForwardKinematics=True, **self._cid)
-        return state[4]
+        x, y, z = state[4]
+        bx, by, bz = self._base
+        return (x - bx, y - by, z - bz)
 
     @property
     def physics_client(self) -> int:
         """PyBullet client id of this env's physics server (for rendering)."""
         return self._client
+
+    @property
+    def base_position(self) -> tuple[float, float, float]:
+        """World position of the arm's base; goals and ``ee_pos`` are relative to it."""
+        return self._base
 
     @property
     def robot_id(self) -> int:

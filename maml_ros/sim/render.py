@@ -37,7 +37,8 @@ def _goal_marker(env: ArmEnv) -> int:
             baseMass=0.0, baseVisualShapeIndex=floor, basePosition=[0.3, 0.0, -0.005], **cid
         )
         env._goal_marker = marker
-    pb.resetBasePositionAndOrientation(marker, list(env.goal), [0, 0, 0, 1], **cid)
+    goal = np.add(env.goal, env.base_position).tolist()
+    pb.resetBasePositionAndOrientation(marker, goal, [0, 0, 0, 1], **cid)
     return marker
 
 
@@ -59,7 +60,7 @@ def render_rgb(
     if show_goal:
         _goal_marker(env)
     view = pb.computeViewMatrixFromYawPitchRoll(
-        cameraTargetPosition=list(target),
+        cameraTargetPosition=np.add(target, env.base_position).tolist(),
         distance=distance,
         yaw=yaw,
         pitch=pitch,
