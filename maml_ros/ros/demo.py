@@ -193,12 +193,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--params-file", type=Path, default=None, help="default: installed")
     parser.add_argument("--seed", type=int, default=0, help="seed of the held-out tasks")
     parser.add_argument(
-        "--real-time-factor", type=float, default=0.0, help="sim speed (0 = as fast as lockstep)"
+        "--real-time-factor",
+        type=float,
+        default=None,
+        help="sim speed override (default: the params file's, 1 = real time)",
     )
     parser.add_argument("--rollouts", type=int, default=None, help="override K")
     parser.add_argument("--timeout-s", type=float, default=180.0, help="per adaptation")
     args = parser.parse_args(argv)
-    if args.real_time_factor < 0 or args.timeout_s <= 0:
+    if (args.real_time_factor is not None and args.real_time_factor < 0) or args.timeout_s <= 0:
         parser.error("--real-time-factor must be >= 0 and --timeout-s > 0")
     if args.rollouts is not None and args.rollouts < 1:
         parser.error("--rollouts must be >= 1")
@@ -208,16 +211,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def node_commands(args: argparse.Namespace, params_file: Path) -> dict[str, list[str]]:
     """The command line of each node."""
     common = ["--ros-args", "--params-file", str(params_file)]
-    adaptation = ["-p", f"checkpoint:={args.checkpoint}", "-p", f"device:={args.device}"]
+    adaptation = ["-p", f"device:={args.device}"]
+    if args.checkpoint:  # '' (the shipped checkpoint) is the node's default
+        adaptation += ["-p", f"checkpoint:={args.checkpoint}"]
     if args.rollouts is not None:
         adaptation += ["-p", f"rollouts:={args.rollouts}"]
+    sim_arm = []
+    if args.real_time_factor is not None:
+        sim_arm = ["-p", f"real_time_factor:={args.real_time_factor}"]
     return {
-        "sim_arm": [
-            find_executable("sim_arm_node"),
-            *common,
-            "-p",
-            f"real_time_factor:={args.real_time_factor}",
-        ],
+        "sim_arm": [find_executable("sim_arm_node"), *common, *sim_arm],
         "policy_controller": [find_executable("policy_controller_node"), *common],
         "adaptation": [find_executable("adaptation_node"), *common, *adaptation],
     }
