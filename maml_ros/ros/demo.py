@@ -157,14 +157,21 @@ def save_plot(results: Sequence[dict[str, Any]], path: Path) -> None:
 
     labels = [f"{r['family']}" for r in results]
     xs = range(len(results))
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.bar([x - 0.2 for x in xs], [r["return_pre"] for r in results], 0.4, label="pre-update")
-    ax.bar([x + 0.2 for x in xs], [r["return_post"] for r in results], 0.4, label="post-update")
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for offset, when in ((-0.2, "pre"), (0.2, "post")):
+        bars = ax.bar(
+            [x + offset for x in xs],
+            [r[f"return_{when}"] for r in results],
+            0.4,
+            label=f"{when}-update",
+        )
+        success = [f"success {r[f'success_{when}']:.2f}" for r in results]
+        ax.bar_label(bars, success, label_type="center", fontsize=8)
     ax.set_xticks(list(xs), labels)
-    ax.set_ylabel("episode return")
-    ax.set_title("maml_ros: adaptation on the simulated arm over ROS 2")
+    ax.set_ylabel("episode return (higher is better)")
+    ax.set_title("Adaptation over ROS 2 (simulated arm)")
     ax.axhline(0.0, color="black", linewidth=0.5)
-    ax.legend()
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
