@@ -25,7 +25,7 @@ import pybullet as pb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working tree, not an install
 
-from maml_ros.sim import JOINT_FORCE_LIMITS, ArmEnv, VecArmEnv, sample_tasks
+from maml_ros.sim import JOINT_FORCE_LIMITS, ArmEnv, VecArmEnv
 
 
 def cpu_model() -> str:
@@ -111,26 +111,42 @@ def _rss_mb(pid: int) -> float:
     return math.nan
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds used so far by process ``pid`` (Linux; NaN elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return math.nan
+
+
 def bench_vec(
     steps: int, n_envs: int, workers: int, seed: int, repeats: int, shared_world: bool
 ) -> dict[str, float]:
     """Env steps/s (summed over envs) of a VecArmEnv, best of runs; reset every 50 steps."""
     rng = np.random.default_rng(seed)
-    tasks = sample_tasks("reach+dynamics", n_envs, "train", seed)
     with VecArmEnv(n_envs, n_workers=workers, shared_world=shared_world) as vec:
-        vec.reset(tasks, list(range(n_envs)))
+        vec.reset(None, list(range(n_envs)))  # the default arm, as in bench_single
         rounds = max(1, steps // n_envs)
         actions = rng.uniform(-1, 1, (rounds, n_envs, 7)).astype(np.float32)
-        elapsed = math.inf
+        elapsed, cpu = math.inf, math.inf
+        pids = [proc.pid for proc in vec._procs]
         for _ in range(repeats):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), sum(_cpu_s(pid) for pid in pids)
             for action in actions:
                 _, _, _, truncated, _ = vec.step(action)
                 if truncated.any():
                     vec.reset()
             elapsed = min(elapsed, time.perf_counter() - start)
-        rss = sum(_rss_mb(proc.pid) for proc in vec._procs)
-    return {"steps_per_s": rounds * n_envs / elapsed, "worker_rss_mb": rss}
+            cpu = min(cpu, sum(_cpu_s(pid) for pid in pids) - cpu_start)
+        rss = sum(_rss_mb(pid) for pid in pids)
+    env_steps = rounds * n_envs
+    return {
+        "steps_per_s": env_steps / elapsed,
+        "worker_cpu_ms_per_step": 1e3 * cpu / env_steps,
+        "worker_rss_mb": rss,
+    }
 
 
 def main() -> None:
@@ -160,8 +176,9 @@ def main() -> None:
     for name, numbers in (("one world per worker", vec), ("one world per env", separate)):
         print(
             f"VecArmEnv({args.n_envs} envs, {workers} workers, {name}): "
-            f"{numbers['steps_per_s']:.0f} control steps/s, workers' RSS "
-            f"{numbers['worker_rss_mb']:.0f} MB"
+            f"{numbers['steps_per_s']:.0f} control steps/s, workers' CPU "
+            f"{numbers['worker_cpu_ms_per_step']:.3f} ms/step, "
+            f"RSS {numbers['worker_rss_mb']:.0f} MB"
         )
     result = {
         "bench": "sim",
@@ -172,8 +189,15 @@ def main() -> None:
         "steps": args.steps,
         "control_hz": 40,
         "physics_hz": 240,
-        **{k: round(v, 4) for k, v in {**single, **vec}.items()},
+        **{k: round(v, 4) for k, v in single.items()},
+        "control_steps_per_s_vec": round(vec["steps_per_s"], 1),
         "speedup_vec": round(vec["steps_per_s"] / single["control_steps_per_s_1proc"], 3),
+        "vec_worker_rss_mb": round(vec["worker_rss_mb"], 1),
+        "vec_worker_cpu_ms_per_step": round(vec["worker_cpu_ms_per_step"], 4),
+        "single_cpu_ms_per_step": round(1e3 / single["control_steps_per_cpu_s_1proc"], 4),
+        "control_steps_per_s_vec_world_per_env": round(separate["steps_per_s"], 1),
+        "vec_worker_rss_mb_world_per_env": round(separate["worker_rss_mb"], 1),
+        "vec_worker_cpu_ms_per_step_world_per_env": round(separate["worker_cpu_ms_per_step"], 4),
     }
     print(json.dumps(result))
 
