@@ -193,6 +193,16 @@ def rss_mb(pid: int) -> float | None:
     return _proc_status_kb(pid, "VmRSS")
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds a live process has used so far (/proc/<pid>/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _proc_status_kb(pid: int, key: str) -> float | None:
     try:
         with open(f"/proc/{pid}/status") as status:

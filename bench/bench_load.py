@@ -18,6 +18,7 @@ Keys of the last line (JSON):
   equal ``bad_msgs_sent`` (the adaptation node checks contents but not stamp order, so its
   ``joint_states`` counter must equal the NaN + wrong-length count: ``adaptation_dropped``).
 - ``node_crashes``: nodes that died or exited non-zero at the SIGINT stop (must be 0).
+- ``cpu_cores_used``: CPU seconds per wall second of each node and of this driver process.
 - ``adaptations_completed`` and their phases; ``states_lost``: good states the controller
   never answered (best-effort sensor QoS drops what a busy subscriber cannot take).
 
@@ -35,6 +36,7 @@ from typing import Any
 from _common import (
     FakeArmDriver,
     NodeGroup,
+    cpu_seconds,
     emit_json,
     isolate_dds,
     machine_info,
@@ -111,6 +113,8 @@ def run_load(
             "both nodes ready",
         )
         tasks = sample_tasks("reach", 50, "test", seed=1)
+        cpu_start = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        own_cpu_start = time.process_time()
         driver.start(seconds)
         early_at = driver.started_at + seconds / 4
         published, next_task = 0, 0
@@ -138,6 +142,13 @@ def run_load(
                 rss_early = {name: rss_mb(pid) for name, pid in pids.items()}
             time.sleep(0.02)
         driver.wait()
+        cpu_used = {
+            name: None
+            if cpu_seconds(pid) is None or cpu_start[name] is None
+            else round((cpu_seconds(pid) - cpu_start[name]) / driver.elapsed, 3)
+            for name, pid in pids.items()
+        }
+        cpu_used["bench_driver"] = round((time.process_time() - own_cpu_start) / driver.elapsed, 3)
         time.sleep(1.5)  # the nodes publish their status every second
         rss_end = {name: rss_mb(pid) for name, pid in pids.items()}
         peak = {name: peak_rss_mb(pid) for name, pid in pids.items()}
@@ -178,6 +189,7 @@ def run_load(
         "callback_ms_p99": tick["p99"],
         "callback_ms_max": tick.get("max"),
         "missed_ticks": latency["missed_ticks"],
+        "cpu_cores_used": cpu_used,
         "peak_rss_mb": peak,
         "rss_early_mb": rss_early,
         "rss_end_mb": rss_end,
