@@ -240,6 +240,37 @@ def test_commands_fuzz_and_round_trip(data):
     )
 
 
+@FUZZ
+@given(
+    velocities=st.lists(finite_float, min_size=7, max_size=7),
+    stamp_ns=st.just(0) | st.integers(1, 2**31 * 10**9 - 1),
+)
+def test_stamped_commands_round_trip(velocities, stamp_ns):
+    msg = convert.commands_to_msg(velocities, stamp=stamp_ns)
+    np.testing.assert_array_equal(convert.commands_from_msg(msg, 7), velocities)
+    assert convert.command_stamp_ns(msg) == stamp_ns
+    assert convert.command_stamp_ns(convert.commands_to_msg(velocities)) is None
+
+
+def test_command_stamp_accepts_a_time_and_ignores_foreign_labels():
+    msg = convert.commands_to_msg(np.zeros(7), stamp=Time(sec=3, nanosec=4))
+    assert convert.command_stamp_ns(msg) == 3_000_000_004
+    msg.layout.dim[0].label = "joints"
+    assert convert.command_stamp_ns(msg) is None
+
+
+@FUZZ
+@given(label=st.text(max_size=30))
+def test_command_stamp_fuzz(label):
+    msg = convert.commands_to_msg(np.zeros(7), stamp=5)
+    msg.layout.dim[0].label = "stamp_ns=" + label
+    try:
+        stamp = convert.command_stamp_ns(msg)
+    except ValueError:
+        return
+    assert stamp == int(label) and stamp >= 0
+
+
 def test_commands_reject_offset_layout_and_non_finite_output():
     msg = convert.commands_to_msg(np.zeros(7))
     msg.layout.data_offset = 1

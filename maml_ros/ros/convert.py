@@ -25,7 +25,7 @@ import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Vector3Stamped
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64MultiArray, String, UInt8MultiArray
+from std_msgs.msg import Float64MultiArray, MultiArrayDimension, String, UInt8MultiArray
 
 from maml_ros.ros.common import ns_to_stamp, stamp_to_ns
 
@@ -289,10 +289,28 @@ def action_from_msg(msg: JointState, joint_names: Sequence[str]) -> tuple[int, n
 # std_msgs/Float64MultiArray (<controller>/commands)
 
 
-def commands_to_msg(velocities: Sequence[float] | np.ndarray) -> Float64MultiArray:
-    """A forward-command message of joint velocities (rad/s)."""
+COMMAND_STAMP_LABEL = "stamp_ns="
+"""Prefix of ``layout.dim[0].label`` on a command that answers the joint state of that stamp."""
+
+
+def commands_to_msg(
+    velocities: Sequence[float] | np.ndarray, stamp: Time | int | None = None
+) -> Float64MultiArray:
+    """A forward-command message of joint velocities (rad/s).
+
+    With ``stamp`` (the joint state the command answers; 0 = no state, e.g. a hold command)
+    the message carries one layout dimension labelled ``stamp_ns=<ns>``: ros2_control's
+    forward-command controllers ignore the layout, and the simulated driver uses it to pair
+    each command with its state in lockstep.
+    """
     msg = Float64MultiArray()
     msg.data = _finite_vector(velocities, "commands").tolist()
+    if stamp is not None:
+        stamp_ns = 0 if isinstance(stamp, int) and stamp == 0 else stamp_to_ns(as_stamp(stamp))
+        size = len(msg.data)
+        msg.layout.dim = [
+            MultiArrayDimension(label=f"{COMMAND_STAMP_LABEL}{stamp_ns}", size=size, stride=size)
+        ]
     return msg
 
 
@@ -309,12 +327,29 @@ def commands_from_msg(msg: Float64MultiArray, n_joints: int) -> np.ndarray:
     return velocities
 
 
+def command_stamp_ns(msg: Float64MultiArray) -> int | None:
+    """The stamp (ns) of the joint state a command answers; None for an unstamped command.
+
+    0 means the command answers no state (a hold). A malformed stamp label is a ValueError;
+    layouts with other labels (from other publishers) count as unstamped.
+    """
+    _check_type(msg, Float64MultiArray)
+    if not msg.layout.dim or not msg.layout.dim[0].label.startswith(COMMAND_STAMP_LABEL):
+        return None
+    text = msg.layout.dim[0].label.removeprefix(COMMAND_STAMP_LABEL)
+    if not (text.isascii() and text.isdigit() and len(text) <= 20):
+        raise ValueError(f"malformed command stamp label {msg.layout.dim[0].label[:40]!r}")
+    return int(text)
+
+
 __all__ = [
+    "COMMAND_STAMP_LABEL",
     "MAX_TASK_BYTES",
     "action_from_msg",
     "action_to_msg",
     "arrays_to_joint_state",
     "as_stamp",
+    "command_stamp_ns",
     "commands_from_msg",
     "commands_to_msg",
     "joint_state_to_arrays",

@@ -5,7 +5,8 @@ observation (``maml_ros.sim.observation_from_joint_state``), the policy acts (``
 torch, no per-tick allocation inside the policy), and the node publishes
 
 - ``<controller>/commands``: joint velocities in rad/s = clip(action, -1, 1) × ``action_scale``,
-  then clamped to ±``max_velocity``;
+  then clamped to ±``max_velocity``, carrying the joint state's stamp in ``layout.dim[0].label``
+  (``stamp_ns=<ns>``, ignored by ros2_control; a lockstep driver pairs states and commands on it);
 - ``<controller>/actions``: the action in policy units (before clamping), stamped with the joint
   state's stamp, so the adaptation node can join (state, action, reward) on the stamp.
 
@@ -20,7 +21,8 @@ under a lock). A bad update is dropped and counted; the last good policy keeps r
 
 Watchdog: when no valid joint state arrived for ``stale_timeout_s`` (wall time) while a policy
 is loaded, the controller holds position: it publishes zero velocities at ``hold_rate_hz``
-until states resume, and ``~/status`` shows ``stale: true``. Going stale also forgets the last
+until states resume (labelled ``stamp_ns=0``: they answer no state), and ``~/status`` shows
+``stale: true``. Going stale also forgets the last
 stamp, so a restarted driver whose clock starts lower is accepted.
 """
 
@@ -256,7 +258,7 @@ class PolicyControllerNode(Node):
         np.clip(action, -1.0, 1.0, out=self._command)
         np.multiply(self._command, self.params["action_scale"], out=self._command)
         np.clip(self._command, -self._limits, self._limits, out=self._command)
-        self._commands_pub.publish(commands_to_msg(self._command))
+        self._commands_pub.publish(commands_to_msg(self._command, stamp=msg.header.stamp))
         self._actions_pub.publish(action_to_msg(msg.header.stamp, self.joint_names, action))
         self._ticks += 1
         self.status.set(ticks=self._ticks)
@@ -276,7 +278,7 @@ class PolicyControllerNode(Node):
             self._update_status()
         if now - self._last_hold >= 1.0 / self.params["hold_rate_hz"]:
             self._last_hold = now
-            self._commands_pub.publish(commands_to_msg(self._zeros))
+            self._commands_pub.publish(commands_to_msg(self._zeros, stamp=0))
 
     # --- policy updates and services (the policy callback group) -------------------------
 

@@ -6,22 +6,24 @@ physics inside) a worker thread:
 1. applies a pending task change (``task`` topic) or reset (``reset`` service);
 2. advances the simulated clock by exactly one control period and publishes the arm's
    ``joint_states`` with that stamp (encoder offsets included);
-3. in lockstep mode, waits up to ``command_wait_s`` for a command received after that state
-   was published, so the executed action is the one the controller computed for it;
+3. in lockstep mode, waits up to ``command_wait_s`` for the command answering that state, so
+   the executed action is the one the controller computed for it;
 4. steps the env with the latest command (rad/s divided by the env's ``max_joint_velocity``);
 5. publishes the step's ``reward`` stamped with the state's stamp (x reward, y success,
    z episode) and appends the transition to ``transition_log`` when one is set: one JSON line
    ``{stamp_ns, episode, positions, velocities, action, reward, success, answered}`` with the
    published state the step was taken from, the action in env units as executed (clipped to
-   [-1, 1]) and whether a command arrived after that state was published;
+   [-1, 1]) and whether it was the answer to that state;
 6. sleeps so that sim time runs at ``real_time_factor`` times wall-clock time (0: no sleep).
 
 Commands: the latest valid command is held (ros2_control forward-command behaviour) until it is
 older than ``command_timeout_s`` of wall time, then the arm holds still (zero velocity). A reset
-clears the held command. Commands carry no stamp, so lockstep pairs a state with the first
-command received after it: when an answer misses its ``command_wait_s`` (counted in
-``lockstep_misses``) the held command is executed, and the late answer is taken for the next
-state.
+clears the held command. A command answers a state when it carries that state's stamp
+(``layout.dim[0].label == "stamp_ns=<ns>"``, see :func:`maml_ros.ros.convert.commands_to_msg`;
+``stamp_ns=0`` answers none, e.g. a controller's hold) or, for an unstamped command from any
+other publisher, when it arrived after the state was published. So a late answer is never
+taken for a later state. When no answer arrives within ``command_wait_s`` (counted in
+``lockstep_misses``) the held command is executed.
 
 Episodes: ``reset`` puts the arm back home (plus the env's small reset noise) and starts episode
 counter + 1 (the first episode, from start-up, is 0). After ``episode_steps`` steps in an
@@ -53,6 +55,7 @@ from std_srvs.srv import Trigger
 from maml_ros.ros.common import NodeStatus, ParamSpec, ValidatedParameters, ns_to_stamp, run_node
 from maml_ros.ros.convert import (
     arrays_to_joint_state,
+    command_stamp_ns,
     commands_from_msg,
     reward_to_msg,
     task_from_msg,
@@ -152,13 +155,19 @@ PARAMS = [
 ]
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Command:
-    """The latest valid command, in env units, with its wall-clock arrival and sequence."""
+    """A valid command in env units, with its arrival time, arrival number and stamp."""
 
     action: np.ndarray
-    received: float = 0.0
-    seq: int = 0
+    received: float
+    seq: int
+    stamp_ns: int | None
+    """The joint state it answers (None: an unstamped command, 0: a hold answering none)."""
+
+    def answers(self, stamp_ns: int, seq_before: int) -> bool:
+        """True when this command answers the state ``stamp_ns`` published at ``seq_before``."""
+        return self.seq > seq_before and self.stamp_ns in (None, stamp_ns)
 
 
 @dataclass
@@ -204,7 +213,9 @@ class SimArmNode(Node):
             except OSError as exc:
                 raise ValueError(f"cannot open transition_log: {exc}") from exc
 
-        self._command = _Command(action=np.zeros(len(self.joint_names)))
+        self._seq = 0
+        self._latest: _Command | None = None  # any command (the one held)
+        self._answer: _Command | None = None  # the latest command that may answer a state
         self._pending_task: TaskSpec | None = None
 
         controller = self.params["controller"].strip("/")
@@ -233,15 +244,18 @@ class SimArmNode(Node):
     def _on_command(self, msg: Float64MultiArray) -> None:
         try:
             velocities = commands_from_msg(msg, len(self.joint_names))
+            stamp_ns = command_stamp_ns(msg)
         except ValueError as exc:
             self.status.drop("command", str(exc))
             return
         with self._cond:
-            self._command = _Command(
-                action=velocities / self.env.max_joint_velocity,
-                received=time.monotonic(),
-                seq=self._command.seq + 1,
+            self._seq += 1
+            command = _Command(
+                velocities / self.env.max_joint_velocity, time.monotonic(), self._seq, stamp_ns
             )
+            self._latest = command
+            if stamp_ns != 0:
+                self._answer = command
             self._cond.notify_all()
 
     def _on_task(self, msg: String) -> None:
@@ -299,9 +313,7 @@ class SimArmNode(Node):
             self._episode += 1
             self._step = 0
             with self._cond:
-                self._command = _Command(
-                    action=np.zeros(len(self.joint_names)), seq=self._command.seq
-                )
+                self._latest = self._answer = None
             for reset in resets:
                 reset.episode = self._episode
                 reset.done.set()
@@ -312,7 +324,7 @@ class SimArmNode(Node):
         stamp_ns = self._sim_ns
         positions, velocities = self.env.joint_state()
         with self._cond:
-            seq_before = self._command.seq
+            seq_before = self._seq
         self._state_pub.publish(
             arrays_to_joint_state(stamp_ns, self.joint_names, positions, velocities)
         )
@@ -320,7 +332,7 @@ class SimArmNode(Node):
             self._clock_pub.publish(Clock(clock=ns_to_stamp(stamp_ns)))
 
         holding = self.params["hold_after_episode"] and self._step >= self.params["episode_steps"]
-        action, answered = self._action_for_state(seq_before, wait=not holding)
+        action, answered = self._action_for_state(stamp_ns, seq_before, wait=not holding)
         if self._stop.is_set():
             return  # shutting down: do not execute a command nobody answered
         if holding:
@@ -345,26 +357,36 @@ class SimArmNode(Node):
         self._ticks += 1
         self._update_status()
 
-    def _action_for_state(self, seq_before: int, wait: bool) -> tuple[np.ndarray, bool]:
-        """(command to execute for the state just published, in env units; answered).
+    def _action_for_state(
+        self, stamp_ns: int, seq_before: int, wait: bool
+    ) -> tuple[np.ndarray, bool]:
+        """(the command to execute for the state just published, in env units; answered).
 
-        ``answered`` is True when a command arrived after the state was published (in lockstep
-        that is the controller's answer to this state, unless an earlier answer came late).
+        ``answered``: a command answering this state arrived (stamped with its stamp, or
+        unstamped and received after the state was published). Otherwise the held command
+        is executed, or zero velocity when there is none or it timed out.
         """
+        lockstep = wait and self.params["lockstep"]
+
+        def answered() -> bool:
+            return self._answer is not None and self._answer.answers(stamp_ns, seq_before)
+
         with self._cond:
-            if wait and self.params["lockstep"]:
+            if lockstep:
                 self._cond.wait_for(
-                    lambda: self._command.seq > seq_before or self._stop.is_set(),
+                    lambda: answered() or self._stop.is_set(),
                     timeout=self.params["command_wait_s"],
                 )
-            command = self._command
-        answered = command.seq > seq_before
-        if wait and self.params["lockstep"] and not answered and not self._stop.is_set():
+            is_answered = answered()
+            command = self._answer if is_answered else self._latest
+        if is_answered:
+            return command.action.copy(), True
+        if lockstep and not self._stop.is_set():
             self._lockstep_misses += 1
         timeout = self.params["command_timeout_s"]
-        if command.seq == 0 or (timeout > 0 and time.monotonic() - command.received > timeout):
-            return np.zeros(len(self.joint_names)), answered
-        return command.action.copy(), answered
+        if command is None or (timeout > 0 and time.monotonic() - command.received > timeout):
+            return np.zeros(len(self.joint_names)), False
+        return command.action.copy(), False
 
     def _update_status(self) -> None:
         self.status.set(
