@@ -21,6 +21,7 @@ from rclpy.context import Context
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
@@ -215,6 +216,35 @@ def test_holds_still_after_episode_steps(ros: Ros) -> None:
     wait_until(lambda: len(probe.states) >= 30)
     late = [np.array(s.position) for s in probe.states[20:30]]
     assert np.abs(late[-1] - late[0]).max() < 0.02, "the arm must hold after episode_steps"
+
+
+def test_command_timeout_holds_still_and_clock_follows_the_stamps(ros: Ros, tmp_path) -> None:
+    log = tmp_path / "transitions.jsonl"
+    sim_node(
+        ros,
+        lockstep=False,
+        real_time_factor=2.0,
+        command_timeout_s=0.3,
+        publish_clock=True,
+        transition_log=str(log),
+    )
+    probe = Probe(ros)
+    clocks: list[int] = []
+    probe.node.create_subscription(
+        Clock, "/clock", lambda m: clocks.append(stamp_to_ns(m.clock)), 10
+    )
+    wait_until(lambda: probe.commands.get_subscription_count() and len(probe.states) > 3)
+    probe.commands.publish(commands_to_msg(np.full(7, 0.75)))  # unstamped, 0.5 in env units
+    sent = time.monotonic()
+    wait_until(lambda: time.monotonic() > sent + 1.0 and len(clocks) > 10)
+    actions = [rec["action"][0] for rec in map(json.loads, log.read_text().splitlines())]
+    first = actions.index(0.5)
+    last = len(actions) - 1 - actions[::-1].index(0.5)
+    assert actions[first : last + 1] == [0.5] * (last - first + 1)
+    assert 4 <= last - first + 1 <= 40, "held for ~0.3 s of wall time (~24 ticks at 2x)"
+    assert actions[last + 1 :] and set(actions[last + 1 :]) == {0.0}
+    state_stamps = {stamp_to_ns(s.header.stamp) for s in probe.states}
+    assert len(set(clocks) & state_stamps) >= 5
 
 
 def test_bad_inputs_are_dropped_and_counted_and_valid_task_applies(ros: Ros) -> None:
