@@ -128,15 +128,18 @@ def test_publishes_stamped_states_and_rewards(ros: Ros) -> None:
     # lose a state now and then, which shows as a multiple of the period, never as a repeat.
     assert (gaps > 0).all() and (gaps % PERIOD_NS == 0).all(), gaps
     assert (gaps == PERIOD_NS).mean() > 0.8, gaps
+    # Every reward is stamped with the state its step was taken from (the two subscriptions
+    # match at different moments, so compare from the first state received on).
+    rewards = [r for r in rewards if stamps[0] <= stamp_to_ns(r.header.stamp) <= stamps[-1]]
+    assert len(rewards) >= 10
     state_stamps = set(stamps)
+    matched = [r for r in rewards if stamp_to_ns(r.header.stamp) in state_stamps]
+    assert len(matched) >= 0.8 * len(rewards)  # the rest: states lost on best-effort delivery
     for reward in rewards:
-        stamp = stamp_to_ns(reward.header.stamp)
-        if stamp in state_stamps:
-            assert reward.vector.x < 0.0  # minus the distance to the goal
-            assert reward.vector.y in (0.0, 1.0)
-            assert reward.vector.z == 0.0
-    matched = sum(stamp_to_ns(r.header.stamp) in state_stamps for r in rewards)
-    assert matched >= len(rewards) - 2  # the first may predate the probe's subscription
+        assert stamp_to_ns(reward.header.stamp) % PERIOD_NS == stamps[0] % PERIOD_NS
+        assert reward.vector.x < 0.0  # minus the distance to the goal
+        assert reward.vector.y in (0.0, 1.0)
+        assert reward.vector.z == 0.0
 
 
 def test_commands_move_joints_and_lockstep_executes_the_answer(ros: Ros, tmp_path) -> None:
