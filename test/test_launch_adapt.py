@@ -48,7 +48,7 @@ def fast_params_file() -> str:
         name = key.rsplit("/", 1)[-1]
         values = section["ros__parameters"]
         if name == "sim_arm":
-            values.update(real_time_factor=0.0, command_wait_s=0.5)
+            values.update(real_time_factor=2.0, command_wait_s=0.5)
         elif name == "adaptation":
             values.update(rollouts=10, eval_episodes=2, device="cpu")
     handle, path = tempfile.mkstemp(prefix="adapt_fast_", suffix=".yaml")

@@ -848,7 +848,9 @@ class AdaptationNode(Node):
         with self._wake:
             self._wake.notify_all()
         if self._worker is not None and self._worker.is_alive():
-            self._worker.join(timeout=5.0)
+            # Waits are cancellable within 50 ms; an inner update in progress is not, and the
+            # daemon worker must not hold up a launch's SIGINT-then-SIGTERM shutdown.
+            self._worker.join(timeout=1.0)
         super().destroy_node()
 
 
