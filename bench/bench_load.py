@@ -19,7 +19,8 @@ Keys of the last line (JSON):
   ``joint_states`` counter must equal the NaN + wrong-length count: ``adaptation_dropped``).
 - ``node_crashes``: nodes that died or exited non-zero at the SIGINT stop (must be 0).
 - ``cpu_cores_used``: CPU seconds per wall second of each node and of this driver process.
-- ``adaptations_completed`` and their phases; ``states_lost``: good states the controller
+- ``adaptations_completed`` and their final phases, ``adaptation_phases_seen`` (every phase
+  the node reported during the run); ``states_lost``: good states the controller
   never answered (best-effort sensor QoS drops what a busy subscriber cannot take).
 
     python bench/bench_load.py [--seconds 60] [--rate 1000] [--bad-every 100] [--rollouts 10]
@@ -155,6 +156,9 @@ def run_load(
         died = group.dead()
         latency = driver.latency()
         status = {name: dict(driver.status.get(name, {})) for name in NODES}
+        phases_seen = sorted(
+            {d.get("phase") for t, n, d in driver.status_log if n == "adaptation"} - {None}
+        )
         bad_sent = dict(driver.bad_sent)
         slots, elapsed = driver.slots, driver.elapsed
     finally:
@@ -179,6 +183,9 @@ def run_load(
         "bad_msgs_by_kind": bad_sent,
         "dropped_bad_msgs": controller.get("dropped", {}).get("joint_state", 0),
         "adaptation_dropped": adaptation.get("dropped", {}),
+        "adaptation_last_drop_reason": adaptation.get("last_drop_reason", {}),
+        "adaptation_phase_at_end": adaptation.get("phase"),
+        "adaptation_phases_seen": phases_seen,
         "adaptation_expected_joint_state_drops": bad_sent["nan"] + bad_sent["wrong_length"],
         "controller_dropped": controller.get("dropped", {}),
         "controller_ticks": controller.get("ticks"),

@@ -75,8 +75,10 @@ def test_controller_misses_no_ticks(load_result: dict) -> None:
     )
 
 
-def test_adaptations_ran_during_the_load(load_result: dict) -> None:
-    assert load_result["adaptations_completed"] >= 1, load_result["adaptation_phases"]
+def test_an_adaptation_ran_during_the_load(load_result: dict) -> None:
+    assert load_result["adaptations_started"] >= 1
+    seen = set(load_result["adaptation_phases_seen"])
+    assert {"evaluating_pre", "collecting"} <= seen, seen
 
 
 def test_memory_stays_bounded(load_result: dict) -> None:
