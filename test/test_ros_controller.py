@@ -272,7 +272,8 @@ def test_stale_joint_states_hold_position(ros: Ros) -> None:
     rig.stamp_ns = START_NS // 2
     _, action = rig.tick()
     np.testing.assert_allclose(action, BIAS_A, atol=1e-6)
-    wait_until(lambda: not rig.ctl.status.snapshot()["stale"])
+    # Keep the states coming (they would go stale again after stale_timeout_s).
+    wait_until(lambda: rig.publish_state() and not rig.ctl.status.snapshot()["stale"])
 
 
 def test_exploration_service_and_seeded_noise(ros: Ros) -> None:
