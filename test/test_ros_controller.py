@@ -10,6 +10,7 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -49,15 +50,24 @@ ROS_BUILTIN_PARAMETERS = {"use_sim_time", "start_type_description_service"}
 
 
 class Ros:
-    """A private rclpy context whose nodes a background MultiThreadedExecutor spins."""
+    """A private rclpy context whose nodes a background MultiThreadedExecutor spins.
+
+    Nodes go into a namespace of their own, so tests of other processes sharing the DDS domain
+    cannot cross-talk with this one.
+    """
 
     def __init__(self) -> None:
+        self.namespace = f"/test_{uuid.uuid4().hex[:12]}"
         self.context = Context()
         rclpy.init(context=self.context)
         self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
         self.nodes: list[Node] = []
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
         self.thread.start()
+
+    def kwargs(self) -> dict[str, Any]:
+        """Node keyword arguments: this context and namespace."""
+        return {"context": self.context, "namespace": self.namespace}
 
     def add(self, node: Node) -> Any:
         self.nodes.append(node)
@@ -122,9 +132,9 @@ class Rig:
         defaults = {"explore": False, "max_velocity": [1.0], "stale_timeout_s": 0.3}
         overrides = [Parameter(k, value=v) for k, v in {**defaults, **params}.items()]
         self.ctl: PolicyControllerNode = ros.add(
-            PolicyControllerNode(context=ros.context, parameter_overrides=overrides)
+            PolicyControllerNode(**ros.kwargs(), parameter_overrides=overrides)
         )
-        self.node = ros.add(Node("rig", context=ros.context))
+        self.node = ros.add(Node("rig", **ros.kwargs()))
         self.states = self.node.create_publisher(JointState, "joint_states", JOINT_STATES_QOS)
         self.policies = self.node.create_publisher(UInt8MultiArray, "policy", LATCHED_QOS)
         self.commands: list[tuple[float, np.ndarray, int | None]] = []
@@ -328,6 +338,8 @@ def test_executable_runs_an_initial_policy(ros: Ros, tmp_path) -> None:
         [
             _executable("policy_controller_node"),
             "--ros-args",
+            "-r",
+            f"__ns:={ros.namespace}",
             "-p",
             f"initial_policy:={checkpoint}",
             "-p",
@@ -336,7 +348,7 @@ def test_executable_runs_an_initial_policy(ros: Ros, tmp_path) -> None:
         env=os.environ.copy(),
     )
     try:
-        node = ros.add(Node("driver", context=ros.context))
+        node = ros.add(Node("driver", **ros.kwargs()))
         states = node.create_publisher(JointState, "joint_states", JOINT_STATES_QOS)
         actions: list[JointState] = []
         node.create_subscription(JointState, "arm_controller/actions", actions.append, 100)
@@ -360,9 +372,7 @@ def test_executable_runs_an_initial_policy(ros: Ros, tmp_path) -> None:
 def test_invalid_start_parameters_are_value_errors(ros: Ros) -> None:
     for name, value in (("stale_timeout_s", 0.0), ("max_velocity", [1.0, 2.0])):
         with pytest.raises(ValueError, match=name):
-            PolicyControllerNode(
-                context=ros.context, parameter_overrides=[Parameter(name, value=value)]
-            )
+            PolicyControllerNode(**ros.kwargs(), parameter_overrides=[Parameter(name, value=value)])
 
 
 def test_executable_exits_2_on_a_missing_initial_policy(tmp_path) -> None:
@@ -380,7 +390,7 @@ def test_executable_exits_2_on_a_missing_initial_policy(tmp_path) -> None:
 def test_config_lists_every_parameter_with_its_default(ros: Ros) -> None:
     config = yaml.safe_load((Path(__file__).parents[1] / "config" / "adapt.yaml").read_text())
     values = config["/**/policy_controller"]["ros__parameters"]
-    node = ros.add(PolicyControllerNode(context=ros.context))
+    node = ros.add(PolicyControllerNode(**ros.kwargs()))
     declared = {
         name: p.value for name, p in node._parameters.items() if name not in ROS_BUILTIN_PARAMETERS
     }

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -44,15 +45,24 @@ ROS_BUILTIN_PARAMETERS = {"use_sim_time", "start_type_description_service"}
 
 
 class Ros:
-    """A private rclpy context whose nodes a background MultiThreadedExecutor spins."""
+    """A private rclpy context whose nodes a background MultiThreadedExecutor spins.
+
+    Nodes go into a namespace of their own, so tests of other processes sharing the DDS domain
+    cannot cross-talk with this one.
+    """
 
     def __init__(self) -> None:
+        self.namespace = f"/test_{uuid.uuid4().hex[:12]}"
         self.context = Context()
         rclpy.init(context=self.context)
         self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
         self.nodes: list[Node] = []
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
         self.thread.start()
+
+    def kwargs(self) -> dict[str, Any]:
+        """Node keyword arguments: this context and namespace."""
+        return {"context": self.context, "namespace": self.namespace}
 
     def add(self, node: Node) -> Any:
         self.nodes.append(node)
@@ -85,7 +95,7 @@ def ros() -> Iterator[Ros]:
 
 def sim_node(ros: Ros, **params: Any) -> SimArmNode:
     overrides = [Parameter(k, value=v) for k, v in {**FAST, **params}.items()]
-    return ros.add(SimArmNode(context=ros.context, parameter_overrides=overrides))
+    return ros.add(SimArmNode(**ros.kwargs(), parameter_overrides=overrides))
 
 
 class Probe:
@@ -97,7 +107,7 @@ class Probe:
         answer: Callable[[JointState], np.ndarray] | None = None,
         stamped: bool = False,
     ) -> None:
-        self.node = ros.add(Node("probe", context=ros.context))
+        self.node = ros.add(Node("probe", **ros.kwargs()))
         self.stamped = stamped
         self.states: list[JointState] = []
         self.rewards: list[Vector3Stamped] = []
@@ -252,7 +262,7 @@ def test_command_timeout_holds_still_and_clock_follows_the_stamps(ros: Ros, tmp_
 
 def test_bad_inputs_are_dropped_and_counted_and_valid_task_applies(ros: Ros) -> None:
     node = sim_node(ros)
-    helper = ros.add(Node("helper", context=ros.context))
+    helper = ros.add(Node("helper", **ros.kwargs()))
     tasks = helper.create_publisher(String, "task", COMMAND_QOS)
     commands = helper.create_publisher(
         Float64MultiArray, commands_topic("arm_controller"), COMMAND_QOS
@@ -288,7 +298,7 @@ def test_rejects_invalid_parameters(ros: Ros) -> None:
     assert node.params["real_time_factor"] == 2.0
     with pytest.raises(ValueError, match="initial_task"):
         SimArmNode(
-            context=ros.context,
+            **ros.kwargs(),
             parameter_overrides=[Parameter("initial_task", value='{"family": "walk"}')],
         )
 
@@ -301,7 +311,14 @@ def _executable(name: str) -> str:
 
 def test_executable_publishes_and_shuts_down_cleanly(ros: Ros) -> None:
     proc = subprocess.Popen(
-        [_executable("sim_arm_node"), "--ros-args", "-p", "real_time_factor:=4.0"],
+        [
+            _executable("sim_arm_node"),
+            "--ros-args",
+            "-r",
+            f"__ns:={ros.namespace}",
+            "-p",
+            "real_time_factor:=4.0",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

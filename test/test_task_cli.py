@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -18,6 +19,10 @@ from std_msgs.msg import String
 from maml_ros.ros.interfaces import COMMAND_QOS
 from maml_ros.ros.task_cli import main, parse
 from maml_ros.sim import DEFAULT_GOAL, TaskSpec
+
+NAMESPACE = f"/test_{uuid.uuid4().hex[:12]}"
+"""Private namespace: tests of other processes sharing the DDS domain cannot cross-talk."""
+REMAP = ["--ros-args", "-r", f"__ns:={NAMESPACE}"]
 
 
 def test_reach_dynamics_and_json_build_valid_tasks() -> None:
@@ -71,10 +76,10 @@ def wait_until(predicate, timeout: float = 10.0) -> None:
 
 @pytest.fixture
 def listener() -> Iterator[tuple[list[str], list[str]]]:
-    """Subscribers on ``task`` and ``other/task`` in a private context."""
+    """Subscribers on ``task`` and ``other/task`` in a private context, in NAMESPACE."""
     context = Context()
     rclpy.init(context=context)
-    node = rclpy.create_node("task_listener", context=context)
+    node = rclpy.create_node("task_listener", context=context, namespace=NAMESPACE)
     default: list[str] = []
     other: list[str] = []
     node.create_subscription(String, "task", lambda m: default.append(m.data), COMMAND_QOS)
@@ -95,7 +100,7 @@ def test_executable_publishes_once_and_prints_the_json(listener) -> None:
     executable = shutil.which("maml-ros-task")
     assert executable, "maml-ros-task is not on PATH: run `make setup` and `source tools/env.sh`"
     proc = subprocess.run(
-        [executable, "--wait-s", "20", "reach", "--goal", "0.5", "0.1", "0.4"],
+        [executable, "--wait-s", "20", "reach", "--goal", "0.5", "0.1", "0.4", *REMAP],
         capture_output=True,
         text=True,
         timeout=60,
@@ -107,7 +112,7 @@ def test_executable_publishes_once_and_prints_the_json(listener) -> None:
     time.sleep(0.2)
     assert default == [printed] and other == []  # sent exactly once, on the default topic
 
-    assert main(["--topic", "other/task", "--wait-s", "20", "json", printed]) == 0
+    assert main(["--topic", f"{NAMESPACE}/other/task", "--wait-s", "20", "json", printed]) == 0
     wait_until(lambda: other)
     assert other == [printed]
     assert json.loads(printed)["goal"] == [0.5, 0.1, 0.4]
@@ -115,5 +120,5 @@ def test_executable_publishes_once_and_prints_the_json(listener) -> None:
 
 def test_no_subscriber_exits_1(capsys) -> None:
     goal = ["--goal", "0.5", "0.1", "0.4"]
-    assert main(["--topic", "nobody/listens", "--wait-s", "0.3", "reach", *goal]) == 1
+    assert main(["--topic", f"{NAMESPACE}/nobody", "--wait-s", "0.3", "reach", *goal]) == 1
     assert "nobody subscribed" in capsys.readouterr().err
