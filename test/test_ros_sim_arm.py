@@ -223,12 +223,25 @@ def _first_stamp_of(probe: Probe, episode: int) -> int:
     return min(stamp_to_ns(r.header.stamp) for r in probe.rewards if r.vector.z == episode)
 
 
-def test_holds_still_after_episode_steps(ros: Ros) -> None:
-    sim_node(ros, episode_steps=10, hold_after_episode=True)
-    probe = Probe(ros, lambda s: np.full(7, 1.0))
-    wait_until(lambda: len(probe.states) >= 30)
-    late = [np.array(s.position) for s in probe.states[20:30]]
-    assert np.abs(late[-1] - late[0]).max() < 0.02, "the arm must hold after episode_steps"
+def test_holds_still_after_episode_steps(ros: Ros, tmp_path) -> None:
+    log = tmp_path / "transitions.jsonl"
+    probe = Probe(ros, lambda s: np.full(7, 1.0), stamped=True)
+    node = sim_node(ros, episode_steps=10, hold_after_episode=True, transition_log=str(log))
+    wait_until(lambda: probe.states)  # the probe answers from now on: start a fresh episode
+    client = probe.node.create_client(Trigger, "reset")
+    assert client.wait_for_service(timeout_sec=10.0)
+    assert client.call(Trigger.Request(), timeout_sec=10.0).success
+    wait_until(lambda: node.status.snapshot()["step"] >= 30)
+    assert node.status.snapshot()["episode_over"]
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    records = [rec for rec in records if rec["episode"] == 1]
+    answered = [rec for rec in records[:10] if rec["answered"]]  # best effort may lose a state
+    assert len(answered) >= 8 and all(rec["action"] == [1.0 / 1.5] * 7 for rec in answered)
+    assert all(not rec["answered"] and rec["action"] == [0.0] * 7 for rec in records[10:])
+    moved = np.array(records[10]["positions"]) - records[0]["positions"]
+    assert moved.max() > 0.1, "the commands moved the arm during the episode"
+    held = np.array(records[29]["positions"]) - records[20]["positions"]
+    assert np.abs(held).max() < 0.02, "the arm must hold after episode_steps"
 
 
 def test_command_timeout_holds_still_and_clock_follows_the_stamps(ros: Ros, tmp_path) -> None:

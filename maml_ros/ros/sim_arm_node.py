@@ -335,8 +335,8 @@ class SimArmNode(Node):
         action, answered = self._action_for_state(stamp_ns, seq_before, wait=not holding)
         if self._stop.is_set():
             return  # shutting down: do not execute a command nobody answered
-        if holding:
-            action = np.zeros_like(action)
+        if holding:  # the episode is over: hold still whatever was commanded
+            action, answered = np.zeros_like(action), False
         _, reward, _, _, info = self.env.step(action)
         success = bool(info["success"])
         self._reward_pub.publish(reward_to_msg(stamp_ns, reward, success, self._episode))
