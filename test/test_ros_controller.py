@@ -235,6 +235,9 @@ def test_swaps_to_newer_policies_and_keeps_the_last_good_one(ros: Ros) -> None:
         "wrong joints": constant_bundle(BIAS_A, version=3).replace(
             metadata={"joint_names": list(reversed(JOINTS))}
         ),
+        "joint names not a list": constant_bundle(BIAS_A, version=3).replace(
+            metadata={"joint_names": 7}
+        ),
     }
     for count, (what, payload) in enumerate(bad_inputs.items(), start=1):
         rig.send_policy(payload)

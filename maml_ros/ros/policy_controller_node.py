@@ -304,7 +304,7 @@ class PolicyControllerNode(Node):
                 f"not match {n} joints (expected {2 * n} and {n})"
             )
         names = bundle.metadata.get("joint_names")
-        if names is not None and list(names) != self.joint_names:
+        if names is not None and names != self.joint_names:  # any JSON value: compare as is
             return f"policy joint_names {names} differ from the controller's {self.joint_names}"
         return None
 
