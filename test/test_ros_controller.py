@@ -20,6 +20,8 @@ import pytest
 import rclpy
 import torch
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rclpy.context import Context
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
@@ -398,3 +400,30 @@ def test_config_lists_every_parameter_with_its_default(ros: Ros) -> None:
         name: p.value for name, p in node._parameters.items() if name not in ROS_BUILTIN_PARAMETERS
     }
     assert values == declared
+
+
+def test_garbage_inputs_never_raise_out_of_a_callback(ros: Ros) -> None:
+    ctl = ros.add(PolicyControllerNode(**ros.kwargs()))
+    ctl._install(constant_bundle(BIAS_A))
+    numbers = st.floats(allow_nan=True, allow_infinity=True, width=64)
+    calls: list[int] = []
+
+    @settings(max_examples=60, deadline=None)
+    @given(
+        names=st.lists(st.sampled_from([*JOINTS, "x"]), max_size=9),
+        positions=st.lists(numbers, max_size=9),
+        velocities=st.lists(numbers, max_size=9),
+        sec=st.integers(-(2**31), 2**31 - 1),
+        payload=st.binary(max_size=200),
+    )
+    def feed(names, positions, velocities, sec, payload) -> None:
+        calls.append(1)
+        state = JointState(name=names, position=positions, velocity=velocities)
+        state.header.stamp.sec = sec
+        ctl._on_joint_state(state)
+        ctl._on_policy(policy_msg(payload))
+
+    feed()
+    assert ctl.status.dropped("policy") == len(calls) > 0
+    assert ctl.status.dropped("joint_state") > 0
+    assert ctl.status.snapshot()["policy_version"] == 1

@@ -18,13 +18,15 @@ import pytest
 import rclpy
 import yaml
 from geometry_msgs.msg import Vector3Stamped
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rclpy.context import Context
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64MultiArray, String
+from std_msgs.msg import Float64MultiArray, MultiArrayDimension, String
 from std_srvs.srv import Trigger
 
 from maml_ros.ros.common import stamp_to_ns
@@ -363,3 +365,25 @@ def test_config_lists_every_parameter_with_its_default(ros: Ros) -> None:
     assert values == {spec.name: spec.default for spec in PARAMS}
     node = sim_node(ros)
     assert set(values) == {name for name in node._parameters if name not in ROS_BUILTIN_PARAMETERS}
+
+
+def test_garbage_inputs_never_raise_out_of_a_callback(ros: Ros) -> None:
+    node = sim_node(ros, real_time_factor=50.0)
+    numbers = st.floats(allow_nan=True, allow_infinity=True, width=64)
+
+    @settings(max_examples=60, deadline=None)
+    @given(
+        data=st.lists(numbers, max_size=9),
+        label=st.text(max_size=20),
+        text=st.text(max_size=60),
+    )
+    def feed(data: list[float], label: str, text: str) -> None:
+        msg = Float64MultiArray(data=data)
+        msg.layout.dim = [MultiArrayDimension(label=label)]
+        node._on_command(msg)
+        node._on_task(String(data=text))
+
+    before = node.status.dropped()
+    feed()
+    assert node.status.dropped() > before
+    assert node.status.snapshot()["ticks"] > 0
