@@ -338,6 +338,19 @@ def test_05_nodes_exit_cleanly_on_sigint(cluster: Cluster) -> None:
     assert codes == {"adaptation": 0, "policy_controller": 0, "sim_arm": 0}, codes
 
 
+def test_a_bad_checkpoint_is_a_clear_fatal_error_at_start(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    result = subprocess.run(
+        [executable("adaptation_node"), "--ros-args", "-p", f"checkpoint:={bad}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "cannot load checkpoint" in result.stderr + result.stdout
+
+
 @pytest.mark.skipif(not SHIPPED.exists(), reason="needs the shipped meta-trained checkpoint")
 def test_shipped_checkpoint_improves_a_held_out_reach_task(tmp_path: Path) -> None:
     params = base_params(tmp_path, SHIPPED)

@@ -463,3 +463,13 @@ def test_launch_file_declares_the_arguments_and_the_three_nodes() -> None:
         "policy_controller_node",
         "sim_arm_node",
     ]
+
+
+def test_default_joint_names_are_the_simulated_arms() -> None:
+    from maml_ros.sim import ArmEnv
+
+    env = ArmEnv()
+    try:
+        assert list(env.joint_names) == DEFAULT_JOINT_NAMES
+    finally:
+        env.close()

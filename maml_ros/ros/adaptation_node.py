@@ -7,8 +7,17 @@ through the driver's ``reset`` service, runs the inner update (``maml_ros.rl.ada
 publishes the adapted policy, evaluates it and rolls back when it is worse. All of that runs in
 one worker thread; the subscription callbacks only validate and buffer.
 
-Status (``~/status``, JSON): ``phase`` is one of idle, evaluating_pre, collecting, adapting,
-evaluating_post, done, rolled_back, cancelled, failed.
+Status (``~/status``, JSON, also published on every phase change): ``phase`` (idle,
+evaluating_pre, collecting, adapting, evaluating_post, done, rolled_back, cancelled, failed),
+``adaptation_id`` (one per accepted task change), ``task_family``, ``rollouts_collected``,
+``rollouts_discarded``, ``inner_loss``, ``return_pre``/``success_pre``,
+``return_post``/``success_post``, ``adapt_latency_ms``, ``inner_device``, ``policy_version``,
+``run_id``, ``reason`` (why a rollback or failure happened), ``cancellations``, ``ready``
+(the warm-up update is done) and the drop counters by kind (joint_states, actions, reward,
+task, step, rollout).
+
+Each adaptation starts from the meta-trained weights (``reset_to_meta``, MAML's protocol): if an
+adapted policy is active, the meta weights are republished first as a new version.
 
 Actions in the rollouts and in ``buffer_dump`` are the controller's echoed actions in policy
 units (before clamping), which is what the policy-gradient loss needs.
@@ -669,6 +678,7 @@ class AdaptationNode(Node):
             adapted, info, problem = None, {}, f"{type(err).__name__}: {err}"
         latency_ms = (time.perf_counter() - t0) * 1e3
         inner_loss = info.get("inner_loss")
+        self.status.set(inner_device=info.get("device"))
         self.adaptations += 1
         self.status.set(
             adapt_latency_ms=latency_ms,
