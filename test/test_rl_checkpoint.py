@@ -190,3 +190,8 @@ def test_encode_validates_too():
         bundle_to_bytes(bundle)
     with pytest.raises(CheckpointError, match="JSON"):
         bundle_to_bytes(make_bundle().replace(metadata={"x": object()}))
+
+
+def test_saved_files_are_world_readable(tmp_path):
+    path = save_bundle(tmp_path / "p.safetensors", make_bundle())
+    assert path.stat().st_mode & 0o777 == 0o644

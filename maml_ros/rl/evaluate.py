@@ -71,7 +71,7 @@ class EvalConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     n_reach: int = 10
     n_dynamics: int = 3
-    baseline_lrs: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0)
+    baseline_lrs: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
     oracle_iterations: int = 25
     workers: int = 2
     bootstrap: int = 5000

@@ -1,0 +1,67 @@
+"""The shipped checkpoints (models/) load, validate, and run on the arm."""
+
+import numpy as np
+import torch
+
+from maml_ros.rl.checkpoint import (
+    SHIPPED_MULTITASK_MODEL,
+    bundle_from_bytes,
+    bundle_to_bytes,
+    find_shipped_model,
+    load_bundle,
+)
+from maml_ros.rl.config import config_from_dict
+from maml_ros.rl.pg import Rollouts, adapt_policy
+from maml_ros.rl.policy import NumpyPolicy
+from maml_ros.sim import ACT_DIM, FAMILIES, OBS_DIM, ArmEnv, sample_tasks
+
+
+def test_shipped_meta_policy_loads_and_its_metadata_validates():
+    bundle = load_bundle(find_shipped_model())
+    assert (bundle.spec.obs_dim, bundle.spec.act_dim) == (OBS_DIM, ACT_DIM)
+    meta = bundle.metadata
+    cfg = config_from_dict(meta["config"])
+    assert cfg.env.name == "arm" and meta["algo"] == "promp"
+    assert set(meta["task_families"]) <= set(FAMILIES)
+    assert meta["iteration"] >= 1 and len(meta["git_commit"]) == 40
+    assert bundle.inner.lr == cfg.inner.lr and bundle.inner.steps == cfg.inner.steps
+    assert (bundle.lrs is not None) == cfg.inner.meta_sgd
+    assert bundle.pg == cfg.pg
+    # The ROS policy topic carries exactly these bytes.
+    again = bundle_from_bytes(bundle_to_bytes(bundle))
+    assert all(torch.equal(again.params[k], v) for k, v in bundle.params.items())
+
+
+def test_shipped_multitask_baseline_shares_the_normalisation():
+    meta = load_bundle(find_shipped_model())
+    multitask = load_bundle(find_shipped_model(SHIPPED_MULTITASK_MODEL))
+    assert multitask.metadata["algo"] == "multitask"
+    assert torch.equal(multitask.obs_mean, meta.obs_mean)
+    assert torch.equal(multitask.obs_std, meta.obs_std)
+
+
+def test_shipped_policy_runs_and_adapts_on_the_arm():
+    bundle = load_bundle(find_shipped_model())
+    policy = NumpyPolicy(bundle)
+    env = ArmEnv(sample_tasks("reach", 1, "test", 0)[0], horizon=10)
+    rng = np.random.default_rng(0)
+    obs_l, act_l, rew_l = [], [], []
+    try:
+        for episode in range(2):
+            obs, _ = env.reset(seed=episode)
+            for _ in range(10):
+                action = policy.act(obs, True, rng).copy()
+                obs_l.append(obs)
+                act_l.append(action)
+                obs, reward, _, _, _ = env.step(action)
+                rew_l.append(reward)
+    finally:
+        env.close()
+    rollouts = Rollouts.from_numpy(
+        np.reshape(obs_l, (2, 10, OBS_DIM)),
+        np.reshape(act_l, (2, 10, ACT_DIM)),
+        np.reshape(rew_l, (2, 10)),
+    )
+    new, info = adapt_policy(bundle, rollouts)
+    assert new.version == bundle.version + 1 and np.isfinite(info["inner_loss"])
+    assert any(not torch.equal(new.params[k], bundle.params[k]) for k in bundle.params)
