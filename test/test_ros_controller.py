@@ -77,12 +77,11 @@ class Ros:
         return node
 
     def close(self) -> None:
-        for node in reversed(self.nodes):
-            self.executor.remove_node(node)
-            node.destroy_node()
-        self.executor.shutdown(timeout_sec=5.0)
-        rclpy.try_shutdown(context=self.context)
+        self.executor.shutdown(timeout_sec=5.0)  # stop spinning before destroying anything
         self.thread.join(timeout=5.0)
+        for node in reversed(self.nodes):
+            node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 15.0) -> Any:

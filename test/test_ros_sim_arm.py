@@ -72,12 +72,11 @@ class Ros:
         return node
 
     def close(self) -> None:
-        for node in reversed(self.nodes):
-            self.executor.remove_node(node)
-            node.destroy_node()
-        self.executor.shutdown(timeout_sec=5.0)
-        rclpy.try_shutdown(context=self.context)
+        self.executor.shutdown(timeout_sec=5.0)  # stop spinning before destroying anything
         self.thread.join(timeout=5.0)
+        for node in reversed(self.nodes):
+            node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 15.0) -> Any:
@@ -183,10 +182,8 @@ def test_commands_move_joints_and_lockstep_executes_the_answer(ros: Ros, tmp_pat
     assert abs(last[1] - first[1]) < 0.2
 
     misses = node.status.snapshot()["lockstep_misses"]
-    ros.executor.remove_node(node)  # stop ticking before reading the log
-    node.destroy_node()
-    ros.nodes.remove(node)
-    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    text = log.read_text()  # the node still runs: read the complete lines only
+    lines = [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
     answered = [rec for rec in lines if rec["answered"]]
     assert len(answered) >= 45 and len(lines) - len(answered) >= 3 and misses >= 3
     for rec in answered:
@@ -386,4 +383,4 @@ def test_garbage_inputs_never_raise_out_of_a_callback(ros: Ros) -> None:
     before = node.status.dropped()
     feed()
     assert node.status.dropped() > before
-    assert node.status.snapshot()["ticks"] > 0
+    wait_until(lambda: node.status.snapshot()["ticks"] >= 2)  # the physics loop lives on
