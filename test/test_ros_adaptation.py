@@ -144,7 +144,7 @@ class FakeArm(Node):
         self.log: list[dict] = []
         self.restart_at_step: int | None = None  # one simulated driver restart while exploring
         self.step_in_episode = 0
-        self.drop_action_every = 0
+        self.drop_actions_left = 0  # exploring episodes that lose the action of their step 5
         self.flip_goal_on_version: int | None = None
         self.ticks = 0
         self.state_pub = self.create_publisher(JointState, "joint_states", JOINT_STATES_QOS)
@@ -196,7 +196,9 @@ class FakeArm(Node):
             obs = np.concatenate([self.pos, self.vel]).astype(np.float32)
             action = self.policy.act(obs, self.explore, self.rng).copy()
             self.state_pub.publish(state)
-            if not (self.drop_action_every and self.ticks % self.drop_action_every == 0):
+            if self.explore and self.drop_actions_left and self.step_in_episode == 5:
+                self.drop_actions_left -= 1
+            else:
                 self.action_pub.publish(action_to_msg(stamp, NAMES, action))
             record = {
                 "stamp_ns": self.stamp_ns,
@@ -355,17 +357,27 @@ def test_a_task_change_during_an_adaptation_cancels_and_restarts(
     assert status["rollouts_collected"] == 30 and status["adaptations"] == 1
 
 
-def test_missing_actions_are_dropped_and_counted(
-    harness_factory: Callable[..., Harness],
+def test_a_rollout_with_a_missing_step_is_discarded(
+    harness_factory: Callable[..., Harness], tmp_path: Path
 ) -> None:
-    h = harness_factory(rollouts=3)
-    h.arm.drop_action_every = 9
+    dump = tmp_path / "buffer.jsonl"
+    h = harness_factory(rollouts=3, buffer_dump=str(dump))
+    h.arm.drop_actions_left = 2
     h.wait_for_first_policy()
     h.send_task()
     status = h.wait_for(finished)
     assert status["phase"] in ("done", "rolled_back"), status
-    assert status["dropped"]["step"] >= 3
+    assert status["dropped"]["step"] >= 2
     assert "missing action" in status["last_drop_reason"]["step"]
+    assert status["rollouts_discarded"] == 2, status
+    assert "1 control step(s) missing" in status["last_drop_reason"]["rollout"]
+    stamps: dict[int, list[int]] = {}
+    for record in map(json.loads, dump.read_text().splitlines()):
+        stamps.setdefault(record["episode"], []).append(record["stamp_ns"])
+    period = int(DT * 1e9)
+    assert len(stamps) == 3
+    for episode in stamps.values():  # every kept rollout is contiguous
+        assert np.diff(episode).tolist() == [period] * 19
 
 
 def test_an_exploding_update_is_rolled_back(harness_factory: Callable[..., Harness]) -> None:

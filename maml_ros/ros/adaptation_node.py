@@ -43,6 +43,7 @@ from geometry_msgs.msg import Vector3Stamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.client import Client
 from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile
 from sensor_msgs.msg import JointState
 from std_msgs.msg import String, UInt8MultiArray
 from std_srvs.srv import SetBool, Trigger
@@ -73,6 +74,14 @@ from maml_ros.ros.interfaces import (
 )
 from maml_ros.sim import TaskSpec, observation_from_joint_state
 
+JOINT_STATE_BUFFER_QOS = QoSProfile(
+    depth=100,
+    history=HistoryPolicy.KEEP_LAST,
+    reliability=JOINT_STATES_QOS.reliability,
+    durability=JOINT_STATES_QOS.durability,
+)
+"""The sensor-data profile of ``joint_states`` with a deeper local queue: a step whose state is
+lost cannot be used, so this node keeps up to 100 states while its process is descheduled."""
 SHIPPED_CHECKPOINT = "models/arm_maml.safetensors"
 """Path of the meta-trained checkpoint inside share/maml_ros."""
 DEFAULT_JOINT_NAMES = [f"lbr_iiwa_joint_{i}" for i in range(1, 8)]
@@ -130,6 +139,8 @@ class StepJoiner:
         self._newest_state_ns: int | None = None
         self._last_completed_ns: int | None = None
         self.generation = 0
+        self.period_ns: int | None = None
+        """Control period: the smallest step between consecutive joint-state stamps seen."""
         self.last_episode: int | None = None
         self.steps_joined = 0
 
@@ -140,6 +151,9 @@ class StepJoiner:
                 self.generation += 1
                 self._pending.clear()
                 self._last_completed_ns = None
+            elif self._newest_state_ns is not None and stamp_ns > self._newest_state_ns:
+                delta = stamp_ns - self._newest_state_ns
+                self.period_ns = delta if self.period_ns is None else min(self.period_ns, delta)
             self._newest_state_ns = stamp_ns
             self._add(stamp_ns, "state", (positions, velocities))
 
@@ -455,13 +469,19 @@ class AdaptationNode(Node):
         )
         self._policy_pub = self.create_publisher(UInt8MultiArray, POLICY_TOPIC, LATCHED_QOS)
         self.create_subscription(
-            JointState, JOINT_STATES_TOPIC, self._on_joint_state, JOINT_STATES_QOS,
+            JointState,
+            JOINT_STATES_TOPIC,
+            self._on_joint_state,
+            JOINT_STATE_BUFFER_QOS,
             callback_group=streams,
-        )  # fmt: skip
+        )
         self.create_subscription(
-            JointState, actions_topic(controller), self._on_action, STREAM_QOS,
+            JointState,
+            actions_topic(controller),
+            self._on_action,
+            STREAM_QOS,
             callback_group=streams,
-        )  # fmt: skip
+        )
         self.create_subscription(
             Vector3Stamped, REWARD_TOPIC, self._on_reward, STREAM_QOS, callback_group=streams
         )
@@ -770,6 +790,7 @@ class AdaptationNode(Node):
 
     def _run_episode(self, cfg: dict[str, Any]) -> list[Step]:
         """Resets the driver and gathers the next ``horizon`` steps of the new episode."""
+        self._wait_for_service(self._reset, "reset", cfg)
         self.joiner.clear()
         episode_before = self.joiner.last_episode
         response = self._call(self._reset, Trigger.Request(), "reset", cfg)
@@ -777,7 +798,8 @@ class AdaptationNode(Node):
             raise PartialRollout(f"reset failed: {response.message}")
         target = episode_from_reset_message(response.message)
         steps: list[Step] = []
-        skipped = 0
+        # Steps of the previous episode still in flight are skipped, for step_timeout_s at most.
+        start_deadline = time.monotonic() + cfg["step_timeout_s"]
         while len(steps) < cfg["horizon"]:
             step = self._next_step(cfg)
             if not steps:
@@ -787,8 +809,7 @@ class AdaptationNode(Node):
                     else episode_before is not None and step.episode == episode_before
                 )
                 if stale:
-                    skipped += 1
-                    if skipped > cfg["horizon"]:
+                    if time.monotonic() > start_deadline:
                         raise PartialRollout(
                             f"episode {target} never started after the reset "
                             f"(still seeing episode {step.episode})"
@@ -799,6 +820,14 @@ class AdaptationNode(Node):
                     f"episode changed from {steps[0].episode} to {step.episode} after "
                     f"{len(steps)} steps (driver restart?)"
                 )
+            else:
+                period = self.joiner.period_ns
+                gap = step.stamp_ns - steps[-1].stamp_ns
+                if period and gap > 1.5 * period:
+                    raise PartialRollout(
+                        f"{round(gap / period) - 1} control step(s) missing after "
+                        f"{len(steps)} steps (lost messages)"
+                    )
             steps.append(step)
         return steps
 
@@ -818,14 +847,20 @@ class AdaptationNode(Node):
         if not response.success:
             raise AdaptationFailed(f"set_exploration({on}) refused: {response.message}")
 
-    def _call(self, client: Client, request: Any, what: str, cfg: dict[str, Any]) -> Any:
-        """Calls a service from the worker thread, cancellable; raises on timeout."""
+    def _wait_for_service(self, client: Client, what: str, cfg: dict[str, Any]) -> None:
+        """Waits (cancellably) for a service; a missing driver reset only loses this rollout."""
         deadline = time.monotonic() + cfg["service_timeout_s"]
         while not client.service_is_ready():
             self._check_cancel()
             if time.monotonic() > deadline:
-                raise AdaptationFailed(f"service '{client.srv_name}' is not available")
-            time.sleep(0.05)
+                message = f"service '{client.srv_name}' is not available"
+                raise PartialRollout(message) if what == "reset" else AdaptationFailed(message)
+            time.sleep(0.02)
+
+    def _call(self, client: Client, request: Any, what: str, cfg: dict[str, Any]) -> Any:
+        """Calls a service from the worker thread, cancellable; raises on timeout."""
+        self._wait_for_service(client, what, cfg)
+        deadline = time.monotonic() + cfg["service_timeout_s"]
         future = client.call_async(request)
         done = threading.Event()
         future.add_done_callback(lambda _: done.set())
