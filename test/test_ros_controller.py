@@ -420,7 +420,7 @@ def test_garbage_inputs_never_raise_out_of_a_callback(ros: Ros) -> None:
         state = JointState(name=names, position=positions, velocity=velocities)
         state.header.stamp.sec = sec
         ctl._on_joint_state(state)
-        ctl._on_policy(policy_msg(payload))
+        assert not ctl.handle_policy(policy_msg(payload))
 
     feed()
     assert ctl.status.dropped("policy") == len(calls) > 0

@@ -12,7 +12,9 @@ torch, no per-tick allocation inside the policy), and the node publishes
 
 Until it has a policy the controller publishes nothing at all (the driver then holds the arm).
 
-Policies arrive on ``policy`` (latched) in their own callback group. A policy is accepted when it
+Policies arrive on ``policy`` (latched); the callback only queues the message for a decoder
+thread (the newest pending message wins), so decoding never holds up a tick. A policy is accepted
+when it
 decodes and validates (size, shapes, dtype, finiteness: rl's codec), matches this controller
 (observation size 2 × joints, action size = joints, and ``joint_names`` when its metadata has
 them), and is newer: another ``run_id`` than the current policy's, or the same run_id with a
@@ -22,8 +24,8 @@ under a lock). A bad update is dropped and counted; the last good policy keeps r
 Watchdog: when no valid joint state arrived for ``stale_timeout_s`` (wall time) while a policy
 is loaded, the controller holds position: it publishes zero velocities at ``hold_rate_hz``
 until states resume (labelled ``stamp_ns=0``: they answer no state), and ``~/status`` shows
-``stale: true``. Going stale also forgets the last
-stamp, so a restarted driver whose clock starts lower is accepted.
+``stale: true``. Going stale also forgets the last stamp, so a restarted driver whose clock
+starts lower is accepted.
 """
 
 from __future__ import annotations
@@ -170,6 +172,12 @@ class PolicyControllerNode(Node):
         self._stale = False
         self._ticks = 0
         self._updates = 0
+        self._policy_cond = threading.Condition()
+        self._pending_policy: UInt8MultiArray | None = None
+        self._closing = False
+        self._decoder = threading.Thread(
+            target=self._decode_policies, name="policy_decoder", daemon=True
+        )
 
         controller = self.params["controller"].strip("/")
         self._commands_pub = self.create_publisher(
@@ -211,6 +219,7 @@ class PolicyControllerNode(Node):
                 raise ValueError(f"initial_policy: {problem}")
             self._install(bundle)
         self._update_status()
+        self._decoder.start()
 
     # --- parameters -----------------------------------------------------------------------
 
@@ -283,6 +292,34 @@ class PolicyControllerNode(Node):
     # --- policy updates and services (the policy callback group) -------------------------
 
     def _on_policy(self, msg: UInt8MultiArray) -> None:
+        """Hands a policy message to the decoder thread (the newest pending one wins)."""
+        if len(msg.data) > self.params["policy_max_bytes"]:  # cheap check before queueing
+            self.status.drop(
+                "policy",
+                f"oversized policy: {len(msg.data)} bytes, limit {self.params['policy_max_bytes']}",
+            )
+            self.status.publish()
+            return
+        with self._policy_cond:
+            if self._pending_policy is not None:
+                self.status.drop("policy", "superseded by a newer message before decoding")
+            self._pending_policy = msg
+            self._policy_cond.notify()
+
+    def _decode_policies(self) -> None:
+        """Decoder thread: validates and installs queued policies off the control path."""
+        while True:
+            with self._policy_cond:
+                self._policy_cond.wait_for(
+                    lambda: self._pending_policy is not None or self._closing
+                )
+                if self._closing:
+                    return
+                msg, self._pending_policy = self._pending_policy, None
+            self.handle_policy(msg)
+
+    def handle_policy(self, msg: UInt8MultiArray) -> bool:
+        """Validates a policy message and swaps it in; a bad one is dropped. True if taken."""
         try:
             bundle = policy_from_msg(msg, self.params["policy_max_bytes"])
             problem = self._incompatibility(bundle) or self._not_newer(bundle)
@@ -291,9 +328,10 @@ class PolicyControllerNode(Node):
         except ValueError as exc:
             self.status.drop("policy", str(exc))
             self.status.publish()
-            return
+            return False
         self._install(bundle)
         self.get_logger().info(f"policy version {bundle.version} (run {bundle.run_id!r}) active")
+        return True
 
     def _incompatibility(self, bundle: PolicyBundle) -> str | None:
         """Why ``bundle`` cannot drive these joints, or None."""
@@ -352,6 +390,16 @@ class PolicyControllerNode(Node):
             stale=self._stale,
         )
 
+    def destroy_node(self) -> None:
+        """Stops the policy decoder thread, then destroys the node."""
+        if hasattr(self, "_policy_cond"):  # construction may have failed before it existed
+            with self._policy_cond:
+                self._closing = True
+                self._policy_cond.notify_all()
+            if self._decoder.is_alive():
+                self._decoder.join(timeout=5.0)
+        super().destroy_node()
+
 
 @dataclass(frozen=True)
 class _ActivePolicy:
@@ -362,7 +410,10 @@ class _ActivePolicy:
 
 def main(args: list[str] | None = None) -> int:
     """Entry point of the ``policy_controller_node`` executable."""
-    return run_node(PolicyControllerNode, args)
+    # One executor thread: the control path is a few short callbacks, and rclpy's
+    # SingleThreadedExecutor halves the state-to-command latency of the multi-threaded one
+    # (policies are decoded on their own thread, so they never hold up a tick).
+    return run_node(PolicyControllerNode, args, threads=1)
 
 
 if __name__ == "__main__":
