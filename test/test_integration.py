@@ -338,7 +338,7 @@ def test_05_nodes_exit_cleanly_on_sigint(cluster: Cluster) -> None:
     assert codes == {"adaptation": 0, "policy_controller": 0, "sim_arm": 0}, codes
 
 
-def test_a_bad_checkpoint_is_a_clear_fatal_error_at_start(tmp_path: Path) -> None:
+def test_a_bad_checkpoint_or_parameter_is_a_clear_fatal_error_at_start(tmp_path: Path) -> None:
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a checkpoint")
     result = subprocess.run(
@@ -349,6 +349,14 @@ def test_a_bad_checkpoint_is_a_clear_fatal_error_at_start(tmp_path: Path) -> Non
     )
     assert result.returncode == 2, result.stdout + result.stderr
     assert "cannot load checkpoint" in result.stderr + result.stdout
+    result = subprocess.run(
+        [executable("adaptation_node"), "--ros-args", "-p", "rollouts:=0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "rollouts" in result.stderr + result.stdout
 
 
 @pytest.mark.skipif(not SHIPPED.exists(), reason="needs the shipped meta-trained checkpoint")
