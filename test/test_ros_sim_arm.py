@@ -329,16 +329,25 @@ def test_executable_publishes_and_shuts_down_cleanly(ros: Ros) -> None:
             "-r",
             f"__ns:={ros.namespace}",
             "-p",
-            "real_time_factor:=4.0",
+            "real_time_factor:=0.0",
+            "-p",
+            "command_wait_s:=3.0",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
     try:
-        probe = Probe(ros)
-        wait_until(lambda: len(probe.states) >= 5 or proc.poll() is not None, timeout=60.0)
+        probe = Probe(ros)  # it does not answer: every lockstep wait runs its full 3 s
+        client = probe.node.create_client(Trigger, "reset")
+        wait_until(lambda: client.service_is_ready() or proc.poll() is not None, timeout=60.0)
         assert proc.poll() is None, "sim_arm_node exited early"
+        seen = len(probe.states)
+        wait_until(lambda: len(probe.states) > seen, timeout=30.0)  # a wait has just begun
+        started = time.monotonic()
+        response = client.call(Trigger.Request(), timeout_sec=30.0)
+        assert response.success and "episode 1" in response.message
+        assert time.monotonic() - started < 1.5, "a reset pre-empts the lockstep wait"
     finally:
         proc.send_signal(signal.SIGINT)
         output = proc.communicate(timeout=30)[0]

@@ -117,7 +117,7 @@ PARAMS = [
         "command_wait_s",
         0.02,
         "Lockstep: longest wait for the command answering a state (s)",
-        float_range=(0.0, 1.0),
+        float_range=(0.0, 10.0),
     ),
     ParamSpec(
         "command_timeout_s",
@@ -372,16 +372,17 @@ class SimArmNode(Node):
             return self._answer is not None and self._answer.answers(stamp_ns, seq_before)
 
         with self._cond:
-            if lockstep:
+            if lockstep:  # a reset request pre-empts the wait (its caller blocks meanwhile)
                 self._cond.wait_for(
-                    lambda: answered() or self._stop.is_set(),
+                    lambda: answered() or self._stop.is_set() or bool(self._pending_resets),
                     timeout=self.params["command_wait_s"],
                 )
             is_answered = answered()
             command = self._answer if is_answered else self._latest
+            pre_empted = bool(self._pending_resets)
         if is_answered:
             return command.action.copy(), True
-        if lockstep and not self._stop.is_set():
+        if lockstep and not self._stop.is_set() and not pre_empted:
             self._lockstep_misses += 1
         timeout = self.params["command_timeout_s"]
         if command is None or (timeout > 0 and time.monotonic() - command.received > timeout):
@@ -422,7 +423,10 @@ class SimArmNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Entry point of the ``sim_arm_node`` executable."""
-    return run_node(SimArmNode, args)
+    # One executor thread: the physics runs on its own thread, and rclpy's SingleThreadedExecutor
+    # delivers commands faster than the multi-threaded one. A reset request (whose callback
+    # blocks until the physics thread has applied it) pre-empts the lockstep wait.
+    return run_node(SimArmNode, args, threads=1)
 
 
 if __name__ == "__main__":
