@@ -378,3 +378,29 @@ def test_shipped_checkpoint_improves_a_held_out_reach_task(tmp_path: Path) -> No
     finally:
         codes = cluster.close()
     assert set(codes.values()) == {0}, codes
+
+
+def test_demo_fails_loudly_when_a_node_dies(tmp_path: Path) -> None:
+    import sys
+
+    from maml_ros.ros.demo import DemoError, NodeProcesses, demo_tasks, parse_args
+
+    assert [t.family for t in demo_tasks(0)] == ["reach", "dynamics"]
+    with pytest.raises(SystemExit):
+        parse_args(["--timeout-s", "0"])
+    procs = NodeProcesses(
+        {
+            "dies": [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"],
+            "lives": [sys.executable, "-c", "import time; time.sleep(60)"],
+        },
+        tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 20.0
+        with pytest.raises(DemoError, match="dies died with exit code 3"):
+            while time.monotonic() < deadline:
+                procs.check_alive()
+                time.sleep(0.05)
+    finally:
+        codes = procs.stop(timeout_s=5.0)
+    assert codes["dies"] == 3 and codes["lives"] != 0
