@@ -14,8 +14,7 @@ Until it has a policy the controller publishes nothing at all (the driver then h
 
 Policies arrive on ``policy`` (latched); the callback only queues the message for a decoder
 thread (the newest pending message wins), so decoding never holds up a tick. A policy is accepted
-when it
-decodes and validates (size, shapes, dtype, finiteness: rl's codec), matches this controller
+when it decodes and validates (size, shapes, dtype, finiteness: rl's codec), matches this controller
 (observation size 2 × joints, action size = joints, and ``joint_names`` when its metadata has
 them), and is newer: another ``run_id`` than the current policy's, or the same run_id with a
 higher ``version``. It then replaces the current one between ticks (one reference assignment
@@ -289,7 +288,7 @@ class PolicyControllerNode(Node):
             self._last_hold = now
             self._commands_pub.publish(commands_to_msg(self._zeros, stamp=0))
 
-    # --- policy updates and services (the policy callback group) -------------------------
+    # --- policy updates (decoder thread) and services (the policy callback group) --------
 
     def _on_policy(self, msg: UInt8MultiArray) -> None:
         """Hands a policy message to the decoder thread (the newest pending one wins)."""
@@ -316,7 +315,11 @@ class PolicyControllerNode(Node):
                 if self._closing:
                     return
                 msg, self._pending_policy = self._pending_policy, None
-            self.handle_policy(msg)
+            try:
+                self.handle_policy(msg)
+            except Exception as exc:  # keep decoding later updates; the status shows it
+                self.status.drop("policy", f"{type(exc).__name__}: {exc}")
+                self.get_logger().error(f"policy update failed: {exc!r}")
 
     def handle_policy(self, msg: UInt8MultiArray) -> bool:
         """Validates a policy message and swaps it in; a bad one is dropped. True if taken."""
