@@ -17,6 +17,7 @@ from rcl_interfaces.msg import (
     ParameterDescriptor,
     SetParametersResult,
 )
+from rclpy.exceptions import ParameterException
 from rclpy.executors import (
     ExternalShutdownException,
     MultiThreadedExecutor,
@@ -88,7 +89,10 @@ class ValidatedParameters:
         self._on_change = on_change
         self._values: dict[str, Any] = {}
         for spec in specs:
-            value = node.declare_parameter(spec.name, spec.default, spec.descriptor()).value
+            try:
+                value = node.declare_parameter(spec.name, spec.default, spec.descriptor()).value
+            except ParameterException as exc:  # out of the descriptor's range, or the wrong type
+                raise ValueError(f"invalid parameter: {exc}") from exc
             reason = spec.check(value)
             if reason is not None:
                 raise ValueError(f"invalid parameter: {reason}")

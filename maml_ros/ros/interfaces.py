@@ -24,7 +24,10 @@ Conventions:
 - ``actions``: ``name`` are the joint names, ``velocity`` is the action the policy took
   in policy units (before clamping), ``position`` is empty.
 - ``commands``: joint velocities in rad/s, ordered as the controller's ``joint_names``,
-  clamped to its limits (ros2_control's forward command controller convention).
+  clamped to its limits (ros2_control's forward command controller convention). The
+  controller labels ``layout.dim[0]`` with ``stamp_ns=<stamp>`` of the joint state it answers
+  (``stamp_ns=0``: a hold that answers no state); ros2_control ignores the layout, and a
+  lockstep driver pairs commands with states on it.
 - ``policy``: the bytes of a safetensors file whose header metadata carries the format
   version, policy version, architecture and observation/action spec
   (see :mod:`maml_ros.rl.checkpoint`). Its metadata also holds ``run_id`` (one per

@@ -38,7 +38,6 @@ from typing import Any
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
-from rclpy.exceptions import ParameterException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import JointState
@@ -150,10 +149,7 @@ class PolicyControllerNode(Node):
                 read_only=True,
             ),
         ]
-        try:
-            self.params = ValidatedParameters(self, specs, on_change=self._on_param_change)
-        except ParameterException as exc:  # out of a descriptor's range, or of the wrong type
-            raise ValueError(f"invalid parameter: {exc}") from exc
+        self.params = ValidatedParameters(self, specs, on_change=self._on_param_change)
         self.joint_names = list(self.params["joint_names"])
         n = len(self.joint_names)
         self.status = NodeStatus(self)

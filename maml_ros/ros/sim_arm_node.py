@@ -44,7 +44,6 @@ from typing import Any, TextIO
 import numpy as np
 from geometry_msgs.msg import Vector3Stamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.exceptions import ParameterException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
@@ -188,10 +187,7 @@ class SimArmNode(Node):
         self._worker: threading.Thread | None = None
         self._log: TextIO | None = None
         self.env: ArmEnv | None = None
-        try:
-            self.params = ValidatedParameters(self, PARAMS)
-        except ParameterException as exc:  # out of a descriptor's range, or of the wrong type
-            raise ValueError(f"invalid parameter: {exc}") from exc
+        self.params = ValidatedParameters(self, PARAMS)
         self.status = NodeStatus(self)
         task = (
             TaskSpec.from_json(self.params["initial_task"])
