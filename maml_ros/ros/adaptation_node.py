@@ -42,7 +42,6 @@ import torch
 from geometry_msgs.msg import Vector3Stamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.client import Client
-from rclpy.exceptions import ParameterException
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile
 from sensor_msgs.msg import JointState
@@ -432,10 +431,7 @@ class AdaptationNode(Node):
         self._worker: threading.Thread | None = None
         self._wake = threading.Condition()
         self.status = NodeStatus(self)
-        try:
-            self.params = ValidatedParameters(self, PARAMS, self._on_parameter_change)
-        except ParameterException as err:  # out of a descriptor's range, or of the wrong type
-            raise ValueError(f"invalid parameter: {err}") from err
+        self.params = ValidatedParameters(self, PARAMS, self._on_parameter_change)
         self.joint_names = list(self.params["joint_names"])
         torch.set_num_threads(self.params["torch_threads"])
         path = self.params["checkpoint"] or str(shipped_checkpoint())
