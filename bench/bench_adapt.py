@@ -3,7 +3,7 @@
 What is timed (one *inner update*): everything ``adapt_policy`` does on the K rollouts of
 default horizon (50) the robot just collected: rollout validation, returns, the linear
 baseline fit, GAE, advantage normalisation, log pi_old, the loss, its gradient and the
-(Meta-SGD) step, repeated ``steps`` times, plus the loss after the update. Rollouts are real:
+(Meta-SGD) step, repeated ``steps`` times. Rollouts are real:
 K exploring episodes of the policy on the PyBullet arm (a held-out reach task).
 
 The straightforward reference computes the same update the textbook way: an ``nn.Module``,
@@ -167,7 +167,7 @@ def run_case(
 ) -> dict[str, Any]:
     """Time ours (CPU, optionally CUDA) and the naive version on one case."""
     k = int(rollouts.obs.shape[0])
-    ours_bundle, info = adapt_policy(bundle, rollouts, steps=steps, device="cpu")
+    ours_bundle, info = adapt_policy(bundle, rollouts, steps=steps, device="cpu", loss_after=True)
     naive_params, naive_loss_after = naive_adapt(bundle, rollouts, steps)
     diff = max_rel_diff(ours_bundle.params, naive_params)
     if diff > 1e-4 or abs(info["inner_loss_after"] - naive_loss_after) > 1e-4:

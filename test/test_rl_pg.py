@@ -186,7 +186,7 @@ def make_rollouts(k=4, t=10, seed=0) -> Rollouts:
 
 def test_adapt_policy_equals_the_training_inner_step():
     bundle, rollouts = make_bundle(), make_rollouts()
-    new, info = adapt_policy(bundle, rollouts)
+    new, info = adapt_policy(bundle, rollouts, loss_after=True)
     assert new.version == 4 and bundle.version == 3
     assert set(info) >= {"inner_loss", "prepare_s", "adapt_s", "total_s"}
     assert isinstance(info["inner_loss"], float)
@@ -197,6 +197,11 @@ def test_adapt_policy_equals_the_training_inner_step():
     batch = make_pg_batch(
         policy, bundle.params, rollouts.obs, rollouts.actions, rollouts.rewards, mask, bundle.pg
     )
+    # The loss reported before the update (no forward pass) is the loss at theta_old.
+    with torch.no_grad():
+        assert info["inner_loss"] == pytest.approx(
+            float(pg_loss(policy, bundle.params, batch)), abs=1e-6
+        )
     batched = adapt_batched(
         inner_loss_fn(policy), bundle.params, {k: v[None] for k, v in batch.items()}, bundle.inner
     )

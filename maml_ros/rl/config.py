@@ -178,7 +178,7 @@ class TrainConfig:
         try:
             self.policy_spec(14, 7)
             self.inner.inner_config()
-        except (PolicySpecError, ValueError) as exc:
+        except (PolicySpecError, TypeError, ValueError) as exc:
             raise ConfigError(str(exc)) from exc
         _require(isinstance(self.inner.meta_sgd, bool), "inner.meta_sgd must be a boolean")
         _require(
@@ -245,7 +245,11 @@ def _build(cls: type, data: Any, where: str) -> Any:
 
 def config_from_dict(data: Any) -> TrainConfig:
     """Validated TrainConfig from a plain mapping."""
-    return _build(TrainConfig, data if data is not None else {}, "").validate()
+    cfg = _build(TrainConfig, data if data is not None else {}, "")
+    try:
+        return cfg.validate()
+    except TypeError as exc:  # a value of the wrong type (e.g. null where a list is due)
+        raise ConfigError(f"invalid config value: {exc}") from exc
 
 
 def load_config(path: str | Path) -> TrainConfig:

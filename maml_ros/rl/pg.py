@@ -236,6 +236,13 @@ def pg_loss(policy: GaussianMLPPolicy, params: Params, batch: Batch) -> torch.Te
     return -(ratio * batch["advantages"] * mask).sum() / mask.sum()
 
 
+def pg_loss_at_sampling_policy(batch: Batch) -> torch.Tensor:
+    """:func:`pg_loss` at the parameters that collected ``batch``: every ratio is exactly 1
+    there, so no forward pass is needed."""
+    mask = batch["mask"]
+    return -(batch["advantages"] * mask).sum() / mask.sum()
+
+
 def inner_loss_fn(policy: GaussianMLPPolicy):
     """``loss_fn(params, batch)`` for :func:`maml_ros.meta.adapt` bound to ``policy``."""
     return partial(pg_loss, policy)
@@ -257,13 +264,15 @@ def adapt_policy(
     rollouts: Rollouts,
     steps: int | None = None,
     device: str | torch.device = "cpu",
+    loss_after: bool = False,
 ) -> tuple[PolicyBundle, dict[str, Any]]:
     """The inner update of training applied to ``rollouts`` (collected by ``bundle``'s policy).
 
     Same loss, PGConfig, inner lr (or Meta-SGD lrs) as the meta-objective; ``steps`` defaults
     to the bundle's inner steps. Returns a new bundle (float32 CPU params, version + 1) and
-    info: ``inner_loss`` (before the update), ``inner_loss_after``, ``steps``, ``device`` and
-    timings in seconds (``prepare_s``, ``adapt_s``, ``total_s``).
+    info: ``inner_loss`` (before the update), ``steps``, ``device``, timings in seconds
+    (``prepare_s``, ``adapt_s``, ``total_s``) and, when ``loss_after`` is set (one more forward
+    pass), ``inner_loss_after``.
     """
     t0 = time.perf_counter()
     n_steps = bundle.inner.steps if steps is None else steps
@@ -281,8 +290,7 @@ def adapt_policy(
     )
     batch = make_pg_batch(policy, params, obs, actions, rewards, mask, bundle.pg)
     loss_fn = inner_loss_fn(policy)
-    with torch.no_grad():
-        loss_before = float(loss_fn(params, batch))
+    loss_before = float(pg_loss_at_sampling_policy(batch))
     t1 = time.perf_counter()
     # No outer gradient on the robot: first-order gives the same update without a graph.
     cfg = dataclasses.replace(bundle.inner, steps=n_steps, first_order=True)
@@ -293,8 +301,6 @@ def adapt_policy(
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     t2 = time.perf_counter()
-    with torch.no_grad():
-        loss_after = float(loss_fn({k: v.to(dev) for k, v in new_params.items()}, batch))
     new_bundle = bundle.replace(
         params=new_params,
         version=bundle.version + 1,
@@ -302,7 +308,6 @@ def adapt_policy(
     )
     info = {
         "inner_loss": loss_before,
-        "inner_loss_after": loss_after,
         "steps": n_steps,
         "device": str(dev),
         "n_transitions": int(mask.sum()),
@@ -310,6 +315,10 @@ def adapt_policy(
         "adapt_s": t2 - t1,
         "total_s": time.perf_counter() - t0,
     }
+    if loss_after:
+        with torch.no_grad():
+            adapted = {k: v.to(dev) for k, v in new_params.items()}
+            info["inner_loss_after"] = float(loss_fn(adapted, batch))
     return new_bundle, info
 
 
