@@ -8,7 +8,9 @@ PKG_STAMP := $(VENV)/.pkg-installed
 SOURCES := $(shell find maml_ros launch config models resource -type f -not -name '*.pyc' 2>/dev/null) setup.py setup.cfg package.xml
 ENV := source tools/env.sh &&
 
-.PHONY: setup shell test lint demo train eval bench-sine bench-sim bench-adapt bench-control bench-e2e bench-train bench-load clean
+BENCHES := $(addprefix bench-,sine sim adapt control e2e train load)
+
+.PHONY: setup shell test lint demo train eval clean $(BENCHES)
 
 setup: $(PKG_STAMP)
 
@@ -44,7 +46,7 @@ train: setup
 eval: setup
 	$(ENV) maml-ros-eval --out out/eval
 
-bench-%: setup
+$(BENCHES): bench-%: setup
 	$(ENV) tools/isolated.sh python bench/bench_$*.py $(BENCH_ARGS)
 
 clean:
