@@ -9,16 +9,13 @@ import json
 import os
 import platform
 import random
-import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +28,7 @@ from maml_ros.rl.checkpoint import PolicyBundle, load_bundle  # noqa: E402
 from maml_ros.rl.config import load_config  # noqa: E402
 from maml_ros.rl.pg import Rollouts  # noqa: E402
 from maml_ros.rl.policy import GaussianMLPPolicy, NumpyPolicy  # noqa: E402
+from maml_ros.ros.demo import NodeProcesses, find_executable  # noqa: E402
 
 SHIPPED_CHECKPOINT = REPO / "models" / "arm_maml.safetensors"
 DEFAULT_CONFIG = REPO / "config" / "train.yaml"
@@ -175,14 +173,6 @@ def isolate_dds() -> dict[str, str]:
     return {k: os.environ[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID")}
 
 
-def find_executable(name: str) -> str:
-    """A node executable on PATH or in the venv's lib/maml_ros (``make setup`` installs them)."""
-    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.prefix) / "lib/maml_ros"))
-    if not found:
-        raise SystemExit(f"executable {name} not found: run `make setup` and source tools/env.sh")
-    return found
-
-
 def peak_rss_mb(pid: int) -> float | None:
     """VmHWM (peak resident set) of a live process in MiB, None if it is gone."""
     return _proc_status_kb(pid, "VmHWM")
@@ -214,59 +204,26 @@ def _proc_status_kb(pid: int, key: str) -> float | None:
     return None
 
 
-class NodeGroup:
+class NodeGroup(NodeProcesses):
     """Node processes started with ``--ros-args``, logging to files, stopped with SIGINT."""
 
     def __init__(self, log_dir: str | Path | None = None) -> None:
-        self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="maml_bench_logs_"))
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self._files: list[IO[bytes]] = []
+        super().__init__({}, Path(log_dir or tempfile.mkdtemp(prefix="maml_bench_logs_")))
 
     def start(self, name: str, executable: str, params: dict[str, Any] | None = None) -> int:
         """Start ``executable`` (found by :func:`find_executable`) with ``-p k:=v``; its pid."""
         command = [find_executable(executable), "--ros-args"]
         for key, value in (params or {}).items():
             command += ["-p", f"{key}:={_param_text(value)}"]
-        out = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 (closed in stop())
-        self._files.append(out)
-        self.procs[name] = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-        return self.procs[name].pid
+        return self.launch(name, command)
 
     def start_python(self, name: str, args: Sequence[str]) -> int:
         """Start ``python args...`` (a helper process) in the group; its pid."""
-        out = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 (closed in stop())
-        self._files.append(out)
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, *args], stdout=out, stderr=subprocess.STDOUT
-        )
-        return self.procs[name].pid
+        return self.launch(name, [sys.executable, *args])
 
     def dead(self) -> dict[str, int]:
         """Processes that exited, with their exit codes."""
         return {n: p.returncode for n, p in self.procs.items() if p.poll() is not None}
-
-    def tail(self, name: str, lines: int = 15) -> str:
-        """The end of a process's log."""
-        path = self.log_dir / f"{name}.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self, timeout_s: float = 10.0) -> dict[str, int]:
-        """SIGINT every process, wait, SIGKILL stragglers; exit codes by name."""
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-        codes: dict[str, int] = {}
-        deadline = time.monotonic() + timeout_s
-        for name, proc in self.procs.items():
-            try:
-                codes[name] = proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                codes[name] = proc.wait()
-        for out in self._files:
-            out.close()
-        return codes
 
     def __enter__(self) -> NodeGroup:
         return self

@@ -73,13 +73,19 @@ class NodeProcesses:
     def __init__(self, commands: dict[str, list[str]], log_dir: Path) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.logs: dict[str, Path] = {}
+        self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._files: list[IO[bytes]] = []
         for name, command in commands.items():
-            self.logs[name] = log_dir / f"{name}.log"
-            out = open(self.logs[name], "wb")  # noqa: SIM115 (closed in stop())
-            self._files.append(out)
-            self.procs[name] = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+            self.launch(name, command)
+
+    def launch(self, name: str, command: list[str]) -> int:
+        """Starts ``command`` as process ``name``, logging to ``<log_dir>/<name>.log``; its pid."""
+        self.logs[name] = self.log_dir / f"{name}.log"
+        out = open(self.logs[name], "wb")  # noqa: SIM115 (closed in stop())
+        self._files.append(out)
+        self.procs[name] = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        return self.procs[name].pid
 
     def check_alive(self) -> None:
         """Raises DemoError naming a node that exited."""
