@@ -6,24 +6,20 @@ import json
 import shutil
 import signal
 import subprocess
-import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import rclpy
 import yaml
 from geometry_msgs.msg import Vector3Stamped
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from ros_harness import ROS_BUILTIN_PARAMETERS, Ros, wait_until
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension, String
@@ -42,56 +38,6 @@ from maml_ros.sim import HOME_POSE, sample_tasks
 
 PERIOD_NS = 25_000_000
 FAST = {"real_time_factor": 0.0, "lockstep": True, "command_wait_s": 0.5}
-
-ROS_BUILTIN_PARAMETERS = {"use_sim_time", "start_type_description_service"}
-
-
-class Ros:
-    """A private rclpy context whose nodes a background MultiThreadedExecutor spins.
-
-    Nodes go into a namespace of their own, so tests of other processes sharing the DDS domain
-    cannot cross-talk with this one.
-    """
-
-    def __init__(self) -> None:
-        self.namespace = f"/test_{uuid.uuid4().hex[:12]}"
-        self.context = Context()
-        rclpy.init(context=self.context)
-        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
-        self.nodes: list[Node] = []
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-
-    def kwargs(self) -> dict[str, Any]:
-        """Node keyword arguments: this context and namespace."""
-        return {"context": self.context, "namespace": self.namespace}
-
-    def add(self, node: Node) -> Any:
-        self.nodes.append(node)
-        self.executor.add_node(node)
-        return node
-
-    def close(self) -> None:
-        self.executor.shutdown(timeout_sec=5.0)  # stop spinning before destroying anything
-        self.thread.join(timeout=5.0)
-        for node in reversed(self.nodes):
-            node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"condition not met within {timeout} s"
-        time.sleep(0.01)
-    return value
-
-
-@pytest.fixture
-def ros() -> Iterator[Ros]:
-    harness = Ros()
-    yield harness
-    harness.close()
 
 
 def sim_node(ros: Ros, **params: Any) -> SimArmNode:

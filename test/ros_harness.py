@@ -1,0 +1,57 @@
+"""A private rclpy context for in-process node tests (used by the ROS test modules)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import rclpy
+from rclpy.context import Context
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+
+ROS_BUILTIN_PARAMETERS = {"use_sim_time", "start_type_description_service"}
+
+
+class Ros:
+    """A private rclpy context whose nodes a background MultiThreadedExecutor spins.
+
+    Nodes go into a namespace of their own, so tests of other processes sharing the DDS domain
+    cannot cross-talk with this one.
+    """
+
+    def __init__(self) -> None:
+        self.namespace = f"/test_{uuid.uuid4().hex[:12]}"
+        self.context = Context()
+        rclpy.init(context=self.context)
+        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        self.nodes: list[Node] = []
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def kwargs(self) -> dict[str, Any]:
+        """Node keyword arguments: this context and namespace."""
+        return {"context": self.context, "namespace": self.namespace}
+
+    def add(self, node: Node) -> Any:
+        self.nodes.append(node)
+        self.executor.add_node(node)
+        return node
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=5.0)  # stop spinning before destroying anything
+        self.thread.join(timeout=5.0)
+        for node in reversed(self.nodes):
+            node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"condition not met within {timeout} s"
+        time.sleep(0.01)
+    return value
