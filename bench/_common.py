@@ -173,6 +173,22 @@ def isolate_dds() -> dict[str, str]:
     return {k: os.environ[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID")}
 
 
+def wait_for_nodes(
+    predicate: Any, timeout_s: float, group: NodeGroup, what: str, poll_s: float = 0.01
+) -> None:
+    """Poll until ``predicate()``; raise with a node's log if one dies or on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        dead = group.dead()
+        if dead:
+            name = next(iter(dead))
+            log = group.tail(name)
+            raise RuntimeError(f"{name} exited ({dead[name]}) waiting for {what}:\n{log}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(poll_s)
+
+
 def peak_rss_mb(pid: int) -> float | None:
     """VmHWM (peak resident set) of a live process in MiB, None if it is gone."""
     return _proc_status_kb(pid, "VmHWM")

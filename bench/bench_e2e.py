@@ -43,7 +43,14 @@ from pathlib import Path
 from typing import Any
 
 import rclpy
-from _common import NodeGroup, emit_json, isolate_dds, machine_info, shipped_bundle
+from _common import (
+    NodeGroup,
+    emit_json,
+    isolate_dds,
+    machine_info,
+    shipped_bundle,
+    wait_for_nodes,
+)
 from rclpy.executors import SingleThreadedExecutor
 from std_msgs.msg import String, UInt8MultiArray
 
@@ -115,20 +122,6 @@ class Observer:
         rclpy.try_shutdown()
 
 
-def wait_until(predicate: Any, timeout_s: float, group: NodeGroup, what: str) -> None:
-    """Poll until ``predicate()``; raise with a node's log if one dies or on timeout."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        dead = group.dead()
-        if dead:
-            name = next(iter(dead))
-            log = group.tail(name)
-            raise RuntimeError(f"{name} exited ({dead[name]}) waiting for {what}:\n{log}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.01)
-
-
 def measure_task(obs: Observer, group: NodeGroup, task_json: str, args: Any) -> dict[str, Any]:
     """Publish one task change and time it until the adapted policy arrives."""
     run_id = obs.get("adaptation")["run_id"]
@@ -146,9 +139,9 @@ def measure_task(obs: Observer, group: NodeGroup, task_json: str, args: Any) -> 
         return None
 
     budget = (args.eval_episodes + args.rollouts) * HORIZON / CONTROL_HZ * 4 + 60
-    wait_until(lambda: new_policy() is not None, budget, group, "the adapted policy")
+    wait_for_nodes(lambda: new_policy() is not None, budget, group, "the adapted policy")
     t_policy, version = new_policy()
-    wait_until(
+    wait_for_nodes(
         lambda: (
             obs.get("adaptation").get("adaptation_id") == adaptation_id
             and obs.get("adaptation").get("adapt_latency_ms") is not None
@@ -227,7 +220,7 @@ def main() -> None:
             },
         )
         obs = Observer()
-        wait_until(
+        wait_for_nodes(
             lambda: (
                 obs.get("adaptation").get("ready")
                 and obs.get("policy_controller").get("run_id")
@@ -247,7 +240,7 @@ def main() -> None:
                 f"(publish overhead {r['publish_overhead_ms']} ms); phases {r['phase_s']}",
                 flush=True,
             )
-            wait_until(
+            wait_for_nodes(
                 lambda: obs.get("adaptation").get("phase") in ("done", "rolled_back", "failed"),
                 120,
                 group,

@@ -44,6 +44,7 @@ from _common import (
     peak_rss_mb,
     rss_mb,
     shipped_bundle,
+    wait_for_nodes,
 )
 
 from maml_ros.rl.checkpoint import save_bundle
@@ -51,19 +52,6 @@ from maml_ros.sim import sample_tasks
 
 FINAL_PHASES = ("done", "rolled_back", "failed", "cancelled")
 NODES = ("policy_controller", "adaptation")
-
-
-def _wait(predicate: Any, timeout_s: float, group: NodeGroup, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        dead = group.dead()
-        if dead:
-            name = next(iter(dead))
-            log = group.tail(name)
-            raise RuntimeError(f"{name} exited ({dead[name]}) waiting for {what}:\n{log}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def run_load(
@@ -104,7 +92,7 @@ def run_load(
             },
         )
         driver = FakeArmDriver(rate_hz, bad_every=bad_every, status_nodes=NODES)
-        _wait(
+        wait_for_nodes(
             lambda: (
                 driver.status.get("policy_controller", {}).get("has_policy")
                 and driver.status.get("adaptation", {}).get("ready")
@@ -112,6 +100,7 @@ def run_load(
             60.0,
             group,
             "both nodes ready",
+            poll_s=0.05,
         )
         tasks = sample_tasks("reach", 50, "test", seed=1)
         cpu_start = {name: cpu_seconds(pid) for name, pid in pids.items()}

@@ -15,7 +15,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -25,19 +24,9 @@ import pybullet as pb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working tree, not an install
 
+from _common import cpu_model
+
 from maml_ros.sim import JOINT_FORCE_LIMITS, ArmEnv, VecArmEnv
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (or platform's guess)."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _timed(loop, steps: int) -> tuple[float, float]:

@@ -155,10 +155,7 @@ def meta_loss(
 
     Call ``.backward()`` on the result for the meta-gradient w.r.t. ``params`` (and ``lrs``).
     """
-    if _num_tasks(support) != _num_tasks(query):
-        raise ValueError(
-            f"support has {_num_tasks(support)} tasks but query has {_num_tasks(query)}"
-        )
+    _check_same_tasks(support, query)
     adapted = adapt_batched(inner_loss_fn, params, support, cfg, lrs)
     return vmap(outer_loss_fn)(adapted, query).mean()
 
@@ -173,9 +170,7 @@ def meta_loss_loop(
     lrs: Params | None = None,
 ) -> torch.Tensor:
     """Reference for tests and benchmarks: ``meta_loss`` as a Python loop over tasks."""
-    num_tasks = _num_tasks(support)
-    if num_tasks != _num_tasks(query):
-        raise ValueError(f"support has {num_tasks} tasks but query has {_num_tasks(query)}")
+    num_tasks = _check_same_tasks(support, query)
     losses = []
     for i in range(num_tasks):
         support_i = tree_map(lambda x, i=i: x[i], support)
@@ -186,6 +181,14 @@ def meta_loss_loop(
 
 
 # --------------------------------------------------------------------------- internals
+
+
+def _check_same_tasks(support: Any, query: Any) -> int:
+    """The number of tasks, which support and query must share."""
+    num_tasks = _num_tasks(support)
+    if num_tasks != _num_tasks(query):
+        raise ValueError(f"support has {num_tasks} tasks but query has {_num_tasks(query)}")
+    return num_tasks
 
 
 def _inner_step(

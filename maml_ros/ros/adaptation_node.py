@@ -118,6 +118,19 @@ class Step:
     """Driver generation: increases whenever the joint-state stamps go backwards (restart)."""
 
 
+CLEARED_RESULTS = {
+    "rollouts_collected": 0,
+    "rollouts_discarded": 0,
+    "inner_loss": None,
+    "return_pre": None,
+    "success_pre": None,
+    "return_post": None,
+    "success_post": None,
+    "adapt_latency_ms": None,
+}
+"""Status fields of one adaptation, as they read before it has results."""
+
+
 class StepJoiner:
     """Bounded buffers joining joint states, actions and rewards on their stamp.
 
@@ -496,14 +509,7 @@ class AdaptationNode(Node):
             run_id=self.run_id,
             checkpoint=str(path),
             device=self.params["device"],
-            rollouts_collected=0,
-            rollouts_discarded=0,
-            inner_loss=None,
-            return_pre=None,
-            success_pre=None,
-            return_post=None,
-            success_post=None,
-            adapt_latency_ms=None,
+            **CLEARED_RESULTS,
             ready=False,
             adaptation_id=0,
             adaptations=0,
@@ -669,14 +675,7 @@ class AdaptationNode(Node):
             "evaluating_pre",
             adaptation_id=self.adaptation_id,
             task_family=task.family,
-            rollouts_collected=0,
-            rollouts_discarded=0,
-            inner_loss=None,
-            return_pre=None,
-            success_pre=None,
-            return_post=None,
-            success_post=None,
-            adapt_latency_ms=None,
+            **CLEARED_RESULTS,
             reason=None,
         )
         start = self.current
