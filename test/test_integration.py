@@ -226,6 +226,9 @@ def base_params(tmp: Path, checkpoint: Path) -> dict[str, dict[str, Any]]:
             "horizon": HORIZON,
             "eval_episodes": 1,
             "step_timeout_s": 2.0,
+            # A killed controller takes seconds to come back (Python + torch start-up on a busy
+            # 2-core machine); its set_exploration service must be waited for, not given up on.
+            "service_timeout_s": 20.0,
             "buffer_dump": str(tmp / "buffer.jsonl"),
         },
     }
