@@ -10,14 +10,14 @@ from typing import Any
 
 import rclpy
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 
 ROS_BUILTIN_PARAMETERS = {"use_sim_time", "start_type_description_service"}
 
 
 class Ros:
-    """A private rclpy context whose nodes a background MultiThreadedExecutor spins.
+    """A private rclpy context whose nodes a background SingleThreadedExecutor spins.
 
     Nodes go into a namespace of their own, so tests of other processes sharing the DDS domain
     cannot cross-talk with this one.
@@ -27,7 +27,7 @@ class Ros:
         self.namespace = f"/test_{uuid.uuid4().hex[:12]}"
         self.context = Context()
         rclpy.init(context=self.context)
-        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
         self.nodes: list[Node] = []
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
         self.thread.start()

@@ -19,7 +19,7 @@ import rclpy
 import torch
 from geometry_msgs.msg import Vector3Stamped
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import JointState
@@ -244,7 +244,7 @@ class Harness:
             context=self.context,
             parameter_overrides=[Parameter(k, value=v) for k, v in params.items()],
         )
-        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.arm)
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)

@@ -40,7 +40,6 @@ from typing import Any
 import numpy as np
 import torch
 from geometry_msgs.msg import Vector3Stamped
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.client import Client
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile
@@ -474,30 +473,22 @@ class AdaptationNode(Node):
         self.cancellations = 0
 
         controller = self.params["controller_name"]
-        services = ReentrantCallbackGroup()
-        streams = MutuallyExclusiveCallbackGroup()
-        self._reset = self.create_client(Trigger, RESET_SERVICE, callback_group=services)
-        self._explore = self.create_client(
-            SetBool, f"{controller}/{EXPLORATION_SERVICE}", callback_group=services
-        )
+        self._reset = self.create_client(Trigger, RESET_SERVICE)
+        self._explore = self.create_client(SetBool, f"{controller}/{EXPLORATION_SERVICE}")
         self._policy_pub = self.create_publisher(UInt8MultiArray, POLICY_TOPIC, LATCHED_QOS)
         self.create_subscription(
             JointState,
             JOINT_STATES_TOPIC,
             self._on_joint_state,
             JOINT_STATE_BUFFER_QOS,
-            callback_group=streams,
         )
         self.create_subscription(
             JointState,
             actions_topic(controller),
             self._on_action,
             STREAM_QOS,
-            callback_group=streams,
         )
-        self.create_subscription(
-            Vector3Stamped, REWARD_TOPIC, self._on_reward, STREAM_QOS, callback_group=streams
-        )
+        self.create_subscription(Vector3Stamped, REWARD_TOPIC, self._on_reward, STREAM_QOS)
         self.create_subscription(String, TASK_TOPIC, self._on_task, COMMAND_QOS)
         self.create_subscription(
             String, self.params["controller_status_topic"], self._on_controller_status, LATCHED_QOS
@@ -900,7 +891,7 @@ class AdaptationNode(Node):
 
 def main(args: Sequence[str] | None = None) -> int:
     """Entry point of the ``adaptation_node`` executable."""
-    return run_node(AdaptationNode, args=args, threads=4)
+    return run_node(AdaptationNode, args=args)
 
 
 if __name__ == "__main__":

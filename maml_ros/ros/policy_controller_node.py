@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -179,32 +178,26 @@ class PolicyControllerNode(Node):
             Float64MultiArray, commands_topic(controller), COMMAND_QOS
         )
         self._actions_pub = self.create_publisher(JointState, actions_topic(controller), STREAM_QOS)
-        control = MutuallyExclusiveCallbackGroup()
-        policy_group = MutuallyExclusiveCallbackGroup()
         self.create_subscription(
             JointState,
             JOINT_STATES_TOPIC,
             self._on_joint_state,
             JOINT_STATES_QOS,
-            callback_group=control,
         )
         self.create_subscription(
             UInt8MultiArray,
             POLICY_TOPIC,
             self._on_policy,
             LATCHED_QOS,
-            callback_group=policy_group,
         )
         self.create_service(
             SetBool,
             f"{controller}/{EXPLORATION_SERVICE}",
             self._on_set_exploration,
-            callback_group=policy_group,
         )
         self.create_timer(
             WATCHDOG_PERIOD_S,
             self._watchdog,
-            callback_group=control,
             clock=Clock(clock_type=ClockType.STEADY_TIME),
         )
         if self.params["initial_policy"]:
@@ -237,7 +230,7 @@ class PolicyControllerNode(Node):
             self._rng = np.random.default_rng(value)
         self._update_status()
 
-    # --- control (the control callback group) ---------------------------------------------
+    # --- control: joint states in, commands out ------------------------------------------
 
     def _on_joint_state(self, msg: JointState) -> None:
         try:
@@ -284,7 +277,7 @@ class PolicyControllerNode(Node):
             self._last_hold = now
             self._commands_pub.publish(commands_to_msg(self._zeros, stamp=0))
 
-    # --- policy updates (decoder thread) and services (the policy callback group) --------
+    # --- policy updates (decoder thread) and services ------------------------------------
 
     def _on_policy(self, msg: UInt8MultiArray) -> None:
         """Hands a policy message to the decoder thread (the newest pending one wins)."""
@@ -412,7 +405,7 @@ def main(args: list[str] | None = None) -> int:
     # One executor thread: the control path is a few short callbacks, and rclpy's
     # SingleThreadedExecutor halves the state-to-command latency of the multi-threaded one
     # (policies are decoded on their own thread, so they never hold up a tick).
-    return run_node(PolicyControllerNode, args, threads=1)
+    return run_node(PolicyControllerNode, args)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,6 @@ from typing import Any, TextIO
 
 import numpy as np
 from geometry_msgs.msg import Vector3Stamped
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
@@ -218,19 +217,14 @@ class SimArmNode(Node):
         self._state_pub = self.create_publisher(JointState, JOINT_STATES_TOPIC, JOINT_STATES_QOS)
         self._reward_pub = self.create_publisher(Vector3Stamped, REWARD_TOPIC, STREAM_QOS)
         self._clock_pub = self.create_publisher(Clock, "/clock", CLOCK_QOS)
-        commands_group = MutuallyExclusiveCallbackGroup()
-        control_group = MutuallyExclusiveCallbackGroup()
         self.create_subscription(
             Float64MultiArray,
             commands_topic(controller),
             self._on_command,
             COMMAND_QOS,
-            callback_group=commands_group,
         )
-        self.create_subscription(
-            String, TASK_TOPIC, self._on_task, TASK_QOS, callback_group=control_group
-        )
-        self.create_service(Trigger, RESET_SERVICE, self._on_reset, callback_group=control_group)
+        self.create_subscription(String, TASK_TOPIC, self._on_task, TASK_QOS)
+        self.create_service(Trigger, RESET_SERVICE, self._on_reset)
         self._update_status()
         self._worker = threading.Thread(target=self._run, name="sim_arm_physics", daemon=True)
         self._worker.start()
@@ -422,7 +416,7 @@ def main(args: list[str] | None = None) -> int:
     # One executor thread: the physics runs on its own thread, and rclpy's SingleThreadedExecutor
     # delivers commands faster than the multi-threaded one. A reset request (whose callback
     # blocks until the physics thread has applied it) pre-empts the lockstep wait.
-    return run_node(SimArmNode, args, threads=1)
+    return run_node(SimArmNode, args)
 
 
 if __name__ == "__main__":
