@@ -16,7 +16,10 @@ on ``policy`` and on the nodes' ``~/status``. For each task change:
   its status: ``adapt_policy`` on the K rollouts plus the update sanity check).
 - ``overhead_ms``: ``total_s - collect_s - compute_ms``: everything else (the reset service
   calls between episodes, set_exploration calls, waiting for the first step after a reset,
-  stamp joining, serialising and publishing the policy, DDS both ways, real-time pacing).
+  stamp joining, serialising and publishing the policy, DDS both ways, real-time pacing). It
+  can come out negative: the driver starts each episode the moment its reset is called, and an
+  episode is complete when its last step's reward is in, so the episodes take a little less
+  wall time than their sim time (up to one control period each).
 - ``after_rollouts_ms``: wall time from the status saying the rollouts are in (phase
   ``adapting`` received here) to the policy received here; its part beyond ``compute_ms`` is
   ``publish_overhead_ms`` (serialise, publish, DDS, decode here; it can come out slightly

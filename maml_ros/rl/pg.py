@@ -14,7 +14,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -127,10 +127,14 @@ class Rollouts:
 # Returns, baseline, advantages (batched, no loop over time).
 
 
+@lru_cache(maxsize=32)
 def discount_matrix(
     horizon: int, factor: float, dtype: torch.dtype = torch.float32, device: Any = None
 ) -> torch.Tensor:
-    """``M[t, s] = factor ** (s - t)`` for ``s >= t``, else 0 (so ``x @ M.T`` discounts)."""
+    """``M[t, s] = factor ** (s - t)`` for ``s >= t``, else 0 (so ``x @ M.T`` discounts).
+
+    Cached per (horizon, factor, dtype, device): treat the result as read-only.
+    """
     idx = torch.arange(horizon, device=device, dtype=dtype)
     lag = idx[None, :] - idx[:, None]
     return torch.where(lag >= 0, torch.as_tensor(factor, dtype=dtype) ** lag.clamp(min=0), 0.0)
@@ -166,8 +170,8 @@ def fit_linear_baseline(
     ridge = math.sqrt(reg) * torch.eye(n_feat, dtype=x.dtype, device=x.device)
     x_aug = torch.cat([x, ridge.expand(*lead, n_feat, n_feat)], dim=-2)
     y_aug = torch.cat([y, torch.zeros(*lead, n_feat, 1, dtype=y.dtype, device=y.device)], dim=-2)
-    driver = "gelsd" if x.device.type == "cpu" else None
-    weights = torch.linalg.lstsq(x_aug, y_aug, driver=driver).solution
+    # The ridge rows make the system full rank, so QR ("gels", also the CUDA driver) is safe.
+    weights = torch.linalg.lstsq(x_aug, y_aug, driver="gels").solution
     values = (x @ weights).reshape(returns.shape)
     return values.to(obs.dtype) * mask
 
@@ -215,23 +219,33 @@ def make_pg_batch(
     rewards: torch.Tensor,
     mask: torch.Tensor,
     cfg: PGConfig,
+    with_logp_old: bool = True,
 ) -> Batch:
-    """Data of the inner loss for rollouts collected by ``params`` (leading dims: one task)."""
-    with torch.no_grad():
-        logp_old = log_prob(policy, params, obs, actions)
-    return {
+    """Data of the inner loss for rollouts collected by ``params`` (leading dims: one task).
+
+    ``with_logp_old=False`` saves a forward pass when the loss will only be evaluated at
+    ``params`` themselves (a single inner step): see :func:`pg_loss`.
+    """
+    batch = {
         "obs": obs,
         "actions": actions,
         "advantages": compute_advantages(obs, rewards, mask, cfg),
-        "logp_old": logp_old,
         "mask": mask,
     }
+    if with_logp_old:
+        with torch.no_grad():
+            batch["logp_old"] = log_prob(policy, params, obs, actions)
+    return batch
 
 
 def pg_loss(policy: GaussianMLPPolicy, params: Params, batch: Batch) -> torch.Tensor:
-    """Likelihood-ratio policy-gradient loss ``-mean(ratio * A)`` over the real steps."""
+    """Likelihood-ratio policy-gradient loss ``-mean(ratio * A)`` over the real steps.
+
+    A batch without ``logp_old`` must be evaluated at the parameters that collected it: the
+    ratio is then ``exp(logp - logp.detach())``, 1 in value with the gradient of ``logp``.
+    """
     logp = log_prob(policy, params, batch["obs"], batch["actions"])
-    ratio = torch.exp(logp - batch["logp_old"])
+    ratio = torch.exp(logp - batch.get("logp_old", logp.detach()))
     mask = batch["mask"]
     return -(ratio * batch["advantages"] * mask).sum() / mask.sum()
 
@@ -280,7 +294,9 @@ def adapt_policy(
         raise ValueError(f"steps must be an integer in [1, 100], got {n_steps!r}")
     dev = resolve_device(device)
     data = rollouts.validated(bundle.spec)
-    policy = GaussianMLPPolicy(bundle.spec, bundle.obs_mean, bundle.obs_std).to(dev)
+    policy = GaussianMLPPolicy(bundle.spec, bundle.obs_mean, bundle.obs_std)
+    if dev.type != "cpu":
+        policy = policy.to(dev)
     params = {k: v.detach().to(dev, torch.float32) for k, v in bundle.params.items()}
     lrs = (
         None if bundle.lrs is None else {k: v.to(dev, torch.float32) for k, v in bundle.lrs.items()}
@@ -288,7 +304,10 @@ def adapt_policy(
     obs, actions, rewards, mask = (
         x.to(dev) for x in (data.obs, data.actions, data.rewards, data.mask)
     )
-    batch = make_pg_batch(policy, params, obs, actions, rewards, mask, bundle.pg)
+    # One step evaluates the loss only at the sampling params: no log pi_old forward needed.
+    batch = make_pg_batch(
+        policy, params, obs, actions, rewards, mask, bundle.pg, with_logp_old=n_steps > 1
+    )
     loss_fn = inner_loss_fn(policy)
     loss_before = float(pg_loss_at_sampling_policy(batch))
     t1 = time.perf_counter()
@@ -317,6 +336,8 @@ def adapt_policy(
     }
     if loss_after:
         with torch.no_grad():
+            if "logp_old" not in batch:
+                batch["logp_old"] = log_prob(policy, params, obs, actions)
             adapted = {k: v.to(dev) for k, v in new_params.items()}
             info["inner_loss_after"] = float(loss_fn(adapted, batch))
     return new_bundle, info

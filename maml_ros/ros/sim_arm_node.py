@@ -288,7 +288,12 @@ class SimArmNode(Node):
                 next_tick += self._period_ns / 1e9 / rtf
                 delay = next_tick - time.monotonic()
                 if delay > 0:
-                    self._stop.wait(delay)
+                    with self._cond:  # a reset starts its episode at once, not at the next tick
+                        reset = self._cond.wait_for(
+                            lambda: bool(self._pending_resets) or self._stop.is_set(), delay
+                        )
+                    if reset:
+                        next_tick = time.monotonic()
                 elif delay < -0.5:  # far behind (e.g. a debugger pause): do not try to catch up
                     next_tick = time.monotonic()
 
