@@ -144,6 +144,12 @@ def run_load(
         peak = {name: peak_rss_mb(pid) for name, pid in pids.items()}
         died = group.dead()
         latency = driver.latency()
+        quarters = [driver.started_at + q * driver.elapsed / 4 for q in range(4)]
+        answered_by_quarter = [
+            driver.latency(since=a)["actions_received"]
+            - (driver.latency(since=b)["actions_received"] if b else 0)
+            for a, b in zip(quarters, [*quarters[1:], None], strict=True)
+        ]
         status = {name: dict(driver.status.get(name, {})) for name in NODES}
         phases_seen = sorted(
             {d.get("phase") for t, n, d in driver.status_log if n == "adaptation"} - {None}
@@ -181,6 +187,7 @@ def run_load(
         "states_sent": latency["states_sent"],
         "actions_received": latency["actions_received"],
         "states_lost": latency["states_sent"] - latency["actions_received"],
+        "actions_received_by_quarter": answered_by_quarter,
         "callback_ms_p50": tick["p50"],
         "callback_ms_p99": tick["p99"],
         "callback_ms_max": tick.get("max"),

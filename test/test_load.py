@@ -6,7 +6,7 @@ driver (stamped joint states, rewards, the reset service), task changes one afte
 an adaptation is always running, and every 100th joint state bad (NaN, wrong length, stale
 stamp in turn). ``MAML_LOAD_SECONDS`` / ``MAML_LOAD_RATE`` shorten or slow it for debugging.
 It asserts what holds on the 2-core CI machine: no crash, bounded memory, bad input counted and
-good input never, the controller still answering. The issue's stricter targets at 1 kHz (no
+good input never, the controller answering to the end. The issue's stricter targets at 1 kHz (no
 missed tick, every bad message counted) are not met there; ``make bench-load`` measures them.
 
 Memory bound: the nodes' buffers are bounded (step joiner capacity, deque of completed steps,
@@ -75,10 +75,14 @@ def test_bad_messages_are_counted_and_good_ones_never(load_result: dict) -> None
 
 
 def test_controller_keeps_answering(load_result: dict) -> None:
-    """The controller answers joint states all through the load (misses are in bench_load)."""
+    """The controller answers joint states in every quarter of the run, to the end.
+
+    How many it answers depends on the machine's speed (bench_load reports it); a controller
+    that crashed, hung or stopped trusting the stream would answer none in some quarter.
+    """
     assert load_result["states_sent"] > 0
-    answered = load_result["states_sent"] - load_result["states_lost"]
-    assert answered >= 0.5 * load_result["states_sent"], load_result["states_lost"]
+    by_quarter = load_result["actions_received_by_quarter"]
+    assert len(by_quarter) == 4 and all(n > 0 for n in by_quarter), by_quarter
 
 
 def test_an_adaptation_ran_during_the_load(load_result: dict) -> None:
