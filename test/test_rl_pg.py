@@ -1,6 +1,8 @@
 """Policy-gradient inner loss: GAE and returns, baseline, gradient sign/scale, second order,
 and the on-robot adapt_policy."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -209,6 +211,28 @@ def test_adapt_policy_equals_the_training_inner_step():
         assert value.dtype == torch.float32 and value.device.type == "cpu"
         torch.testing.assert_close(value, batched[name][0])
     assert any(not torch.equal(new.params[k], bundle.params[k]) for k in bundle.params)
+
+
+def test_adapt_policy_with_three_steps_equals_the_training_inner_steps():
+    """Several steps keep the ratio to the sampling policy (log pi_old), as training does."""
+    bundle, rollouts = make_bundle(), make_rollouts()
+    new, _ = adapt_policy(bundle, rollouts, steps=3)
+    policy = GaussianMLPPolicy(bundle.spec)
+    batch = make_pg_batch(
+        policy,
+        bundle.params,
+        rollouts.obs,
+        rollouts.actions,
+        rollouts.rewards,
+        torch.ones(4, 10),
+        bundle.pg,
+    )
+    cfg = dataclasses.replace(bundle.inner, steps=3)
+    batched = adapt_batched(
+        inner_loss_fn(policy), bundle.params, {k: v[None] for k, v in batch.items()}, cfg
+    )
+    for name, value in new.params.items():
+        torch.testing.assert_close(value, batched[name][0])
 
 
 def test_adapt_policy_uses_meta_sgd_lrs_and_steps():
