@@ -33,27 +33,13 @@ from _common import (
     machine_info,
     peak_rss_mb,
     shipped_bundle,
+    wait_for_nodes,
 )
 
 from maml_ros.rl.checkpoint import save_bundle
 
 TARGET_P99_MS = 2.0
 HELPER = Path(__file__).with_name("_common.py")
-
-
-def wait_for(predicate, timeout_s: float, group: NodeGroup, what: str) -> None:
-    """Poll ``predicate`` until true; exits with the node logs if a node dies or it times out."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        dead = group.dead()
-        if dead:
-            name = next(iter(dead))
-            raise SystemExit(
-                f"{name} exited ({dead[name]}) waiting for {what}:\n{group.tail(name)}"
-            )
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def main() -> None:
@@ -81,11 +67,12 @@ def main() -> None:
             {"initial_policy": str(policy_path), "explore": True},
         )
         driver = FakeArmDriver(args.rate, listen_commands=True, rewards=False)
-        wait_for(
+        wait_for_nodes(
             lambda: driver.status.get("policy_controller", {}).get("has_policy"),
             30.0,
             group,
             "the controller's status",
+            poll_s=0.05,
         )
         total = args.warmup + args.seconds
         if not args.no_load:

@@ -29,6 +29,7 @@ Keys of the last line (JSON):
 from __future__ import annotations
 
 import argparse
+import bisect
 import tempfile
 import time
 from pathlib import Path
@@ -144,12 +145,11 @@ def run_load(
         peak = {name: peak_rss_mb(pid) for name, pid in pids.items()}
         died = group.dead()
         latency = driver.latency()
-        quarters = [driver.started_at + q * driver.elapsed / 4 for q in range(4)]
-        answered_by_quarter = [
-            driver.latency(since=a)["actions_received"]
-            - (driver.latency(since=b)["actions_received"] if b else 0)
-            for a, b in zip(quarters, [*quarters[1:], None], strict=True)
-        ]
+        edges = [driver.started_at + q * driver.elapsed / 4 for q in (1, 2, 3)]
+        answered_by_quarter = [0, 0, 0, 0]
+        for stamp, sent_at in driver.sent.items():
+            if stamp in driver.received:
+                answered_by_quarter[bisect.bisect_right(edges, sent_at)] += 1
         status = {name: dict(driver.status.get(name, {})) for name in NODES}
         phases_seen = sorted(
             {d.get("phase") for t, n, d in driver.status_log if n == "adaptation"} - {None}

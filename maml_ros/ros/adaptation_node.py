@@ -48,7 +48,7 @@ from std_msgs.msg import String, UInt8MultiArray
 from std_srvs.srv import SetBool, Trigger
 
 from maml_ros.rl.checkpoint import CheckpointError, PolicyBundle, load_bundle
-from maml_ros.rl.pg import Rollouts, adapt_policy
+from maml_ros.rl.pg import Rollouts, adapt_policy, warm_up
 from maml_ros.ros.common import NodeStatus, ParamSpec, ValidatedParameters, run_node
 from maml_ros.ros.convert import (
     action_from_msg,
@@ -603,16 +603,9 @@ class AdaptationNode(Node):
 
     def _warm_up(self) -> None:
         """One throw-away inner update, so the first real one pays no one-time start-up cost."""
-        spec = self.meta_bundle.spec
-        rng = np.random.default_rng(0)
-        fake = Rollouts.from_numpy(
-            rng.standard_normal((2, 4, spec.obs_dim)),
-            rng.standard_normal((2, 4, spec.act_dim)),
-            rng.standard_normal((2, 4)),
-        )
         t0 = time.perf_counter()
         try:
-            adapt_policy(self.meta_bundle, fake, 1, self.params["device"])
+            warm_up(self.meta_bundle, self.params["device"])
         except (ValueError, RuntimeError) as err:
             self.get_logger().warning(f"warm-up update failed: {err}")
         self.status.set(ready=True, warm_up_ms=(time.perf_counter() - t0) * 1e3)

@@ -402,9 +402,6 @@ class _ActivePolicy:
 
 def main(args: list[str] | None = None) -> int:
     """Entry point of the ``policy_controller_node`` executable."""
-    # One executor thread: the control path is a few short callbacks, and rclpy's
-    # SingleThreadedExecutor halves the state-to-command latency of the multi-threaded one
-    # (policies are decoded on their own thread, so they never hold up a tick).
     return run_node(PolicyControllerNode, args)
 
 
