@@ -8,9 +8,11 @@ from maml_ros.meta.core import (
     adapt,
     adapt_batched,
     adapt_batched_with_status,
+    adapt_with_flags,
     init_meta_sgd_lrs,
     meta_loss,
     meta_loss_loop,
+    settle_nonfinite,
 )
 
 __all__ = [
@@ -21,7 +23,9 @@ __all__ = [
     "adapt",
     "adapt_batched",
     "adapt_batched_with_status",
+    "adapt_with_flags",
     "init_meta_sgd_lrs",
     "meta_loss",
     "meta_loss_loop",
+    "settle_nonfinite",
 ]

@@ -97,10 +97,28 @@ def adapt(
     Returns a new dict (differentiable w.r.t. ``params`` and ``lrs`` unless first-order);
     the input dict and its tensors are left untouched.
     """
+    adapted, finite = adapt_with_flags(loss_fn, params, batch, cfg, lrs)
+    return settle_nonfinite(params, adapted, finite, cfg)
+
+
+def adapt_with_flags(
+    loss_fn: LossFn, params: Params, batch: Any, cfg: InnerConfig, lrs: Params | None = None
+) -> tuple[Params, torch.Tensor]:
+    """:func:`adapt` without its one host synchronisation, so it can be captured in a CUDA
+    graph: the adapted params and a bool tensor ``[steps]``, False where a step's loss or
+    gradient was non-finite. :func:`settle_nonfinite` turns them into what ``adapt`` returns.
+    """
     _check_inputs(params, cfg, lrs)
     if cfg.steps == 0:
-        return dict(params)
-    adapted, finite = _adapt_one(loss_fn, params, batch, lrs, cfg, _autograd_grad_and_value)
+        return dict(params), torch.ones(0, dtype=torch.bool, device=_device_of(params))
+    return _adapt_one(loss_fn, params, batch, lrs, cfg, _autograd_grad_and_value)
+
+
+def settle_nonfinite(
+    params: Params, adapted: Params, finite: torch.Tensor, cfg: InnerConfig
+) -> Params:
+    """``adapted`` if every step was finite; else raise ``NonFiniteError`` or return theta,
+    as ``cfg.on_nonfinite`` says."""
     bad_steps = [s for s, ok in enumerate(finite.tolist()) if not ok]
     if not bad_steps:
         return adapted
@@ -129,7 +147,7 @@ def adapt_batched_with_status(
     """``adapt_batched`` plus a bool tensor [num_tasks]: False where a task was rolled back."""
     _check_inputs(params, cfg, lrs)
     num_tasks = _num_tasks(batches)
-    device = next(iter(params.values())).device
+    device = _device_of(params)
     if cfg.steps == 0:
         same = {k: p.unsqueeze(0).expand(num_tasks, *p.shape) for k, p in params.items()}
         return same, torch.ones(num_tasks, dtype=torch.bool, device=device)
@@ -309,6 +327,10 @@ def _describe_bad(finite: torch.Tensor, shown: int = 8) -> str:
     parts = [f"task {t} step(s) {(~finite[t]).nonzero().flatten().tolist()}" for t in bad[:shown]]
     more = f" and {len(bad) - shown} more task(s)" if len(bad) > shown else ""
     return ", ".join(parts) + more + f" (of {finite.shape[0]})"
+
+
+def _device_of(params: Params) -> torch.device:
+    return next(iter(params.values())).device
 
 
 def _check_params(params: Params) -> None:
