@@ -73,15 +73,18 @@ def test_linear_baseline_recovers_a_linear_target():
 
 
 def test_advantages_are_normalised_per_task_on_real_steps():
-    obs, rewards = torch.randn(3, 4, 8, 14), torch.randn(3, 4, 8)
-    mask = torch.ones(3, 4, 8)
-    mask[1, 2, 5:] = 0
+    # More real steps than baseline features, so the baseline cannot fit the returns exactly
+    # (advantages near 0 would make the 1e-8 in the normaliser matter).
+    g = torch.Generator().manual_seed(0)
+    obs, rewards = torch.randn(3, 4, 20, 14, generator=g), torch.randn(3, 4, 20, generator=g)
+    mask = torch.ones(3, 4, 20)
+    mask[1, 2, 12:] = 0
     adv = compute_advantages(obs, rewards * mask, mask, PGConfig())
     for task in range(3):
         real = adv[task][mask[task] > 0]
         assert abs(real.mean().item()) < 1e-5
         assert abs(real.std(unbiased=False).item() - 1) < 1e-4
-    assert torch.all(adv[1, 2, 5:] == 0)
+    assert torch.all(adv[1, 2, 12:] == 0)
 
 
 def bandit_setup(n: int = 4000, seed: int = 0):
@@ -190,7 +193,7 @@ def test_adapt_policy_equals_the_training_inner_step():
     bundle, rollouts = make_bundle(), make_rollouts()
     new, info = adapt_policy(bundle, rollouts, loss_after=True)
     assert new.version == 4 and bundle.version == 3
-    assert set(info) >= {"inner_loss", "prepare_s", "adapt_s", "total_s"}
+    assert set(info) >= {"inner_loss", "steps", "device", "n_transitions", "total_s"}
     assert isinstance(info["inner_loss"], float)
     assert info["inner_loss_after"] < info["inner_loss"]
     # The meta-training path: vmapped over a task dimension, same loss and config.

@@ -15,18 +15,19 @@ import math
 import time
 from dataclasses import dataclass
 from functools import lru_cache, partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 
-from maml_ros.meta import InnerConfig, adapt
+from maml_ros.meta import InnerConfig, adapt_with_flags, settle_nonfinite
 from maml_ros.rl.policy import GaussianMLPPolicy, Params, PolicySpec, log_prob
 
 if TYPE_CHECKING:
     from maml_ros.rl.checkpoint import PolicyBundle
 
 Batch = dict[str, torch.Tensor]
+BaselineSolver = Literal["lstsq", "cholesky"]
 
 
 class RolloutError(ValueError):
@@ -155,23 +156,36 @@ def baseline_features(obs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def fit_linear_baseline(
-    obs: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, reg: float
+    obs: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    reg: float,
+    solver: BaselineSolver = "lstsq",
 ) -> torch.Tensor:
     """Values ``[..., K, T]`` of a ridge-regularised linear fit of returns on the features.
 
-    One least-squares problem per leading index (task), all solved in one batched
-    ``torch.linalg.lstsq`` call on the augmented system ``[X; sqrt(reg) I] w = [y; 0]``.
+    One ridge problem ``min |X w - y|^2 + reg |w|^2`` per leading index (task), solved in one
+    batched call (float64). ``"lstsq"``: ``torch.linalg.lstsq`` (QR) on the augmented system
+    ``[X; sqrt(reg) I] w = [y; 0]``. ``"cholesky"``: Cholesky of the normal equations
+    ``(X^T X + reg I) w = X^T y``; the same solution with no host synchronisation, so a CUDA
+    graph can capture it (lstsq checks its result on the host).
     """
     feats = baseline_features(obs, mask)
     lead = feats.shape[:-3]
     n_feat = feats.shape[-1]
     x = feats.reshape(*lead, -1, n_feat).double()
     y = (returns * mask).reshape(*lead, -1, 1).double()
-    ridge = math.sqrt(reg) * torch.eye(n_feat, dtype=x.dtype, device=x.device)
-    x_aug = torch.cat([x, ridge.expand(*lead, n_feat, n_feat)], dim=-2)
-    y_aug = torch.cat([y, torch.zeros(*lead, n_feat, 1, dtype=y.dtype, device=y.device)], dim=-2)
-    # The ridge rows make the system full rank, so QR ("gels", also the CUDA driver) is safe.
-    weights = torch.linalg.lstsq(x_aug, y_aug, driver="gels").solution
+    eye = torch.eye(n_feat, dtype=x.dtype, device=x.device)
+    if solver == "lstsq":
+        x_aug = torch.cat([x, math.sqrt(reg) * eye.expand(*lead, n_feat, n_feat)], dim=-2)
+        y_aug = torch.cat([y, y.new_zeros(*lead, n_feat, 1)], dim=-2)
+        # The ridge rows make the system full rank, so QR ("gels") is safe.
+        weights = torch.linalg.lstsq(x_aug, y_aug, driver="gels").solution
+    elif solver == "cholesky":
+        factor, _ = torch.linalg.cholesky_ex(x.mT @ x + reg * eye)
+        weights = torch.cholesky_solve(x.mT @ y, factor)
+    else:
+        raise ValueError(f"solver must be 'lstsq' or 'cholesky', got {solver!r}")
     values = (x @ weights).reshape(returns.shape)
     return values.to(obs.dtype) * mask
 
@@ -195,12 +209,16 @@ def normalize_per_task(adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def compute_advantages(
-    obs: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, cfg: PGConfig
+    obs: torch.Tensor,
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    cfg: PGConfig,
+    solver: BaselineSolver = "lstsq",
 ) -> torch.Tensor:
     """Advantages for ``[..., K, T]`` rollouts: baseline refit on this batch, GAE, per-task norm."""
     with torch.no_grad():
         returns = discounted_cumsum(rewards * mask, cfg.gamma) * mask
-        values = fit_linear_baseline(obs, returns, mask, cfg.baseline_reg)
+        values = fit_linear_baseline(obs, returns, mask, cfg.baseline_reg, solver)
         adv = gae_advantages(rewards, values, mask, cfg.gamma, cfg.gae_lambda)
         if cfg.normalize_advantages:
             adv = normalize_per_task(adv, mask)
@@ -220,16 +238,18 @@ def make_pg_batch(
     mask: torch.Tensor,
     cfg: PGConfig,
     with_logp_old: bool = True,
+    solver: BaselineSolver = "lstsq",
 ) -> Batch:
     """Data of the inner loss for rollouts collected by ``params`` (leading dims: one task).
 
     ``with_logp_old=False`` saves a forward pass when the loss will only be evaluated at
-    ``params`` themselves (a single inner step): see :func:`pg_loss`.
+    ``params`` themselves (a single inner step): see :func:`pg_loss`. ``solver``: that of
+    :func:`fit_linear_baseline`.
     """
     batch = {
         "obs": obs,
         "actions": actions,
-        "advantages": compute_advantages(obs, rewards, mask, cfg),
+        "advantages": compute_advantages(obs, rewards, mask, cfg, solver),
         "mask": mask,
     }
     if with_logp_old:
@@ -273,6 +293,38 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
+def inner_update(
+    policy: GaussianMLPPolicy,
+    params: Params,
+    lrs: Params | None,
+    data: Rollouts,
+    pg: PGConfig,
+    inner: InnerConfig,
+    solver: BaselineSolver = "lstsq",
+) -> tuple[Params, torch.Tensor, torch.Tensor]:
+    """The on-robot update of ``params`` on validated rollouts, with no host synchronisation
+    (so a CUDA graph can capture it with ``solver="cholesky"``).
+
+    Returns the adapted params, the inner loss before the update (0-d) and the per-step
+    finite flags of :func:`maml_ros.meta.adapt_with_flags`.
+    """
+    # One step evaluates the loss only at the sampling params: no log pi_old forward needed.
+    batch = make_pg_batch(
+        policy,
+        params,
+        data.obs,
+        data.actions,
+        data.rewards,
+        data.mask,
+        pg,
+        with_logp_old=inner.steps > 1,
+        solver=solver,
+    )
+    loss_before = pg_loss_at_sampling_policy(batch)
+    adapted, finite = adapt_with_flags(inner_loss_fn(policy), params, batch, inner, lrs)
+    return adapted, loss_before, finite
+
+
 def adapt_policy(
     bundle: PolicyBundle,
     rollouts: Rollouts,
@@ -283,10 +335,12 @@ def adapt_policy(
     """The inner update of training applied to ``rollouts`` (collected by ``bundle``'s policy).
 
     Same loss, PGConfig, inner lr (or Meta-SGD lrs) as the meta-objective; ``steps`` defaults
-    to the bundle's inner steps. Returns a new bundle (float32 CPU params, version + 1) and
-    info: ``inner_loss`` (before the update), ``steps``, ``device``, timings in seconds
-    (``prepare_s``, ``adapt_s``, ``total_s``) and, when ``loss_after`` is set (one more forward
-    pass), ``inner_loss_after``.
+    to the bundle's inner steps. On CUDA the update is replayed from a CUDA graph
+    (:mod:`maml_ros.rl.graphed`). Returns a new bundle (float32 CPU params, version + 1) and
+    info: ``inner_loss`` (before the update), ``steps``, ``device``, ``n_transitions``,
+    ``total_s`` and, when ``loss_after`` is set (one more forward pass), ``inner_loss_after``.
+    Raises ``RolloutError`` on bad rollouts and ``NonFiniteError`` on a non-finite update
+    (unless the bundle's inner config says "rollback").
     """
     t0 = time.perf_counter()
     n_steps = bundle.inner.steps if steps is None else steps
@@ -294,68 +348,71 @@ def adapt_policy(
         raise ValueError(f"steps must be an integer in [1, 100], got {n_steps!r}")
     dev = resolve_device(device)
     data = rollouts.validated(bundle.spec)
-    policy = GaussianMLPPolicy(bundle.spec, bundle.obs_mean, bundle.obs_std)
-    if dev.type != "cpu":
-        policy = policy.to(dev)
-    params = {k: v.detach().to(dev, torch.float32) for k, v in bundle.params.items()}
-    lrs = (
-        None if bundle.lrs is None else {k: v.to(dev, torch.float32) for k, v in bundle.lrs.items()}
-    )
-    obs, actions, rewards, mask = (
-        x.to(dev) for x in (data.obs, data.actions, data.rewards, data.mask)
-    )
-    # One step evaluates the loss only at the sampling params: no log pi_old forward needed.
-    batch = make_pg_batch(
-        policy, params, obs, actions, rewards, mask, bundle.pg, with_logp_old=n_steps > 1
-    )
-    loss_fn = inner_loss_fn(policy)
-    loss_before = float(pg_loss_at_sampling_policy(batch))
-    t1 = time.perf_counter()
     # No outer gradient on the robot: first-order gives the same update without a graph.
     cfg = dataclasses.replace(bundle.inner, steps=n_steps, first_order=True)
-    new_params = adapt(loss_fn, params, batch, cfg, lrs=lrs)
+    if dev.type == "cuda":
+        from maml_ros.rl.graphed import graphed_inner_update  # it builds on this module
+
+        new_params, loss_before, finite = graphed_inner_update(bundle, data, cfg, dev)
+    else:
+        policy = GaussianMLPPolicy(bundle.spec, bundle.obs_mean, bundle.obs_std)
+        params = {k: v.detach().float() for k, v in bundle.params.items()}
+        lrs = None if bundle.lrs is None else {k: v.float() for k, v in bundle.lrs.items()}
+        new_params, loss_before, finite = inner_update(policy, params, lrs, data, bundle.pg, cfg)
+    new_params = settle_nonfinite(bundle.params, new_params, finite, cfg)
     new_params = {
         k: v.detach().to("cpu", torch.float32).contiguous() for k, v in new_params.items()
     }
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    t2 = time.perf_counter()
     new_bundle = bundle.replace(
         params=new_params,
         version=bundle.version + 1,
         metadata={**bundle.metadata, "adapted_from_version": bundle.version},
     )
     info = {
-        "inner_loss": loss_before,
+        "inner_loss": float(loss_before),
         "steps": n_steps,
         "device": str(dev),
-        "n_transitions": int(mask.sum()),
-        "prepare_s": t1 - t0,
-        "adapt_s": t2 - t1,
+        "n_transitions": int(data.mask.sum()),
         "total_s": time.perf_counter() - t0,
     }
     if loss_after:
-        with torch.no_grad():
-            if "logp_old" not in batch:
-                batch["logp_old"] = log_prob(policy, params, obs, actions)
-            adapted = {k: v.to(dev) for k, v in new_params.items()}
-            info["inner_loss_after"] = float(loss_fn(adapted, batch))
+        info["inner_loss_after"] = _loss_after(bundle, new_params, data)
     return new_bundle, info
 
 
-def warm_up(bundle: PolicyBundle, device: str | torch.device = "cpu") -> float:
-    """Run one throw-away :func:`adapt_policy` on dummy data so the first real adaptation is
-    not slowed by torch.func's one-time set-up (seconds on a busy CPU); returns its seconds."""
+def _loss_after(bundle: PolicyBundle, new_params: Params, data: Rollouts) -> float:
+    """The inner loss at ``new_params`` on the rollouts (ratio to the sampling policy), CPU."""
+    policy = GaussianMLPPolicy(bundle.spec, bundle.obs_mean, bundle.obs_std)
+    batch = make_pg_batch(
+        policy, bundle.params, data.obs, data.actions, data.rewards, data.mask, bundle.pg
+    )
+    with torch.no_grad():
+        return float(pg_loss(policy, new_params, batch))
+
+
+def warm_up(
+    bundle: PolicyBundle,
+    device: str | torch.device = "cpu",
+    rollouts: int = 2,
+    horizon: int = 3,
+    steps: int | None = None,
+) -> float:
+    """Run one throw-away :func:`adapt_policy` on dummy rollouts of the given shape, so the
+    first real adaptation pays no one-time set-up (torch.func's, seconds on a busy CPU; on
+    CUDA the capture of that shape's graph); returns its seconds."""
     t0 = time.perf_counter()
     spec = bundle.spec
     dummy = Rollouts(
-        torch.zeros(2, 3, spec.obs_dim), torch.zeros(2, 3, spec.act_dim), torch.randn(2, 3)
+        torch.zeros(rollouts, horizon, spec.obs_dim),
+        torch.zeros(rollouts, horizon, spec.act_dim),
+        torch.randn(rollouts, horizon),
     )
-    adapt_policy(bundle, dummy, steps=1, device=device)
+    adapt_policy(bundle, dummy, steps=steps, device=device)
     return time.perf_counter() - t0
 
 
 __all__ = [
+    "BaselineSolver",
     "Batch",
     "InnerConfig",
     "PGConfig",
@@ -368,6 +425,7 @@ __all__ = [
     "fit_linear_baseline",
     "gae_advantages",
     "inner_loss_fn",
+    "inner_update",
     "make_pg_batch",
     "normalize_per_task",
     "pg_loss",

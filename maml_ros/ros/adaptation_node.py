@@ -605,7 +605,10 @@ class AdaptationNode(Node):
         """One throw-away inner update, so the first real one pays no one-time start-up cost."""
         t0 = time.perf_counter()
         try:
-            warm_up(self.meta_bundle, self.params["device"])
+            cfg = self.params
+            warm_up(
+                self.meta_bundle, cfg["device"], cfg["rollouts"], cfg["horizon"], cfg["inner_steps"]
+            )
         except (ValueError, RuntimeError) as err:
             self.get_logger().warning(f"warm-up update failed: {err}")
         self.status.set(ready=True, warm_up_ms=(time.perf_counter() - t0) * 1e3)
