@@ -9,15 +9,19 @@ K exploring episodes of the policy on the PyBullet arm (a held-out reach task).
 The straightforward reference computes the same update the textbook way: an ``nn.Module``,
 Python loops over time steps for returns and GAE, a per-task ``lstsq`` baseline,
 ``torch.autograd.grad`` and a ``copy.deepcopy`` of the module for the updated policy. Both
-results are checked equal (max |delta| of the new parameters <= 1e-4 relative) before timing.
+results are checked equal (max |delta| of the new parameters <= 5e-4 relative) before timing.
 
 Wall time is what the robot waits; the thread CPU time is reported next to it because this
 machine is shared (its load inflates wall time). Cases: K in {10, 20} x steps in {1, 3} x
 policy in {shipped size, 4x wider}, on CPU, and on CUDA (same ``adapt_policy`` call with
-``device="cuda"``) when available. Each case: warm-up, then ``--reps`` (>= 50) timed
-repetitions; p50 / p99 in ms.
+``device="cuda"``: a CUDA-graph replay, its result checked against the CPU's) when available.
+Each case: warm-up, then ``--reps`` (>= 50) timed repetitions; p50 / p99 in ms.
 
     python bench/bench_adapt.py [--reps 60] [--threads 1] [--checkpoint PATH]
+        [--save-rollouts FILE | --rollouts FILE]
+
+``--save-rollouts`` writes the arm rollouts to a safetensors file; ``--rollouts`` reads them
+from one instead of running the arm (on a GPU machine without PyBullet).
 
 Last line (JSON): ``cpu_inner_step_ms_p50`` / ``_p99`` and ``speedup_vs_naive`` for K=20,
 shipped policy, 1 step on CPU; ``cuda_inner_step_ms_p50`` (null without CUDA); ``cases``.
@@ -33,6 +37,7 @@ from typing import Any
 
 import torch
 from _common import arm_rollouts, emit_json, machine_info, shipped_bundle, summarize_ms
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from maml_ros.rl.checkpoint import PolicyBundle
@@ -41,6 +46,10 @@ from maml_ros.rl.policy import LOG_STD_RANGE, OBS_CLIP
 
 TARGET_P50_MS = 5.0
 TARGET_SPEEDUP = 3.0
+TARGET_CUDA_P50_MS = 1.0
+MATCH_RTOL = 5e-4
+"""Float32 results may differ by this (relative to each tensor's largest entry): three steps
+with the shipped Meta-SGD rates move log_std by ~0.6, and rounding differences grow with it."""
 
 
 # --------------------------------------------------------------------------- the naive version
@@ -170,7 +179,7 @@ def run_case(
     ours_bundle, info = adapt_policy(bundle, rollouts, steps=steps, device="cpu", loss_after=True)
     naive_params, naive_loss_after = naive_adapt(bundle, rollouts, steps)
     diff = max_rel_diff(ours_bundle.params, naive_params)
-    if diff > 1e-4 or abs(info["inner_loss_after"] - naive_loss_after) > 1e-4:
+    if diff > MATCH_RTOL or abs(info["inner_loss_after"] - naive_loss_after) > MATCH_RTOL:
         raise SystemExit(
             f"{label} K={k} steps={steps}: naive and ours disagree (param rel diff {diff:.2e}, "
             f"loss after {info['inner_loss_after']:.6f} vs {naive_loss_after:.6f})"
@@ -194,7 +203,12 @@ def run_case(
         "cuda_ms": None,
     }
     if cuda:
-        adapt_policy(bundle, rollouts, steps=steps, device="cuda")
+        gpu_bundle, _ = adapt_policy(bundle, rollouts, steps=steps, device="cuda")
+        case["cuda_param_max_rel_diff_vs_cpu"] = gpu_diff = max_rel_diff(
+            ours_bundle.params, gpu_bundle.params
+        )
+        if gpu_diff > MATCH_RTOL:
+            raise SystemExit(f"{label} K={k} steps={steps}: CUDA and CPU disagree ({gpu_diff:.2e})")
         gpu, _ = time_it(
             lambda: adapt_policy(bundle, rollouts, steps=steps, device="cuda"),
             reps,
@@ -213,12 +227,27 @@ def run_case(
     return case
 
 
+FIELDS = ("obs", "actions", "rewards", "mask")
+
+
+def read_rollouts(path: str, labels: tuple[str, ...]) -> dict[str, Rollouts]:
+    """Rollouts saved by ``--save-rollouts`` (validated later, by adapt_policy)."""
+    tensors = load_file(path)
+    try:
+        return {label: Rollouts(*(tensors[f"{label}/{n}"] for n in FIELDS)) for label in labels}
+    except KeyError as missing:
+        raise SystemExit(f"{path} holds no rollouts {missing}") from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=60, help="timed repetitions (>= 50)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--checkpoint", default=None, help="policy bundle (default: shipped)")
     parser.add_argument("--seed", type=int, default=0)
+    files = parser.add_mutually_exclusive_group()
+    files.add_argument("--save-rollouts", metavar="FILE", help="write the rollouts (safetensors)")
+    files.add_argument("--rollouts", metavar="FILE", help="read the rollouts instead of the arm")
     args = parser.parse_args()
     if args.reps < 50:
         parser.error("--reps must be >= 50")
@@ -232,10 +261,16 @@ def main() -> None:
     wide, _ = shipped_bundle(hidden=[4 * h for h in hidden], seed=args.seed)
     wide = wide.replace(obs_mean=shipped.obs_mean, obs_std=shipped.obs_std)
     print(f"policy: {source}; wide: hidden={list(wide.spec.hidden)}; CUDA: {cuda}")
-    rollouts = {
-        "shipped": arm_rollouts(shipped, 20, seed=args.seed),
-        "wide": arm_rollouts(wide, 20, seed=args.seed),
-    }
+    if args.rollouts:
+        rollouts = read_rollouts(args.rollouts, ("shipped", "wide"))
+    else:
+        rollouts = {
+            "shipped": arm_rollouts(shipped, 20, seed=args.seed),
+            "wide": arm_rollouts(wide, 20, seed=args.seed),
+        }
+    if args.save_rollouts:
+        tensors = {f"{label}/{n}": getattr(r, n) for label, r in rollouts.items() for n in FIELDS}
+        save_file(tensors, args.save_rollouts)
     cases = []
     for label, bundle in (("shipped", shipped), ("wide", wide)):
         for k in (10, 20):
@@ -254,6 +289,12 @@ def main() -> None:
         f"p50 {p50:.2f} ms (target <= {TARGET_P50_MS}: {verdict(p50 <= TARGET_P50_MS)}), "
         f"x{speedup} vs naive (target >= {TARGET_SPEEDUP}: {verdict(speedup >= TARGET_SPEEDUP)})"
     )
+    if cuda:
+        cuda_p50 = headline["cuda_ms"]["p50"]
+        print(
+            f"headline on CUDA ({torch.cuda.get_device_name(0)}): p50 {cuda_p50:.3f} ms "
+            f"(target <= {TARGET_CUDA_P50_MS}: {verdict(cuda_p50 <= TARGET_CUDA_P50_MS)})"
+        )
     emit_json(
         {
             "bench": "adapt",
@@ -266,6 +307,7 @@ def main() -> None:
             "cpu_inner_step_thread_time_ms_p50": headline["cpu_thread_time_ms"]["p50"],
             "speedup_vs_naive": speedup,
             "cuda_inner_step_ms_p50": headline["cuda_ms"]["p50"] if cuda else None,
+            "cuda_inner_step_ms_p99": headline["cuda_ms"]["p99"] if cuda else None,
             "target_p50_ms": TARGET_P50_MS,
             "target_met_p50": p50 <= TARGET_P50_MS,
             "target_met_speedup": speedup >= TARGET_SPEEDUP,

@@ -25,21 +25,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import (
+from _common import emit_json, machine_info, shipped_bundle
+from _nodes import (
     FakeArmDriver,
     NodeGroup,
-    emit_json,
     isolate_dds,
-    machine_info,
     peak_rss_mb,
-    shipped_bundle,
     wait_for_nodes,
 )
 
 from maml_ros.rl.checkpoint import save_bundle
 
 TARGET_P99_MS = 2.0
-HELPER = Path(__file__).with_name("_common.py")
+HELPER = Path(__file__).with_name("_nodes.py")
 
 
 def main() -> None:
@@ -79,7 +77,7 @@ def main() -> None:
             group.start_python(
                 "adapt_load",
                 [
-                    str(Path(__file__).with_name("_common.py")),
+                    str(Path(__file__).with_name("_nodes.py")),
                     "adapt-load",
                     "--seconds",
                     str(total),

@@ -46,12 +46,10 @@ from pathlib import Path
 from typing import Any
 
 import rclpy
-from _common import (
+from _common import emit_json, machine_info, shipped_bundle
+from _nodes import (
     NodeGroup,
-    emit_json,
     isolate_dds,
-    machine_info,
-    shipped_bundle,
     wait_for_nodes,
 )
 from rclpy.executors import SingleThreadedExecutor

@@ -1,7 +1,7 @@
 """Load: joint states at 1 kHz into the running graph for 60 s while adaptations run.
 
 The graph: ``policy_controller_node`` and ``adaptation_node`` (separate processes, the shipped
-policy) and this process as the arm driver (:class:`_common.FakeArmDriver`, a kinematic arm:
+policy) and this process as the arm driver (:class:`_nodes.FakeArmDriver`, a kinematic arm:
 stamped joint states and rewards at ``--rate`` Hz, the ``reset`` service). Task changes are
 published one after the other, so an adaptation (evaluate, collect K rollouts, inner update,
 publish, evaluate) is always running. Every ``--bad-every``-th joint state is bad, cycling
@@ -35,16 +35,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import (
+from _common import emit_json, machine_info, shipped_bundle
+from _nodes import (
     FakeArmDriver,
     NodeGroup,
     cpu_seconds,
-    emit_json,
     isolate_dds,
-    machine_info,
     peak_rss_mb,
     rss_mb,
-    shipped_bundle,
     wait_for_nodes,
 )
 

@@ -1,0 +1,390 @@
+"""Bench helpers that need ROS: node processes in an isolated domain, their memory and CPU,
+a CPU-load process, and the bench process as a fast fake arm driver."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from _common import shipped_bundle, summarize_ms
+
+from maml_ros.rl.pg import Rollouts
+from maml_ros.ros.demo import NodeProcesses, find_executable
+
+# --------------------------------------------------------------------------- node processes
+
+
+def isolate_dds() -> dict[str, str]:
+    """Localhost-only discovery and a random domain for this process and its children, unless
+    the caller (tools/isolated.sh) already chose; returns the values."""
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 100)))
+    if "ROS_HOME" not in os.environ:
+        os.environ["ROS_HOME"] = tempfile.mkdtemp(prefix="maml_bench_ros_")
+    return {k: os.environ[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID")}
+
+
+def wait_for_nodes(
+    predicate: Any, timeout_s: float, group: NodeGroup, what: str, poll_s: float = 0.01
+) -> None:
+    """Poll until ``predicate()``; raise with a node's log if one dies or on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        dead = group.dead()
+        if dead:
+            name = next(iter(dead))
+            log = group.tail(name)
+            raise RuntimeError(f"{name} exited ({dead[name]}) waiting for {what}:\n{log}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(poll_s)
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """VmHWM (peak resident set) of a live process in MiB, None if it is gone."""
+    return _proc_status_kb(pid, "VmHWM")
+
+
+def rss_mb(pid: int) -> float | None:
+    """VmRSS (current resident set) of a live process in MiB, None if it is gone."""
+    return _proc_status_kb(pid, "VmRSS")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds a live process has used so far (/proc/<pid>/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _proc_status_kb(pid: int, key: str) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith(key + ":"):
+                    return round(int(line.split()[1]) / 1024.0, 2)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+class NodeGroup(NodeProcesses):
+    """Node processes started with ``--ros-args``, logging to files, stopped with SIGINT."""
+
+    def __init__(self, log_dir: str | Path | None = None) -> None:
+        super().__init__({}, Path(log_dir or tempfile.mkdtemp(prefix="maml_bench_logs_")))
+
+    def start(self, name: str, executable: str, params: dict[str, Any] | None = None) -> int:
+        """Start ``executable`` (found by :func:`find_executable`) with ``-p k:=v``; its pid."""
+        command = [find_executable(executable), "--ros-args"]
+        for key, value in (params or {}).items():
+            command += ["-p", f"{key}:={_param_text(value)}"]
+        return self.launch(name, command)
+
+    def start_python(self, name: str, args: Sequence[str]) -> int:
+        """Start ``python args...`` (a helper process) in the group; its pid."""
+        return self.launch(name, [sys.executable, *args])
+
+    def dead(self) -> dict[str, int]:
+        """Processes that exited, with their exit codes."""
+        return {n: p.returncode for n, p in self.procs.items() if p.poll() is not None}
+
+    def __enter__(self) -> NodeGroup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _param_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_param_text(v) for v in value) + "]"
+    if isinstance(value, str):
+        return json.dumps(value) if value == "" or any(c in value for c in " ,[]:") else value
+    return str(value)
+
+
+# --------------------------------------------------------------------------- CPU load
+
+
+def adapt_load(seconds: float, k: int = 20, threads: int = 1) -> int:
+    """Run ``adapt_policy`` (K rollouts of horizon 50, shipped architecture) back to back for
+    ``seconds``, as the adaptation node's inner update loads the CPU; the number of updates."""
+    from maml_ros.rl.pg import adapt_policy
+
+    torch.set_num_threads(threads)
+    bundle, _ = shipped_bundle()
+    rng = np.random.default_rng(0)
+    spec = bundle.spec
+    rollouts = Rollouts.from_numpy(
+        rng.standard_normal((k, 50, spec.obs_dim)),
+        rng.uniform(-1, 1, (k, 50, spec.act_dim)),
+        rng.standard_normal((k, 50)),
+    )
+    count = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        adapt_policy(bundle, rollouts)
+        count += 1
+    return count
+
+
+# --------------------------------------------------------------------------- a fake arm driver
+
+JOINT_NAMES = [f"lbr_iiwa_joint_{i}" for i in range(1, 8)]
+BAD_KINDS = ("nan", "wrong_length", "stale_stamp")
+
+
+class FakeArmDriver:
+    """The bench process as a fast arm driver (a kinematic 7-joint arm) for the real nodes.
+
+    A publisher thread sends stamped ``joint_states`` at ``rate_hz`` (and, for each valid state,
+    its ``reward`` on the same stamp); the arm integrates the controller's echoed actions; the
+    ``reset`` service starts a new episode. Every ``bad_every``-th slot (0: never) carries a bad
+    joint state instead, cycling through :data:`BAD_KINDS`. Send and receive times (perf
+    counter) are recorded per stamp, so the controller's state-in -> action-out latency is
+    measured on the wire. Latched ``~/status`` JSON of the named nodes is kept.
+    """
+
+    def __init__(
+        self,
+        rate_hz: float,
+        bad_every: int = 0,
+        status_nodes: Sequence[str] = ("policy_controller",),
+        listen_commands: bool = False,
+        rewards: bool = True,
+    ) -> None:
+        import rclpy
+        from geometry_msgs.msg import Vector3Stamped
+        from rclpy.executors import SingleThreadedExecutor
+        from sensor_msgs.msg import JointState
+        from std_msgs.msg import Float64MultiArray, String
+        from std_srvs.srv import Trigger
+
+        from maml_ros.ros import interfaces as itf
+
+        if not rclpy.ok():
+            rclpy.init()
+        self.rate_hz = rate_hz
+        self.period = 1.0 / rate_hz
+        self.bad_every = bad_every
+        self.rewards = rewards
+        self.node = rclpy.create_node("bench_driver")
+        self._state_pub = self.node.create_publisher(
+            JointState, itf.JOINT_STATES_TOPIC, itf.JOINT_STATES_QOS
+        )
+        self._reward_pub = self.node.create_publisher(
+            Vector3Stamped, itf.REWARD_TOPIC, itf.STREAM_QOS
+        )
+        self._task_pub = self.node.create_publisher(String, itf.TASK_TOPIC, itf.COMMAND_QOS)
+        self.node.create_subscription(
+            JointState, itf.actions_topic(), self._on_action, itf.STREAM_QOS
+        )
+        if listen_commands:
+            self.node.create_subscription(
+                Float64MultiArray, itf.commands_topic(), self._on_command, itf.COMMAND_QOS
+            )
+        self.status: dict[str, dict[str, Any]] = {}
+        self.status_log: list[tuple[float, str, dict[str, Any]]] = []
+        for name in status_nodes:
+            self.node.create_subscription(
+                String,
+                f"/{name}/status",
+                lambda msg, name=name: self._on_status(name, msg),
+                itf.LATCHED_QOS,
+            )
+        self.node.create_service(Trigger, itf.RESET_SERVICE, self._on_reset)
+        self._JointState = JointState
+        self._lock = threading.Lock()
+        self.positions = np.zeros(7)
+        self.velocities = np.zeros(7)
+        self.goal = np.full(7, 0.3)
+        self.episode = 0
+        self.sent: dict[int, float] = {}  # valid stamp -> send time
+        self.received: dict[int, float] = {}  # stamp -> action receive time
+        self.command_times: list[float] = []
+        self.bad_sent = dict.fromkeys(BAD_KINDS, 0)
+        self.slots = 0
+        self._last_valid_stamp = 0
+        self._running = False
+        self.started_at = 0.0
+        self.elapsed = 0.0
+        self._executor = SingleThreadedExecutor()
+        self._executor.add_node(self.node)
+        self._spin_thread = threading.Thread(target=self._spin, daemon=True)
+        self._spin_thread.start()
+        self._pub_thread = None
+
+    # -- callbacks (executor thread)
+
+    def _spin(self) -> None:
+        from rclpy.executors import ExternalShutdownException
+
+        with contextlib.suppress(ExternalShutdownException, RuntimeError):
+            self._executor.spin()
+
+    def _on_action(self, msg: Any) -> None:
+        now = time.perf_counter()
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        self.received.setdefault(stamp, now)
+        if len(msg.velocity) == 7:
+            with self._lock:
+                self.velocities = np.clip(np.asarray(msg.velocity), -1.0, 1.0) * 1.5
+
+    def _on_command(self, msg: Any) -> None:
+        self.command_times.append(time.perf_counter())
+
+    def _on_status(self, name: str, msg: Any) -> None:
+        try:
+            data = json.loads(msg.data)
+        except ValueError:
+            return
+        self.status[name] = data
+        self.status_log.append((time.perf_counter(), name, data))
+
+    def _on_reset(self, request: Any, response: Any) -> Any:
+        with self._lock:
+            self.episode += 1
+            self.positions[:] = 0.0
+            self.velocities[:] = 0.0
+            episode = self.episode
+        response.success = True
+        response.message = f"fake arm reset; episode {episode}"
+        return response
+
+    # -- publishing (own thread)
+
+    def start(self, seconds: float) -> None:
+        """Publish for ``seconds`` in a background thread (see :meth:`wait`)."""
+        self._running = True
+        self.started_at = time.perf_counter()
+        self._pub_thread = threading.Thread(target=self._publish_loop, args=(seconds,))
+        self._pub_thread.start()
+
+    def wait(self) -> None:
+        """Wait until the publisher thread is done."""
+        if self._pub_thread is not None:
+            self._pub_thread.join()
+
+    def stop(self) -> None:
+        """Stop publishing now."""
+        self._running = False
+        self.wait()
+
+    def _publish_loop(self, seconds: float) -> None:
+        from maml_ros.ros.convert import reward_to_msg
+
+        msg = self._JointState()
+        msg.name = list(JOINT_NAMES)
+        start = self.started_at
+        base_ns = time.time_ns()
+        n_slots = int(seconds * self.rate_hz)
+        for i in range(n_slots):
+            if not self._running:
+                break
+            due = start + i * self.period
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            stamp = base_ns + int(i * self.period * 1e9)
+            with self._lock:
+                self.positions += self.velocities * self.period
+                positions = self.positions.copy()
+                velocities = self.velocities.copy()
+                episode = self.episode
+            bad = self.bad_every and i % self.bad_every == self.bad_every - 1
+            kind = BAD_KINDS[(i // self.bad_every) % len(BAD_KINDS)] if bad else None
+            if kind == "nan":
+                positions[i % 7] = float("nan")
+            elif kind == "wrong_length":
+                positions = positions[:6]
+            elif kind == "stale_stamp":
+                stamp = self._last_valid_stamp - 1_000_000_000
+            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
+            msg.position = positions.tolist()
+            msg.velocity = velocities.tolist()
+            if kind is None:
+                self.sent[stamp] = time.perf_counter()
+                self._last_valid_stamp = stamp
+            self._state_pub.publish(msg)
+            if kind is not None:
+                self.bad_sent[kind] += 1
+            elif self.rewards:
+                reward = -float(np.linalg.norm(positions - self.goal))
+                self._reward_pub.publish(reward_to_msg(stamp, reward, reward > -0.05, episode))
+            self.slots += 1
+        self.elapsed = time.perf_counter() - start
+        self._running = False
+
+    # -- results
+
+    def publish_task(self, task_json: str) -> None:
+        """Publish a task change."""
+        from std_msgs.msg import String
+
+        self._task_pub.publish(String(data=task_json))
+
+    def latency(self, since: float = 0.0) -> dict[str, Any]:
+        """State-in -> action-out latency per valid state sent at or after ``since`` (perf
+        counter), and missed ticks: states whose action had not come back before the next state
+        was due (one period later)."""
+        latencies = []
+        missed = 0
+        sent_after = {s: t for s, t in self.sent.items() if t >= since}
+        for stamp, sent in sent_after.items():
+            got = self.received.get(stamp)
+            if got is None or got - sent > self.period:
+                missed += 1
+            if got is not None:
+                latencies.append(got - sent)
+        return {
+            "states_sent": len(sent_after),
+            "actions_received": len(latencies),
+            "missed_ticks": missed,
+            "tick_ms": summarize_ms(latencies),
+        }
+
+    def bad_total(self) -> int:
+        """Bad joint states sent."""
+        return sum(self.bad_sent.values())
+
+    def close(self) -> None:
+        """Stop publishing, the executor and the node."""
+        import rclpy
+
+        self.stop()
+        self._executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown()
+        self._spin_thread.join(timeout=2.0)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="bench helper processes")
+    parser.add_argument("mode", choices=["adapt-load"])
+    parser.add_argument("--seconds", type=float, required=True)
+    parser.add_argument("--k", type=int, default=20)
+    cli = parser.parse_args()
+    try:
+        updates = adapt_load(cli.seconds, cli.k)
+    except KeyboardInterrupt:  # stopped early by the bench
+        updates = -1
+    print(json.dumps({"adapt_updates": updates}), flush=True)
