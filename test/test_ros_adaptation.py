@@ -298,6 +298,17 @@ def finished(status: dict) -> bool:
 # The node.
 
 
+def test_ready_means_warmed_up_and_the_services_found(
+    harness_factory: Callable[..., Harness],
+) -> None:
+    h = harness_factory()
+    status = h.wait_for(lambda s: s.get("ready"), 20.0)
+    assert status["services_ready"] is True and status["warm_up_ms"] > 0
+    lonely = harness_factory(controller_name="no_such_controller", service_timeout_s=0.5)
+    status = lonely.wait_for(lambda s: s.get("ready"), 20.0)
+    assert status["services_ready"] is False
+
+
 def test_adapts_to_a_task_change_and_dumps_what_the_arm_executed(
     harness_factory: Callable[..., Harness], tmp_path: Path
 ) -> None:

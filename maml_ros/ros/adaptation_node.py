@@ -602,16 +602,26 @@ class AdaptationNode(Node):
     # -- the worker ----------------------------------------------------------------------------
 
     def _warm_up(self) -> None:
-        """One throw-away inner update, so the first real one pays no one-time start-up cost."""
+        """Readies the first adaptation: one throw-away inner update of the real shape (no
+        one-time start-up cost, the CUDA graph captured), then the driver's and controller's
+        services discovered (up to ``service_timeout_s``; a task can come before, it waits)."""
         t0 = time.perf_counter()
+        cfg = self.params
         try:
-            cfg = self.params
             warm_up(
                 self.meta_bundle, cfg["device"], cfg["rollouts"], cfg["horizon"], cfg["inner_steps"]
             )
         except (ValueError, RuntimeError) as err:
             self.get_logger().warning(f"warm-up update failed: {err}")
-        self.status.set(ready=True, warm_up_ms=(time.perf_counter() - t0) * 1e3)
+        warm_up_ms = (time.perf_counter() - t0) * 1e3
+        deadline = time.monotonic() + cfg["service_timeout_s"]
+        clients = (self._reset, self._explore)
+        while not all(c.service_is_ready() for c in clients) and time.monotonic() < deadline:
+            if self._stopping.wait(0.02) or self._pending_task is not None:
+                break
+        services_ready = all(c.service_is_ready() for c in clients)
+        self.status.set(ready=True, warm_up_ms=warm_up_ms, services_ready=services_ready)
+        self.status.publish()
 
     def _worker_loop(self) -> None:
         self._warm_up()
