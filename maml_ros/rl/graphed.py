@@ -163,17 +163,8 @@ class GraphedInnerUpdate:
         self._graph = graph
 
 
-@lru_cache(maxsize=8)
-def _update_for(
-    spec: PolicySpec,
-    pg: PGConfig,
-    inner: InnerConfig,
-    lr_names: tuple[str, ...] | None,
-    k: int,
-    horizon: int,
-    device: torch.device,
-) -> GraphedInnerUpdate:
-    return GraphedInnerUpdate(spec, pg, inner, lr_names, k, horizon, device)
+_update_for = lru_cache(maxsize=8)(GraphedInnerUpdate)
+"""One captured update per (spec, pg, inner, lr names, k, horizon, device), at most 8 kept."""
 
 
 def graphed_inner_update(
