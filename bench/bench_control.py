@@ -13,9 +13,13 @@ of horizon 50, the shipped architecture) to load the CPU as the adaptation node 
 - ``missed_ticks``: joint states whose action had not arrived before the next joint state was
   due (one period, 2 ms at 500 Hz), or never arrived.
 
-The machine (2 cores) is shared with other jobs; say so next to the numbers.
+``--realtime-priority N`` puts the controller (its ``realtime_priority`` parameter) and this
+process, which plays the robot's driver, under SCHED_FIFO at N, as a ros2_control robot runs
+its control loop; it needs root or CAP_SYS_NICE. The machine (2 cores) is shared with other
+jobs; say so next to the numbers.
 
     python bench/bench_control.py [--seconds 20] [--rate 500] [--warmup 2]
+        [--realtime-priority 0]
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from _nodes import (
 )
 
 from maml_ros.rl.checkpoint import save_bundle
+from maml_ros.ros.common import set_realtime_priority
 
 TARGET_P99_MS = 2.0
 HELPER = Path(__file__).with_name("_nodes.py")
@@ -47,9 +52,18 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds not counted")
     parser.add_argument("--no-load", action="store_true", help="no adapt_policy load process")
     parser.add_argument("--checkpoint", default=None, help="policy bundle (default: shipped)")
+    parser.add_argument(
+        "--realtime-priority",
+        type=int,
+        default=0,
+        help="SCHED_FIFO priority of the controller (its realtime_priority) and of this process,"
+        " the arm driver (0: normal scheduling)",
+    )
     args = parser.parse_args()
     if args.seconds <= 0 or args.rate <= 0 or args.warmup < 0:
         parser.error("--seconds and --rate must be positive, --warmup >= 0")
+    if not 0 <= args.realtime_priority <= 98:
+        parser.error("--realtime-priority must be in [0, 98]")
     domain = isolate_dds()
     bundle, source = shipped_bundle(args.checkpoint)
     work = Path(tempfile.mkdtemp(prefix="bench_control_"))
@@ -62,9 +76,17 @@ def main() -> None:
         pid = group.start(
             "policy_controller",
             "policy_controller_node",
-            {"initial_policy": str(policy_path), "explore": True},
+            {
+                "initial_policy": str(policy_path),
+                "explore": True,
+                "realtime_priority": args.realtime_priority,
+            },
         )
         driver = FakeArmDriver(args.rate, listen_commands=True, rewards=False)
+        if args.realtime_priority:  # the driver side of the loop, as on a robot
+            problem = set_realtime_priority(args.realtime_priority)
+            if problem:
+                raise SystemExit(f"--realtime-priority refused here: {problem}")
         wait_for_nodes(
             lambda: driver.status.get("policy_controller", {}).get("has_policy"),
             30.0,
@@ -105,7 +127,8 @@ def main() -> None:
     )
     print(
         f"tick latency (wire, shared 2-core machine, adapt_policy load "
-        f"{'off' if args.no_load else 'on'}): p50 {tick['p50']:.3f} ms, "
+        f"{'off' if args.no_load else 'on'}, realtime priority {args.realtime_priority}): "
+        f"p50 {tick['p50']:.3f} ms, "
         f"p99 {tick['p99']:.3f} ms, max {tick['max']:.3f} ms; "
         f"missed ticks {result['missed_ticks']} (target p99 <= {TARGET_P99_MS} ms and 0 missed)"
     )
@@ -117,6 +140,7 @@ def main() -> None:
             "rate_hz": args.rate,
             "seconds": args.seconds,
             "adapt_load": not args.no_load,
+            "realtime_priority": args.realtime_priority,
             "states_sent": result["states_sent"],
             "states_per_s": round(achieved, 1),
             "actions_received": result["actions_received"],

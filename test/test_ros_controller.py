@@ -4,10 +4,12 @@ stale hold, exploration service, parameter validation, and the executable."""
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -371,3 +373,30 @@ def test_garbage_inputs_never_raise_out_of_a_callback(ros: Ros) -> None:
     assert ctl.status.dropped("policy") == len(calls) > 0
     assert ctl.status.dropped("joint_state") > 0
     assert ctl.status.snapshot()["policy_version"] == 1
+
+
+REALTIME_PROBE = """
+import json, os, sys, threading
+from maml_ros.ros.common import set_realtime_priority
+release = threading.Event()
+waiter = threading.Thread(target=release.wait)
+waiter.start()
+problem = set_realtime_priority(7)
+policies = sorted({os.sched_getscheduler(int(t)) for t in os.listdir("/proc/self/task")})
+release.set()
+waiter.join()
+print(json.dumps([problem, policies]))
+"""
+
+
+def test_realtime_priority_puts_every_thread_under_sched_fifo_or_says_why_not() -> None:
+    # In a child process: the test process itself must not run under SCHED_FIFO.
+    out = subprocess.run(
+        [sys.executable, "-c", REALTIME_PROBE], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    problem, policies = json.loads(out.stdout.strip().splitlines()[-1])
+    if problem is None:  # root or CAP_SYS_NICE: every thread, the waiting one too
+        assert policies == [os.SCHED_FIFO]
+    else:  # refused: said why, nothing changed
+        assert "Error" in problem and os.SCHED_FIFO not in policies

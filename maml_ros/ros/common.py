@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -172,6 +173,18 @@ def stamp_to_ns(stamp: Time) -> int:
 def ns_to_stamp(ns: int) -> Time:
     """Integer nanoseconds as a builtin_interfaces/Time."""
     return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
+def set_realtime_priority(priority: int) -> str | None:
+    """Puts every thread of this process under SCHED_FIFO at ``priority`` (Linux); threads
+    started later inherit it from their creator. Returns None, or why it was refused (it needs
+    CAP_SYS_NICE or an rtprio limit, as ros2_control's ``thread_priority`` does)."""
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            os.sched_setscheduler(int(tid), os.SCHED_FIFO, os.sched_param(priority))
+    except (OSError, AttributeError) as err:  # AttributeError: not Linux
+        return f"{type(err).__name__}: {err}"
+    return None
 
 
 def run_node(make_node: Callable[[], Node], args: Sequence[str] | None = None) -> int:

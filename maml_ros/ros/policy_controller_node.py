@@ -45,7 +45,13 @@ from std_srvs.srv import SetBool
 
 from maml_ros.rl.checkpoint import DEFAULT_MAX_BYTES, PolicyBundle, load_bundle
 from maml_ros.rl.policy import NumpyPolicy
-from maml_ros.ros.common import NodeStatus, ParamSpec, ValidatedParameters, run_node
+from maml_ros.ros.common import (
+    NodeStatus,
+    ParamSpec,
+    ValidatedParameters,
+    run_node,
+    set_realtime_priority,
+)
 from maml_ros.ros.convert import (
     action_to_msg,
     commands_to_msg,
@@ -147,6 +153,14 @@ class PolicyControllerNode(Node):
                 "Checkpoint loaded at start-up ('' = wait for the policy topic)",
                 read_only=True,
             ),
+            ParamSpec(
+                "realtime_priority",
+                0,
+                "SCHED_FIFO priority of the node's threads (0: normal scheduling); needs "
+                "CAP_SYS_NICE or an rtprio limit, like ros2_control's thread_priority",
+                int_range=(0, 98),
+                read_only=True,
+            ),
         ]
         self.params = ValidatedParameters(self, specs, on_change=self._on_param_change)
         self.joint_names = list(self.params["joint_names"])
@@ -206,8 +220,21 @@ class PolicyControllerNode(Node):
             if problem:
                 raise ValueError(f"initial_policy: {problem}")
             self._install(bundle)
+        self._set_realtime(self.params["realtime_priority"])
         self._update_status()
         self._decoder.start()
+
+    def _set_realtime(self, priority: int) -> None:
+        """Real-time scheduling for the control path, when asked and allowed."""
+        if priority == 0:
+            self.status.set(realtime_priority=0)
+            return
+        problem = set_realtime_priority(priority)
+        if problem:
+            self.get_logger().warning(
+                f"realtime_priority {priority} refused ({problem}); normal scheduling"
+            )
+        self.status.set(realtime_priority=0 if problem else priority)
 
     # --- parameters -----------------------------------------------------------------------
 
