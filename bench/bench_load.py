@@ -23,7 +23,11 @@ Keys of the last line (JSON):
   the node reported during the run); ``states_lost``: good states the controller
   never answered (best-effort sensor QoS drops what a busy subscriber cannot take).
 
+``--realtime-priority N`` runs the controller and this process (the driver) under SCHED_FIFO at
+N, as a robot's control loop runs (needs root or CAP_SYS_NICE).
+
     python bench/bench_load.py [--seconds 60] [--rate 1000] [--bad-every 100] [--rollouts 10]
+        [--realtime-priority 0]
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from _nodes import (
 )
 
 from maml_ros.rl.checkpoint import save_bundle
+from maml_ros.ros.common import set_realtime_priority
 from maml_ros.sim import sample_tasks
 
 FINAL_PHASES = ("done", "rolled_back", "failed", "cancelled")
@@ -60,8 +65,12 @@ def run_load(
     rollouts: int = 10,
     checkpoint: str | None = None,
     work_dir: str | Path | None = None,
+    realtime_priority: int = 0,
 ) -> dict[str, Any]:
-    """Run the load scenario (see the module docstring) and return its measurements."""
+    """Run the load scenario (see the module docstring) and return its measurements.
+
+    ``realtime_priority`` > 0 runs the controller and this process (the driver) under
+    SCHED_FIFO, as a robot's control loop; do not set it from a test process."""
     isolate_dds()
     work = Path(work_dir or tempfile.mkdtemp(prefix="bench_load_"))
     bundle, source = shipped_bundle(checkpoint)
@@ -75,7 +84,11 @@ def run_load(
         pids["policy_controller"] = group.start(
             "policy_controller",
             "policy_controller_node",
-            {"initial_policy": str(policy_path), "explore": True},
+            {
+                "initial_policy": str(policy_path),
+                "explore": True,
+                "realtime_priority": realtime_priority,
+            },
         )
         pids["adaptation"] = group.start(
             "adaptation",
@@ -91,6 +104,10 @@ def run_load(
             },
         )
         driver = FakeArmDriver(rate_hz, bad_every=bad_every, status_nodes=NODES)
+        if realtime_priority:
+            problem = set_realtime_priority(realtime_priority)
+            if problem:
+                raise RuntimeError(f"realtime priority refused here: {problem}")
         wait_for_nodes(
             lambda: (
                 driver.status.get("policy_controller", {}).get("has_policy")
@@ -213,10 +230,25 @@ def main() -> None:
     parser.add_argument("--bad-every", type=int, default=100, help="every n-th state is bad")
     parser.add_argument("--rollouts", type=int, default=10, help="K of each adaptation")
     parser.add_argument("--checkpoint", default=None, help="policy bundle (default: shipped)")
+    parser.add_argument(
+        "--realtime-priority",
+        type=int,
+        default=0,
+        help="SCHED_FIFO priority of the controller and of this process, the driver (0: off)",
+    )
     args = parser.parse_args()
     if args.seconds <= 0 or args.rate <= 0 or args.bad_every < 0 or args.rollouts < 1:
         parser.error("--seconds, --rate, --rollouts must be positive and --bad-every >= 0")
-    r = run_load(args.seconds, args.rate, args.bad_every, args.rollouts, args.checkpoint)
+    if not 0 <= args.realtime_priority <= 98:
+        parser.error("--realtime-priority must be in [0, 98]")
+    r = run_load(
+        args.seconds,
+        args.rate,
+        args.bad_every,
+        args.rollouts,
+        args.checkpoint,
+        realtime_priority=args.realtime_priority,
+    )
     print(
         f"{r['msgs_sent']} joint states in {args.seconds:.0f} s ({r['msgs_per_s']}/s), "
         f"{r['bad_msgs_sent']} bad {r['bad_msgs_by_kind']}; shared 2-core machine"
@@ -236,7 +268,7 @@ def main() -> None:
         f"peak RSS MB {r['peak_rss_mb']}, growth MB {r['rss_growth_mb']}, crashes "
         f"{r['node_crashes']} {r['exit_codes']}"
     )
-    emit_json({"bench": "load", **machine_info(), **r})
+    emit_json({"bench": "load", **machine_info(), "realtime_priority": args.realtime_priority, **r})
 
 
 if __name__ == "__main__":
