@@ -3,6 +3,7 @@ a CPU-load process, and the bench process as a fast fake arm driver."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -20,6 +21,7 @@ import torch
 from _common import shipped_bundle, summarize_ms
 
 from maml_ros.rl.pg import Rollouts
+from maml_ros.ros.common import set_realtime_priority
 from maml_ros.ros.demo import NodeProcesses, find_executable
 
 # --------------------------------------------------------------------------- node processes
@@ -118,6 +120,36 @@ def _param_text(value: Any) -> str:
     if isinstance(value, str):
         return json.dumps(value) if value == "" or any(c in value for c in " ,[]:") else value
     return str(value)
+
+
+# --------------------------------------------------------------------------- real-time driver
+
+
+def _priority(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 98:
+        raise argparse.ArgumentTypeError(f"must be in [0, 98], got {value}")
+    return value
+
+
+def add_realtime_option(parser: argparse.ArgumentParser) -> None:
+    """``--realtime-priority N``: SCHED_FIFO for the controller and the bench's driver side."""
+    parser.add_argument(
+        "--realtime-priority",
+        type=_priority,
+        default=0,
+        help="SCHED_FIFO priority of the controller (its realtime_priority) and of this process,"
+        " the arm driver (0: normal scheduling)",
+    )
+
+
+def run_driver_realtime(priority: int) -> None:
+    """Puts this process, the driver side of the loop as on a robot, under SCHED_FIFO at
+    ``priority`` (0: nothing); raises if the system refuses."""
+    if priority:
+        problem = set_realtime_priority(priority)
+        if problem:
+            raise RuntimeError(f"realtime priority {priority} refused here: {problem}")
 
 
 # --------------------------------------------------------------------------- CPU load

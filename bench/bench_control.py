@@ -33,13 +33,14 @@ from _common import emit_json, machine_info, shipped_bundle
 from _nodes import (
     FakeArmDriver,
     NodeGroup,
+    add_realtime_option,
     isolate_dds,
     peak_rss_mb,
+    run_driver_realtime,
     wait_for_nodes,
 )
 
 from maml_ros.rl.checkpoint import save_bundle
-from maml_ros.ros.common import set_realtime_priority
 
 TARGET_P99_MS = 2.0
 HELPER = Path(__file__).with_name("_nodes.py")
@@ -52,18 +53,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds not counted")
     parser.add_argument("--no-load", action="store_true", help="no adapt_policy load process")
     parser.add_argument("--checkpoint", default=None, help="policy bundle (default: shipped)")
-    parser.add_argument(
-        "--realtime-priority",
-        type=int,
-        default=0,
-        help="SCHED_FIFO priority of the controller (its realtime_priority) and of this process,"
-        " the arm driver (0: normal scheduling)",
-    )
+    add_realtime_option(parser)
     args = parser.parse_args()
     if args.seconds <= 0 or args.rate <= 0 or args.warmup < 0:
         parser.error("--seconds and --rate must be positive, --warmup >= 0")
-    if not 0 <= args.realtime_priority <= 98:
-        parser.error("--realtime-priority must be in [0, 98]")
     domain = isolate_dds()
     bundle, source = shipped_bundle(args.checkpoint)
     work = Path(tempfile.mkdtemp(prefix="bench_control_"))
@@ -83,10 +76,7 @@ def main() -> None:
             },
         )
         driver = FakeArmDriver(args.rate, listen_commands=True, rewards=False)
-        if args.realtime_priority:  # the driver side of the loop, as on a robot
-            problem = set_realtime_priority(args.realtime_priority)
-            if problem:
-                raise SystemExit(f"--realtime-priority refused here: {problem}")
+        run_driver_realtime(args.realtime_priority)
         wait_for_nodes(
             lambda: driver.status.get("policy_controller", {}).get("has_policy"),
             30.0,

@@ -43,15 +43,16 @@ from _common import emit_json, machine_info, shipped_bundle
 from _nodes import (
     FakeArmDriver,
     NodeGroup,
+    add_realtime_option,
     cpu_seconds,
     isolate_dds,
     peak_rss_mb,
     rss_mb,
+    run_driver_realtime,
     wait_for_nodes,
 )
 
 from maml_ros.rl.checkpoint import save_bundle
-from maml_ros.ros.common import set_realtime_priority
 from maml_ros.sim import sample_tasks
 
 FINAL_PHASES = ("done", "rolled_back", "failed", "cancelled")
@@ -104,10 +105,7 @@ def run_load(
             },
         )
         driver = FakeArmDriver(rate_hz, bad_every=bad_every, status_nodes=NODES)
-        if realtime_priority:
-            problem = set_realtime_priority(realtime_priority)
-            if problem:
-                raise RuntimeError(f"realtime priority refused here: {problem}")
+        run_driver_realtime(realtime_priority)
         wait_for_nodes(
             lambda: (
                 driver.status.get("policy_controller", {}).get("has_policy")
@@ -230,17 +228,10 @@ def main() -> None:
     parser.add_argument("--bad-every", type=int, default=100, help="every n-th state is bad")
     parser.add_argument("--rollouts", type=int, default=10, help="K of each adaptation")
     parser.add_argument("--checkpoint", default=None, help="policy bundle (default: shipped)")
-    parser.add_argument(
-        "--realtime-priority",
-        type=int,
-        default=0,
-        help="SCHED_FIFO priority of the controller and of this process, the driver (0: off)",
-    )
+    add_realtime_option(parser)
     args = parser.parse_args()
     if args.seconds <= 0 or args.rate <= 0 or args.bad_every < 0 or args.rollouts < 1:
         parser.error("--seconds, --rate, --rollouts must be positive and --bad-every >= 0")
-    if not 0 <= args.realtime_priority <= 98:
-        parser.error("--realtime-priority must be in [0, 98]")
     r = run_load(
         args.seconds,
         args.rate,
