@@ -8,7 +8,7 @@ PKG_STAMP := $(VENV)/.pkg-installed
 SOURCES := $(shell find maml_ros launch config models resource -type f -not -name '*.pyc' 2>/dev/null) setup.py setup.cfg package.xml
 ENV := source tools/env.sh &&
 
-BENCHES := $(addprefix bench-,sine sim adapt control e2e train load)
+BENCHES := $(addprefix bench-,sine sim adapt control e2e train load reach)
 
 .PHONY: setup shell test lint demo train eval clean $(BENCHES)
 

@@ -1,0 +1,101 @@
+"""Where one adaptation step sends the arm: step length against goal distance, and lateral error.
+
+For held-out reach goals: K exploration rollouts of the meta-policy, one inner step (the
+on-robot :func:`adapt_policy`), then one deterministic episode of the adapted policy, recording
+the end effector. The displacement from the home pose is split along the home-to-goal direction
+("along") and across it ("lateral"). A step that knows the goal's distance has an along/distance
+slope near 1; a step of fixed length has a slope near 0. The last printed line is JSON.
+
+    python bench/bench_reach.py [--checkpoint F] [--goals 30] [--k 20] [--seed 123]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+from _common import SHIPPED_CHECKPOINT, machine_info
+
+from maml_ros.rl.checkpoint import load_bundle
+from maml_ros.rl.envs import make_env, make_task_source
+from maml_ros.rl.pg import Rollouts, adapt_policy
+from maml_ros.rl.policy import NumpyPolicy, make_policy
+from maml_ros.rl.sampling import sample_rollouts
+from maml_ros.sim.arm_env import ArmEnv
+from maml_ros.sim.task import HOME_EE
+
+
+def end_effector_path(arm: ArmEnv, bundle, task) -> np.ndarray:
+    """End-effector positions ``[T, 3]`` of one deterministic episode of ``bundle`` on ``task``."""
+    policy = NumpyPolicy(bundle)
+    obs, _ = arm.reset(seed=0, options={"task": task})
+    path = []
+    for _ in range(arm.horizon):
+        obs, _, _, _, info = arm.step(policy.mean(obs))
+        path.append(info["ee_pos"])
+    return np.array(path)
+
+
+def geometry(path: np.ndarray, goal: np.ndarray, home: np.ndarray) -> dict[str, float]:
+    """Goal distance, closest approach, and the final displacement along / across the goal."""
+    direction = (goal - home) / np.linalg.norm(goal - home)
+    final = path[-1] - home
+    along = float(final @ direction)
+    return {
+        "goal_distance": float(np.linalg.norm(goal - home)),
+        "closest": float(np.linalg.norm(path - goal, axis=1).min()),
+        "along": along,
+        "lateral": float(np.linalg.norm(final - along * direction)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", default=str(SHIPPED_CHECKPOINT))
+    parser.add_argument("--goals", type=int, default=30)
+    parser.add_argument("--k", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=123)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    if args.goals < 3 or args.k < 1:
+        parser.error("need --goals >= 3 and --k >= 1")
+
+    bundle = load_bundle(args.checkpoint)
+    tasks = make_task_source("arm", ["reach"], [1.0]).sample(args.goals, "test", args.seed, "reach")
+    env = make_env("arm", min(100, args.goals * args.k), args.workers)
+    try:
+        batch = sample_rollouts(env, make_policy(bundle), bundle.params, tasks, args.k, args.seed)
+    finally:
+        env.close()
+    arm = ArmEnv(reset_noise=0.0)
+    home = np.array(HOME_EE)
+    rows = []
+    for i, task in enumerate(tasks):
+        data = Rollouts(batch.obs[i], batch.actions[i], batch.rewards[i], batch.mask[i])
+        adapted = adapt_policy(bundle, data, steps=1)[0]
+        rows.append(geometry(end_effector_path(arm, adapted, task), np.array(task.goal), home))
+    arm.close()
+    distance = np.array([r["goal_distance"] for r in rows])
+    along = np.array([r["along"] for r in rows])
+    closest = np.array([r["closest"] for r in rows])
+    for r in sorted(rows, key=lambda r: r["goal_distance"]):
+        print("  ".join(f"{k} {100 * v:5.1f} cm" for k, v in r.items()))
+    summary = {
+        "checkpoint": args.checkpoint,
+        "goals": args.goals,
+        "k": args.k,
+        "success_post1": float((closest < 0.05).mean()),
+        "closest_cm_median": float(100 * np.median(closest)),
+        "goal_distance_cm_median": float(100 * np.median(distance)),
+        "along_cm_median": float(100 * np.median(along)),
+        "lateral_cm_median": float(100 * np.median([r["lateral"] for r in rows])),
+        "along_vs_distance_slope": float(np.polyfit(distance, along, 1)[0]),
+        "along_vs_distance_corr": float(np.corrcoef(distance, along)[0, 1]),
+        "machine": machine_info(),
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
