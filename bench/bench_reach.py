@@ -6,7 +6,7 @@ the end effector. The displacement from the home pose is split along the home-to
 ("along") and across it ("lateral"). A step that knows the goal's distance has an along/distance
 slope near 1; a step of fixed length has a slope near 0. The last printed line is JSON.
 
-    python bench/bench_reach.py [--checkpoint F] [--goals 30] [--k 20] [--seed 123]
+    python bench/bench_reach.py [--checkpoint F] [--goals 60] [--k 20] [--seed 7]
 """
 
 from __future__ import annotations
@@ -53,9 +53,9 @@ def geometry(path: np.ndarray, goal: np.ndarray, home: np.ndarray) -> dict[str, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default=str(SHIPPED_CHECKPOINT))
-    parser.add_argument("--goals", type=int, default=30)
+    parser.add_argument("--goals", type=int, default=60)
     parser.add_argument("--k", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=123)
+    parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     if args.goals < 3 or args.k < 1:
