@@ -12,16 +12,13 @@ slope near 1; a step of fixed length has a slope near 0. The last printed line i
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
-from _common import SHIPPED_CHECKPOINT, machine_info
+from _common import emit_json, machine_info, shipped_bundle
 
-from maml_ros.rl.checkpoint import load_bundle
 from maml_ros.rl.envs import make_env, make_task_source
-from maml_ros.rl.pg import Rollouts, adapt_policy
-from maml_ros.rl.policy import NumpyPolicy, make_policy
-from maml_ros.rl.sampling import sample_rollouts
+from maml_ros.rl.evaluate import EvalConfig, Evaluator
+from maml_ros.rl.policy import NumpyPolicy
 from maml_ros.sim.arm_env import ArmEnv
 from maml_ros.sim.task import HOME_EE
 
@@ -52,7 +49,7 @@ def geometry(path: np.ndarray, goal: np.ndarray, home: np.ndarray) -> dict[str, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", default=str(SHIPPED_CHECKPOINT))
+    parser.add_argument("--checkpoint", default=None, help="policy bundle (default: shipped)")
     parser.add_argument("--goals", type=int, default=60)
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--seed", type=int, default=7)
@@ -61,40 +58,44 @@ def main() -> None:
     if args.goals < 3 or args.k < 1:
         parser.error("need --goals >= 3 and --k >= 1")
 
-    bundle = load_bundle(args.checkpoint)
+    bundle, source = shipped_bundle(args.checkpoint)
     tasks = make_task_source("arm", ["reach"], [1.0]).sample(args.goals, "test", args.seed, "reach")
     env = make_env("arm", min(100, args.goals * args.k), args.workers)
-    try:
-        batch = sample_rollouts(env, make_policy(bundle), bundle.params, tasks, args.k, args.seed)
+    try:  # the exploring episodes and the step of `make eval`'s post1
+        evaluator = Evaluator(env, EvalConfig(k=args.k))
+        explore = evaluator.run_episodes([bundle] * len(tasks), tasks, args.k, args.seed, True)
+        adapted = evaluator.adapt_all([bundle] * len(tasks), explore)
     finally:
         env.close()
     arm = ArmEnv(reset_noise=0.0)
     home = np.array(HOME_EE)
-    rows = []
-    for i, task in enumerate(tasks):
-        data = Rollouts(batch.obs[i], batch.actions[i], batch.rewards[i], batch.mask[i])
-        adapted = adapt_policy(bundle, data, steps=1)[0]
-        rows.append(geometry(end_effector_path(arm, adapted, task), np.array(task.goal), home))
-    arm.close()
+    try:
+        rows = [
+            geometry(end_effector_path(arm, policy, task), np.array(task.goal), home)
+            for policy, task in zip(adapted, tasks, strict=True)
+        ]
+    finally:
+        arm.close()
     distance = np.array([r["goal_distance"] for r in rows])
     along = np.array([r["along"] for r in rows])
     closest = np.array([r["closest"] for r in rows])
     for r in sorted(rows, key=lambda r: r["goal_distance"]):
         print("  ".join(f"{k} {100 * v:5.1f} cm" for k, v in r.items()))
     summary = {
-        "checkpoint": args.checkpoint,
+        "bench": "reach",
+        **machine_info(),
+        "checkpoint": source,
         "goals": args.goals,
         "k": args.k,
-        "success_post1": float((closest < 0.05).mean()),
+        "success_post1": float((closest < arm.success_threshold).mean()),
         "closest_cm_median": float(100 * np.median(closest)),
         "goal_distance_cm_median": float(100 * np.median(distance)),
         "along_cm_median": float(100 * np.median(along)),
         "lateral_cm_median": float(100 * np.median([r["lateral"] for r in rows])),
         "along_vs_distance_slope": float(np.polyfit(distance, along, 1)[0]),
         "along_vs_distance_corr": float(np.corrcoef(distance, along)[0, 1]),
-        "machine": machine_info(),
     }
-    print(json.dumps(summary))
+    emit_json(summary)
 
 
 if __name__ == "__main__":
