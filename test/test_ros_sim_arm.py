@@ -45,6 +45,12 @@ def sim_node(ros: Ros, **params: Any) -> SimArmNode:
     return ros.add(SimArmNode(**ros.kwargs(), parameter_overrides=overrides))
 
 
+def logged_records(log: Path) -> list[dict[str, Any]]:
+    """The transition log's complete lines (the node may be writing the next one)."""
+    text = log.read_text() if log.exists() else ""
+    return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
+
+
 class Probe:
     """Records joint states and rewards; optionally answers each state with a command."""
 
@@ -128,8 +134,7 @@ def test_commands_move_joints_and_lockstep_executes_the_answer(ros: Ros, tmp_pat
     assert abs(last[1] - first[1]) < 0.2
 
     misses = node.status.snapshot()["lockstep_misses"]
-    text = log.read_text()  # the node still runs: read the complete lines only
-    lines = [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
+    lines = logged_records(log)
     answered = [rec for rec in lines if rec["answered"]]
     assert len(answered) >= 45 and len(lines) - len(answered) >= 3 and misses >= 3
     for rec in answered:
@@ -156,6 +161,7 @@ def test_reset_service_starts_a_new_episode_at_home(ros: Ros) -> None:
     probe.answer = None  # let the arm hold still after the reset
     response = client.call(Trigger.Request(), timeout_sec=10.0)
     assert response.success and "episode 1" in response.message
+    assert node.status.snapshot()["episode"] == 1  # the status is up to date when reset returns
     wait_until(lambda: any(r.vector.z == 1.0 for r in probe.rewards))
     first_new = next(
         s for s in probe.states if stamp_to_ns(s.header.stamp) >= _first_stamp_of(probe, 1)
@@ -172,14 +178,15 @@ def test_holds_still_after_episode_steps(ros: Ros, tmp_path) -> None:
     log = tmp_path / "transitions.jsonl"
     probe = Probe(ros, lambda s: np.full(7, 1.0), stamped=True)
     node = sim_node(ros, episode_steps=10, hold_after_episode=True, transition_log=str(log))
-    wait_until(lambda: probe.states)  # the probe answers from now on: start a fresh episode
+    # Discovery matches each direction on its own: wait until the probe's commands arrive,
+    # then start a fresh episode whose every state the probe can answer.
+    wait_until(lambda: node.status.snapshot()["commands_received"] > 0)
     client = probe.node.create_client(Trigger, "reset")
     assert client.wait_for_service(timeout_sec=10.0)
     assert client.call(Trigger.Request(), timeout_sec=10.0).success
-    wait_until(lambda: node.status.snapshot()["step"] >= 30)
+    wait_until(lambda: (now := node.status.snapshot())["episode"] == 1 and now["step"] >= 30)
     assert node.status.snapshot()["episode_over"]
-    records = [json.loads(line) for line in log.read_text().splitlines()]
-    records = [rec for rec in records if rec["episode"] == 1]
+    records = [rec for rec in logged_records(log) if rec["episode"] == 1]
     answered = [rec for rec in records[:10] if rec["answered"]]  # best effort may lose a state
     assert len(answered) >= 8 and all(rec["action"] == [1.0 / 1.5] * 7 for rec in answered)
     assert all(not rec["answered"] and rec["action"] == [0.0] * 7 for rec in records[10:])
@@ -208,7 +215,7 @@ def test_command_timeout_holds_still_and_clock_follows_the_stamps(ros: Ros, tmp_
     probe.commands.publish(commands_to_msg(np.full(7, 0.75)))  # unstamped, 0.5 in env units
     sent = time.monotonic()
     wait_until(lambda: time.monotonic() > sent + 1.0 and len(clocks) > 10)
-    actions = [rec["action"][0] for rec in map(json.loads, log.read_text().splitlines())]
+    actions = [rec["action"][0] for rec in logged_records(log)]
     first = actions.index(0.5)
     last = len(actions) - 1 - actions[::-1].index(0.5)
     assert actions[first : last + 1] == [0.5] * (last - first + 1)

@@ -309,6 +309,7 @@ class SimArmNode(Node):
             self._step = 0
             with self._cond:
                 self._latest = self._answer = None
+            self._update_status()  # the status shows the new episode before the reset returns
             for reset in resets:
                 reset.episode = self._episode
                 reset.done.set()
@@ -393,6 +394,7 @@ class SimArmNode(Node):
             sim_time_ns=self._sim_ns,
             ticks=self._ticks,
             lockstep_misses=self._lockstep_misses,
+            commands_received=self._seq,
         )
 
     # --- shutdown -------------------------------------------------------------------------
