@@ -56,7 +56,7 @@ def point_bundle(tmp_path):
         params=GaussianMLPPolicy(spec).params(),
         obs_mean=torch.zeros(4),
         obs_std=torch.full((4,), 0.3),
-        inner=InnerConfig(lr=0.1),
+        inner=InnerConfig(lr=0.25),
     )
     path = tmp_path / "point.safetensors"
     save_bundle(path, bundle)
@@ -74,6 +74,8 @@ def test_cli_quick_run_on_the_toy_writes_json_and_plot(tmp_path, capsys):
     assert line["finetune_return_post1"] is not None
     report = json.loads((out / "eval.json").read_text())
     assert len(report["tasks"]) == 3  # quick: 2 reach + 1 dynamics, one seed
+    # the baselines' lr grid is their own inner lr times the factors (quick: 1.0 alone)
+    assert report["baseline_best_lr"] == {"scratch": 0.25, "finetune": 0.25}
     assert {"pre", "post1", "post3", "oracle"} <= set(report["tasks"][-1]["returns"])
     assert (out / "eval.png").stat().st_size > 0
 

@@ -7,7 +7,8 @@ Per seed, held-out ("test" split) reach and dynamics tasks; per task:
   on-robot update), then deterministic evaluation episodes;
 - **post3**: two more steps, each on K *fresh* episodes of the latest adapted policy (MAML);
 - **finetune**: the multi-task pretrained policy (``arm_multitask.safetensors`` from
-  ``make train``), K episodes, one plain PG step with the best lr of a grid;
+  ``make train``), K episodes, one plain PG step with the best lr of a grid (its own inner lr
+  times ``baseline_lr_factors``, so the grid follows the checkpoint's advantage scale);
 - **scratch**: a random-init policy (same architecture and observation normalisation), K
   episodes, one plain PG step with the best lr of the same grid;
 - for dynamics tasks, an **oracle**: the best of PPO trained on that task alone from theta
@@ -71,7 +72,7 @@ class EvalConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     n_reach: int = 10
     n_dynamics: int = 3
-    baseline_lrs: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+    baseline_lr_factors: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
     oracle_iterations: int = 25
     workers: int = 2
     bootstrap: int = 5000
@@ -84,7 +85,7 @@ class EvalConfig:
             seeds=(0,),
             n_reach=2,
             n_dynamics=1,
-            baseline_lrs=(0.1,),
+            baseline_lr_factors=(1.0,),
             oracle_iterations=1,
             bootstrap=200,
         )
@@ -238,7 +239,7 @@ def evaluate_seed(
     for name, start in starts.items():
         explore = evaluator.run_episodes([start] * n, tasks, cfg.k, rng_seed + 40, explore=True)
         baselines[name] = {}
-        for lr in cfg.baseline_lrs:
+        for lr in (start.inner.lr * factor for factor in cfg.baseline_lr_factors):
             adapted = evaluator.adapt_all([_with_lr(start, lr)] * n, explore)
             batch = evaluator.evaluate(adapted, tasks, rng_seed + 50)
             baselines[name][lr] = batch.returns.mean(1).tolist()
