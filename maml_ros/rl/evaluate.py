@@ -239,7 +239,7 @@ def evaluate_seed(
     for name, start in starts.items():
         explore = evaluator.run_episodes([start] * n, tasks, cfg.k, rng_seed + 40, explore=True)
         baselines[name] = {}
-        for lr in (start.inner.lr * factor for factor in cfg.baseline_lr_factors):
+        for lr in (round(start.inner.lr * f, 12) for f in cfg.baseline_lr_factors):
             adapted = evaluator.adapt_all([_with_lr(start, lr)] * n, explore)
             batch = evaluator.evaluate(adapted, tasks, rng_seed + 50)
             baselines[name][lr] = batch.returns.mean(1).tolist()
