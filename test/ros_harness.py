@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import rclpy
@@ -55,3 +57,10 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 15.0) -> Any:
         assert time.monotonic() < deadline, f"condition not met within {timeout} s"
         time.sleep(0.01)
     return value
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """A JSON-lines log's complete records (a running node may be writing the next line)."""
+    text = path.read_text() if path.exists() else ""
+    complete = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]

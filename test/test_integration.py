@@ -27,6 +27,7 @@ from rcl_interfaces.srv import SetParameters
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
+from ros_harness import read_jsonl
 from std_msgs.msg import String, UInt8MultiArray
 
 from maml_ros.meta import InnerConfig
@@ -243,10 +244,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     cluster.wait_ready()
     yield cluster
     cluster.close()
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def test_01_task_change_gives_a_newer_policy_and_aligned_transitions(cluster: Cluster) -> None:

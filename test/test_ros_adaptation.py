@@ -22,6 +22,7 @@ from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from ros_harness import read_jsonl
 from sensor_msgs.msg import JointState
 from std_msgs.msg import String, UInt8MultiArray
 from std_srvs.srv import SetBool, Trigger
@@ -324,7 +325,7 @@ def test_adapts_to_a_task_change_and_dumps_what_the_arm_executed(
     assert status["policy_version"] == 1 and h.arm.policy_versions[-1] == 1
     assert status["return_post"] > status["return_pre"], status
     assert status["adapt_latency_ms"] > 0 and np.isfinite(status["inner_loss"])
-    records = [json.loads(line) for line in dump.read_text().splitlines()]
+    records = read_jsonl(dump)
     assert len(records) == 8 * 20
     executed = {r["stamp_ns"]: r for r in h.arm.log}
     for record in records:
@@ -347,7 +348,7 @@ def test_a_driver_restart_mid_collection_discards_the_partial_rollout(
     assert status["phase"] in ("done", "rolled_back"), status
     assert status["rollouts_discarded"] >= 1 and status["dropped"].get("rollout", 0) >= 1
     assert "driver restart" in status["last_drop_reason"]["rollout"]
-    records = [json.loads(line) for line in dump.read_text().splitlines()]
+    records = read_jsonl(dump)
     episodes: dict[int, int] = {}
     for record in records:
         episodes[record["episode"]] = episodes.get(record["episode"], 0) + 1
@@ -383,7 +384,7 @@ def test_a_rollout_with_a_missing_step_is_discarded(
     assert status["rollouts_discarded"] == 2, status
     assert "1 control step(s) missing" in status["last_drop_reason"]["rollout"]
     stamps: dict[int, list[int]] = {}
-    for record in map(json.loads, dump.read_text().splitlines()):
+    for record in read_jsonl(dump):
         stamps.setdefault(record["episode"], []).append(record["stamp_ns"])
     period = int(DT * 1e9)
     assert len(stamps) == 3

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import subprocess
@@ -19,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from ros_harness import ROS_BUILTIN_PARAMETERS, Ros, wait_until
+from ros_harness import ROS_BUILTIN_PARAMETERS, Ros, read_jsonl, wait_until
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension, String
@@ -43,12 +42,6 @@ FAST = {"real_time_factor": 0.0, "lockstep": True, "command_wait_s": 0.5}
 def sim_node(ros: Ros, **params: Any) -> SimArmNode:
     overrides = [Parameter(k, value=v) for k, v in {**FAST, **params}.items()]
     return ros.add(SimArmNode(**ros.kwargs(), parameter_overrides=overrides))
-
-
-def logged_records(log: Path) -> list[dict[str, Any]]:
-    """The transition log's complete lines (the node may be writing the next one)."""
-    text = log.read_text() if log.exists() else ""
-    return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
 
 
 class Probe:
@@ -134,7 +127,7 @@ def test_commands_move_joints_and_lockstep_executes_the_answer(ros: Ros, tmp_pat
     assert abs(last[1] - first[1]) < 0.2
 
     misses = node.status.snapshot()["lockstep_misses"]
-    lines = logged_records(log)
+    lines = read_jsonl(log)
     answered = [rec for rec in lines if rec["answered"]]
     assert len(answered) >= 45 and len(lines) - len(answered) >= 3 and misses >= 3
     for rec in answered:
@@ -186,7 +179,7 @@ def test_holds_still_after_episode_steps(ros: Ros, tmp_path) -> None:
     assert client.call(Trigger.Request(), timeout_sec=10.0).success
     wait_until(lambda: (now := node.status.snapshot())["episode"] == 1 and now["step"] >= 30)
     assert node.status.snapshot()["episode_over"]
-    records = [rec for rec in logged_records(log) if rec["episode"] == 1]
+    records = [rec for rec in read_jsonl(log) if rec["episode"] == 1]
     answered = [rec for rec in records[:10] if rec["answered"]]  # best effort may lose a state
     assert len(answered) >= 8 and all(rec["action"] == [1.0 / 1.5] * 7 for rec in answered)
     assert all(not rec["answered"] and rec["action"] == [0.0] * 7 for rec in records[10:])
@@ -215,7 +208,7 @@ def test_command_timeout_holds_still_and_clock_follows_the_stamps(ros: Ros, tmp_
     probe.commands.publish(commands_to_msg(np.full(7, 0.75)))  # unstamped, 0.5 in env units
     sent = time.monotonic()
     wait_until(lambda: time.monotonic() > sent + 1.0 and len(clocks) > 10)
-    actions = [rec["action"][0] for rec in logged_records(log)]
+    actions = [rec["action"][0] for rec in read_jsonl(log)]
     first = actions.index(0.5)
     last = len(actions) - 1 - actions[::-1].index(0.5)
     assert actions[first : last + 1] == [0.5] * (last - first + 1)
