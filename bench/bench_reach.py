@@ -36,11 +36,12 @@ def end_effector_path(arm: ArmEnv, bundle, task) -> np.ndarray:
 
 def geometry(path: np.ndarray, goal: np.ndarray, home: np.ndarray) -> dict[str, float]:
     """Goal distance, closest approach, and the final displacement along / across the goal."""
-    direction = (goal - home) / np.linalg.norm(goal - home)
+    distance = float(np.linalg.norm(goal - home))
+    direction = (goal - home) / distance
     final = path[-1] - home
     along = float(final @ direction)
     return {
-        "goal_distance": float(np.linalg.norm(goal - home)),
+        "goal_distance": distance,
         "closest": float(np.linalg.norm(path - goal, axis=1).min()),
         "along": along,
         "lateral": float(np.linalg.norm(final - along * direction)),
