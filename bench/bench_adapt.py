@@ -81,6 +81,8 @@ def naive_advantages(bundle: PolicyBundle, rollouts: Rollouts) -> torch.Tensor:
     """Returns, baseline and GAE with Python loops over time (full-length episodes)."""
     gamma, lam, reg = bundle.pg.gamma, bundle.pg.gae_lambda, bundle.pg.baseline_reg
     obs, rewards = rollouts.obs, rollouts.rewards
+    power = bundle.pg.reward_power
+    rewards = torch.sign(rewards) * torch.abs(rewards) ** power
     k, horizon = rewards.shape
     returns = torch.zeros(k, horizon)
     running = torch.zeros(k)

@@ -118,6 +118,22 @@ def test_pg_gradient_sign_and_scale_on_a_bandit():
     assert 0 < new["mlp.1.bias"].item() < target
 
 
+@pytest.mark.parametrize(("reward_power", "far_over_near"), [(1.0, 1.0), (2.0, 2.0)])
+def test_reward_power_two_makes_the_step_grow_with_the_distance(reward_power, far_over_near):
+    # Reward = minus the distance to a goal 3 or 6 exploration widths away. Its gradient has
+    # the same length for both goals; that of its signed square, -distance^2, doubles.
+    policy, params, obs, actions = bandit_setup()
+    cfg = PGConfig(gamma=1.0, normalize_advantages=False, reward_power=reward_power)
+    steps = []
+    for goal in (3.0, 6.0):
+        rewards = -(actions[..., 0] - goal).abs()
+        batch = make_pg_batch(policy, params, obs, actions, rewards, torch.ones_like(rewards), cfg)
+        new = adapt(inner_loss_fn(policy), params, batch, InnerConfig(lr=0.01))
+        steps.append(new["mlp.1.bias"].item())
+    assert steps[0] > 0
+    assert steps[1] / steps[0] == pytest.approx(far_over_near, rel=0.1)
+
+
 def tiny_problem():
     torch.manual_seed(3)
     spec = PolicySpec(obs_dim=2, act_dim=2, hidden=(3,), init_log_std=-0.3)

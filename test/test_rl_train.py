@@ -59,6 +59,7 @@ def test_default_config_is_valid_and_fits_the_arm():
         ({"env": {"name": "mujoco"}}, "env.name"),
         ({"env": {"families": ["reach"], "family_weights": [1, 2]}}, "family_weights"),
         ({"pg": {"gamma": 1.5}}, "gamma"),
+        ({"pg": {"reward_power": 0}}, "reward_power"),
         ({"policy": {"hidden": [0]}}, "hidden"),
         ({"outer": "fast"}, "mapping"),
     ],
@@ -92,6 +93,22 @@ def test_sampling_and_meta_objective_share_one_inner_config(monkeypatch):
     assert len(seen) == 1 + trainer.cfg.outer.epochs  # sampling + every epoch
     assert all(cfg is trainer.inner_cfg for cfg in seen)
     assert metrics["ratio_dev"] < 1e-5
+
+
+@pytest.mark.parametrize(("algo", "powers"), [("promp", [2.0, 1.0]), ("multitask", [1.0])])
+def test_reward_power_shapes_the_inner_loss_only(monkeypatch, algo, powers):
+    trainer = toy_trainer(pg={"reward_power": 2.0}, outer={**TOY["outer"], "algo": algo})
+    seen = []
+    real = trainer_module.compute_advantages
+
+    def spy(obs, rewards, mask, cfg):
+        seen.append(cfg.reward_power)
+        return real(obs, rewards, mask, cfg)
+
+    monkeypatch.setattr(trainer_module, "compute_advantages", spy)
+    trainer.normalized = True  # skip the normalisation episodes
+    trainer.step()
+    assert seen == powers  # support (inner loss), then query (the meta-objective)
 
 
 def test_a_sampling_lr_mismatch_is_caught(monkeypatch):

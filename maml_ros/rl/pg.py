@@ -42,6 +42,10 @@ class PGConfig:
     gae_lambda: float = 1.0
     normalize_advantages: bool = True
     baseline_reg: float = 1e-5
+    reward_power: float = 1.0
+    """The inner loss sees ``sign(r) * |r| ** reward_power`` (order-preserving). With a reward
+    of minus a distance, 2 makes its gradient, and the step, grow with the distance (use it
+    with ``normalize_advantages: false``, which would divide that scale out)."""
 
     def __post_init__(self) -> None:
         for name in ("gamma", "gae_lambda"):
@@ -50,9 +54,10 @@ class PGConfig:
                 raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
         if not isinstance(self.normalize_advantages, bool):
             raise ValueError("normalize_advantages must be a boolean")
-        reg = self.baseline_reg
-        if not isinstance(reg, int | float) or not math.isfinite(reg) or reg <= 0:
-            raise ValueError(f"baseline_reg must be a positive number, got {reg!r}")
+        for name in ("baseline_reg", "reward_power"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -217,6 +222,8 @@ def compute_advantages(
 ) -> torch.Tensor:
     """Advantages for ``[..., K, T]`` rollouts: baseline refit on this batch, GAE, per-task norm."""
     with torch.no_grad():
+        if cfg.reward_power != 1.0:
+            rewards = rewards.sign() * rewards.abs().pow(cfg.reward_power)
         returns = discounted_cumsum(rewards * mask, cfg.gamma) * mask
         values = fit_linear_baseline(obs, returns, mask, cfg.baseline_reg, solver)
         adv = gae_advantages(rewards, values, mask, cfg.gamma, cfg.gae_lambda)

@@ -18,6 +18,7 @@ the sampling policy's log-densities, which every iteration checks (``ratio_dev``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -31,7 +32,7 @@ from maml_ros.meta import adapt_batched, init_meta_sgd_lrs
 from maml_ros.rl.checkpoint import PolicyBundle, clone_params
 from maml_ros.rl.config import TrainConfig
 from maml_ros.rl.envs import BatchEnv, TaskSource
-from maml_ros.rl.pg import Batch, compute_advantages, inner_loss_fn
+from maml_ros.rl.pg import Batch, PGConfig, compute_advantages, inner_loss_fn
 from maml_ros.rl.policy import (
     GaussianMLPPolicy,
     Params,
@@ -87,6 +88,8 @@ class MetaTrainer:
             p.requires_grad_(False)
         self.params = {k: v.requires_grad_(True) for k, v in self.policy.params().items()}
         self.inner_cfg = cfg.inner.inner_config()
+        self.outer_pg = dataclasses.replace(cfg.pg, reward_power=1.0)
+        """The meta-objective is the task's own return: ``reward_power`` shapes the inner loss."""
         self.adapts = cfg.outer.algo == "promp"
         self.lrs = init_meta_sgd_lrs(self.params, cfg.inner.lr) if cfg.inner.meta_sgd else None
         groups: list[dict[str, Any]] = [{"params": list(self.params.values())}]
@@ -119,8 +122,8 @@ class MetaTrainer:
 
     # -- one iteration ------------------------------------------------------------------------
 
-    def _pg_batch(self, rollouts: RolloutBatch, logp_old: torch.Tensor) -> Batch:
-        adv = compute_advantages(rollouts.obs, rollouts.rewards, rollouts.mask, self.cfg.pg)
+    def _pg_batch(self, rollouts: RolloutBatch, logp_old: torch.Tensor, pg: PGConfig) -> Batch:
+        adv = compute_advantages(rollouts.obs, rollouts.rewards, rollouts.mask, pg)
         return {
             "obs": rollouts.obs,
             "actions": rollouts.actions,
@@ -156,7 +159,11 @@ class MetaTrainer:
         pre = sample_rollouts(
             self.env, self.policy, params, tasks, k, iteration_seed(cfg.seed, it, 1)
         )
-        support = self._pg_batch(pre, log_prob(self.policy, params, pre.obs, pre.actions))
+        support = self._pg_batch(
+            pre,
+            log_prob(self.policy, params, pre.obs, pre.actions),
+            cfg.pg if self.adapts else self.outer_pg,
+        )
         t_pre = time.perf_counter()
         if self.adapts:
             adapted = self.sample_adapted(support)
@@ -170,7 +177,7 @@ class MetaTrainer:
                 batched_params=True,
             )
             query = self._pg_batch(
-                post, batched_log_prob(self.policy, adapted, post.obs, post.actions)
+                post, batched_log_prob(self.policy, adapted, post.obs, post.actions), self.outer_pg
             )
         else:
             post, query = pre, support
