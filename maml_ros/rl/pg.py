@@ -220,7 +220,8 @@ def compute_advantages(
     cfg: PGConfig,
     solver: BaselineSolver = "lstsq",
 ) -> torch.Tensor:
-    """Advantages for ``[..., K, T]`` rollouts: baseline refit on this batch, GAE, per-task norm."""
+    """Advantages for ``[..., K, T]`` rollouts: rewards to ``reward_power``, baseline refit on
+    this batch, GAE, per-task normalisation if configured."""
     with torch.no_grad():
         if cfg.reward_power != 1.0:
             rewards = rewards.sign() * rewards.abs().pow(cfg.reward_power)
