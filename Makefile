@@ -5,6 +5,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.deps-installed
 PKG_STAMP := $(VENV)/.pkg-installed
+TOOLS_STAMP := $(VENV)/.tools-installed
+PIP := $(PY) -m pip install -q --disable-pip-version-check
+# The launch stack and `ros2` CLI as wheels (no registry carries them): the project's shared
+# folder has them; a ROS 2 install (/opt/ros/<distro>) has them already. Empty: not installed,
+# and the launch tests skip with a reason.
+LAUNCH_WHEELS ?= $(wildcard ../shared/ros2-launch/wheels)
+LARK := $(shell sed -n 's/^lark==//p' requirements-tools.txt)
 SOURCES := $(shell find maml_ros launch config models resource -type f -not -name '*.pyc' 2>/dev/null) setup.py setup.cfg package.xml
 ENV := source tools/env.sh &&
 
@@ -12,17 +19,27 @@ BENCHES := $(addprefix bench-,sine sim adapt control e2e train load reach)
 
 .PHONY: setup shell test lint demo train eval clean $(BENCHES)
 
-setup: $(PKG_STAMP)
+setup: $(PKG_STAMP) $(if $(LAUNCH_WHEELS),$(TOOLS_STAMP))
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PY_BOOT) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PIP) -r requirements.txt
+	touch $@
+
+# Their PyPI dependencies and colcon first, then the wheels (--no-deps: their metadata names
+# ament_index_python etc., which PyPI spells ros-ament-index-python), then lark once more.
+$(TOOLS_STAMP): $(STAMP) requirements-tools.txt $(wildcard $(LAUNCH_WHEELS)/*.whl)
+	test -n "$(wildcard $(LAUNCH_WHEELS)/launch_ros-*.whl)" || \
+	  { echo "LAUNCH_WHEELS=$(LAUNCH_WHEELS) holds no launch_ros wheel" >&2; exit 2; }
+	$(PIP) -r requirements-tools.txt
+	$(PIP) --no-deps --no-index $(LAUNCH_WHEELS)/*.whl
+	$(PIP) --no-deps --force-reinstall lark==$(LARK)
 	touch $@
 
 # The package is installed for real (not editable) so that share/maml_ros and
 # lib/maml_ros look exactly as a colcon install does.
 $(PKG_STAMP): $(STAMP) $(SOURCES)
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation --force-reinstall .
+	$(PIP) --no-deps --no-build-isolation --force-reinstall .
 	tools/link_executables.sh $(VENV)
 	touch $@
 

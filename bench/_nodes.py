@@ -224,7 +224,11 @@ class FakeArmDriver:
         self._reward_pub = self.node.create_publisher(
             Vector3Stamped, itf.REWARD_TOPIC, itf.STREAM_QOS
         )
-        self._task_pub = self.node.create_publisher(String, itf.TASK_TOPIC, itf.COMMAND_QOS)
+        self._task_pub = self.node.create_publisher(String, itf.TASK_TOPIC, itf.TASK_QOS)
+        self._active_task_pub = self.node.create_publisher(
+            String, itf.ACTIVE_TASK_TOPIC, itf.LATCHED_QOS
+        )
+        self._session = f"bench-{os.getpid()}"
         self.node.create_subscription(
             JointState, itf.actions_topic(), self._on_action, itf.STREAM_QOS
         )
@@ -367,10 +371,16 @@ class FakeArmDriver:
     # -- results
 
     def publish_task(self, task_json: str) -> None:
-        """Publish a task change."""
+        """Publish a task change and, as the driver, confirm it (interfaces.py's contract) for
+        the states stamped from now on."""
         from std_msgs.msg import String
 
-        self._task_pub.publish(String(data=task_json))
+        from maml_ros.ros.convert import active_task_to_msg, task_from_msg
+
+        msg = String(data=task_json)
+        self._task_pub.publish(msg)
+        confirmation = active_task_to_msg(task_from_msg(msg), time.time_ns(), self._session)
+        self._active_task_pub.publish(confirmation)
 
     def latency(self, since: float = 0.0) -> dict[str, Any]:
         """State-in -> action-out latency per valid state sent at or after ``since`` (perf

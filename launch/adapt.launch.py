@@ -3,46 +3,90 @@
     ros2 launch maml_ros adapt.launch.py [checkpoint:=...] [device:=cpu] [namespace:=arm1]
         [use_sim_time:=true] [params_file:=...]
 
-Then publish a task change (``maml-ros-task reach --goal 0.5 0.1 0.4``) and watch
-``adaptation/status``. The driver and the controller respawn when they die; the adaptation node
-republishes the current policy on a latched topic, so a respawned controller gets it back.
+Then deliver a task change (``ros2 run maml_ros maml-ros-task reach --goal 0.5 0.1 0.4``) and
+watch ``adaptation/status``. The driver and the controller respawn when they crash; the
+adaptation node republishes the current policy on a latched topic, so a respawned controller
+gets it back. The launch fails loudly: a ``params_file`` that does not exist, a node that
+cannot start (exit code 2: invalid parameters, an unreadable checkpoint, no CUDA) or a node
+without respawn that dies ends the whole launch with an error and a non-zero exit code.
 Importing this file has no side effects: everything happens in generate_launch_description().
 """
 
+import functools
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch import LaunchContext, LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, RegisterEventHandler
+from launch.event_handlers import OnProcessExit
+from launch.events.process import ProcessExited
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
 PACKAGE = "maml_ros"
+STARTUP_ERROR = 2
+"""The exit code of a maml_ros node that cannot start (maml_ros.ros.common.run_node)."""
 
 
-def generate_launch_description() -> LaunchDescription:
-    """The three maml_ros nodes with the installed config/adapt.yaml (or params_file)."""
-    default_params = os.path.join(get_package_share_directory(PACKAGE), "config", "adapt.yaml")
-    checkpoint = LaunchConfiguration("checkpoint")
-    device = LaunchConfiguration("device")
-    namespace = LaunchConfiguration("namespace")
-    params_file = LaunchConfiguration("params_file")
+class LaunchFailure(RuntimeError):
+    """Ends the launch with an error: launch logs it last and returns a non-zero exit code."""
+
+
+def _on_node_exit(event: ProcessExited, context: LaunchContext, respawn: bool) -> None:
+    """A start-up error, or the death of a node that does not respawn, ends the launch."""
+    if context.is_shutdown or event.returncode == 0:
+        return
+    name = getattr(event.action, "node_name", None) or event.process_name
+    if event.returncode == STARTUP_ERROR:
+        raise LaunchFailure(
+            f"{name} could not start (exit code {STARTUP_ERROR}; its FATAL line above says "
+            "why): shutting the launch down"
+        )
+    if not respawn:
+        raise LaunchFailure(f"{name} died (exit code {event.returncode}): shutting down")
+
+
+def _nodes(context: LaunchContext) -> list:
+    """The three nodes and their exit handlers, once ``params_file`` is known to exist."""
+    params_file = LaunchConfiguration("params_file").perform(context)
+    if not os.path.isfile(params_file):
+        raise LaunchFailure(f"params_file:={params_file} does not exist (or is not a file)")
     use_sim_time = ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)
 
-    def node(executable: str, name: str, overrides: dict, respawn: bool) -> Node:
-        return Node(
+    def node(executable: str, name: str, overrides: dict, respawn: bool) -> list:
+        action = Node(
             package=PACKAGE,
             executable=executable,
             name=name,
-            namespace=namespace,
+            namespace=LaunchConfiguration("namespace"),
             parameters=[params_file, {"use_sim_time": use_sim_time, **overrides}],
             respawn=respawn,
             respawn_delay=1.0 if respawn else None,
             output="screen",
             emulate_tty=True,
         )
+        on_exit = functools.partial(_on_node_exit, respawn=respawn)
+        return [action, RegisterEventHandler(OnProcessExit(target_action=action, on_exit=on_exit))]
 
+    return [
+        *node("sim_arm_node", "sim_arm", {"publish_clock": use_sim_time}, respawn=True),
+        *node("policy_controller_node", "policy_controller", {}, respawn=True),
+        *node(
+            "adaptation_node",
+            "adaptation",
+            {
+                "checkpoint": ParameterValue(LaunchConfiguration("checkpoint"), value_type=str),
+                "device": ParameterValue(LaunchConfiguration("device"), value_type=str),
+            },
+            respawn=False,
+        ),
+    ]
+
+
+def generate_launch_description() -> LaunchDescription:
+    """The three maml_ros nodes with the installed config/adapt.yaml (or params_file)."""
+    default_params = os.path.join(get_package_share_directory(PACKAGE), "config", "adapt.yaml")
     return LaunchDescription(
         [
             DeclareLaunchArgument(
@@ -70,16 +114,6 @@ def generate_launch_description() -> LaunchDescription:
                 default_value=default_params,
                 description="Parameter file of sim_arm, policy_controller and adaptation",
             ),
-            node("sim_arm_node", "sim_arm", {"publish_clock": use_sim_time}, respawn=True),
-            node("policy_controller_node", "policy_controller", {}, respawn=True),
-            node(
-                "adaptation_node",
-                "adaptation",
-                {
-                    "checkpoint": ParameterValue(checkpoint, value_type=str),
-                    "device": ParameterValue(device, value_type=str),
-                },
-                respawn=False,
-            ),
+            OpaqueFunction(function=_nodes),
         ]
     )

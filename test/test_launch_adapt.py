@@ -1,69 +1,42 @@
-"""launch_testing: adapt.launch.py brings up the three nodes; a task change gets adapted to.
-
-Skips cleanly where the launch stack (launch, launch_ros, launch_testing) is not installed;
-launch_testing's pytest plugin imports every test module while collecting, so nothing here
-may fail at import time. Needs the package installed (``make setup`` or colcon).
-"""
+"""launch_testing: ``ros2 launch maml_ros adapt.launch.py namespace:=robot1`` with the simulated
+arm; the README's task commands are adapted to, in that namespace only; a SIGKILLed controller
+respawns with the latched policy; every node exits 0 on the launch's SIGINT."""
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
-import time
+import signal
 import unittest
-from pathlib import Path
 
 import pytest
+from launch_support import (
+    StatusClient,
+    fast_params_file,
+    require_launch_stack,
+    run_task_cli,
+    share,
+    task_id_of,
+)
 
-pytest.importorskip("launch_testing")
-pytest.importorskip("launch_ros")
-launch = pytest.importorskip("launch")
-if not hasattr(launch, "LaunchDescription"):  # the repo's own launch/ folder shadowing it
-    pytest.skip("the launch package is not installed", allow_module_level=True)
+require_launch_stack()
 
-import launch_testing  # noqa: E402
+import launch  # noqa: E402
 import launch_testing.actions  # noqa: E402
 import launch_testing.asserts  # noqa: E402
-import rclpy  # noqa: E402
-import yaml  # noqa: E402
-from ament_index_python.packages import get_package_share_directory  # noqa: E402
 from launch.actions import IncludeLaunchDescription  # noqa: E402
 from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
-from std_msgs.msg import String, UInt8MultiArray  # noqa: E402
 
-from maml_ros.ros.convert import policy_from_msg  # noqa: E402
-from maml_ros.ros.interfaces import COMMAND_QOS, LATCHED_QOS  # noqa: E402
-from maml_ros.sim import sample_tasks  # noqa: E402
-
-SHARE = Path(get_package_share_directory("maml_ros"))
-SHIPPED = SHARE / "models" / "arm_maml.safetensors"
-FINAL = ("done", "rolled_back", "failed")
-
-
-def fast_params_file() -> str:
-    """The installed config with a fast simulated arm and a small adaptation budget."""
-    params = yaml.safe_load((SHARE / "config" / "adapt.yaml").read_text())
-    for key, section in params.items():
-        name = key.rsplit("/", 1)[-1]
-        values = section["ros__parameters"]
-        if name == "sim_arm":
-            values.update(real_time_factor=2.0, command_wait_s=0.5)
-        elif name == "adaptation":
-            values.update(rollouts=10, eval_episodes=2, device="cpu")
-    handle, path = tempfile.mkstemp(prefix="adapt_fast_", suffix=".yaml")
-    with os.fdopen(handle, "w") as out:
-        yaml.safe_dump(params, out)
-    return path
+NAMESPACE = "/robot1"
+SYSTEM_TOPICS = {"/rosout", "/parameter_events"}
 
 
 @pytest.mark.launch_test
 def generate_test_description():
-    """adapt.launch.py with the shipped checkpoint, on CPU, with a fast sim."""
+    """adapt.launch.py in namespace robot1, the shipped checkpoint, CPU, a fast sim."""
     included = IncludeLaunchDescription(
-        PythonLaunchDescriptionSource(str(SHARE / "launch" / "adapt.launch.py")),
+        PythonLaunchDescriptionSource(str(share() / "launch" / "adapt.launch.py")),
         launch_arguments={
-            "checkpoint": str(SHIPPED),
+            "namespace": NAMESPACE.strip("/"),
             "device": "cpu",
             "params_file": fast_params_file(),
         }.items(),
@@ -71,58 +44,76 @@ def generate_test_description():
     return launch.LaunchDescription([included, launch_testing.actions.ReadyToTest()])
 
 
-class TestTaskChange(unittest.TestCase):
-    """A task change over DDS leads to a newer, better policy."""
+class TestAdaptInANamespace(unittest.TestCase):
+    """Run in name order: each test builds on the adaptations before it."""
 
-    def setUp(self) -> None:
-        rclpy.init()
-        self.node = rclpy.create_node("launch_test_client")
-        self.versions: list[int] = []
-        self.status: dict = {}
-        self.node.create_subscription(UInt8MultiArray, "policy", self._on_policy, LATCHED_QOS)
-        self.node.create_subscription(String, "adaptation/status", self._on_status, LATCHED_QOS)
-        self.task_pub = self.node.create_publisher(String, "task", COMMAND_QOS)
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.client = StatusClient(NAMESPACE)
+        cls.client.ready()
 
-    def tearDown(self) -> None:
-        self.node.destroy_node()
-        rclpy.try_shutdown()
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.client.close()
 
-    def _on_policy(self, msg: UInt8MultiArray) -> None:
-        self.versions.append(policy_from_msg(msg, 1 << 26).version)
-
-    def _on_status(self, msg: String) -> None:
-        self.status = json.loads(msg.data)
-
-    def _spin_until(self, predicate, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            rclpy.spin_once(self.node, timeout_sec=0.1)
-            if predicate():
-                return True
-        return False
-
-    def test_task_change_is_adapted_to(self) -> None:
-        self.assertTrue(self._spin_until(lambda: self.versions, 60.0), "no initial policy")
-        self.assertTrue(
-            self._spin_until(lambda: self.node.count_subscribers("task") >= 2, 30.0),
-            "the driver and the adaptation node did not subscribe to task",
+    def _adapt_through_the_cli(self, adaptation_id: int, family: str, *argv: str) -> None:
+        cli = run_task_cli(*argv, namespace=NAMESPACE)
+        self.assertEqual(cli.returncode, 0, cli.stderr)
+        task_id = task_id_of(cli)
+        self.assertIn(f"{NAMESPACE}/sim_arm", cli.stdout)
+        self.assertIn(f"{NAMESPACE}/adaptation", cli.stdout)
+        status = self.client.adapted(adaptation_id)
+        self.assertEqual((status["phase"], status["task_id"]), ("done", task_id), status)
+        self.assertGreater(status["return_post"], status["return_pre"], status)
+        driver = self.client.status["sim_arm"]
+        self.assertEqual((driver["task_id"], driver["task_family"]), (task_id, family), driver)
+        self.client.spin_until(
+            lambda: (
+                self.client.status["policy_controller"].get("policy_version")
+                == status["policy_version"]
+            ),
+            10.0,
+            "the controller does not run the adapted policy",
         )
-        first = self.versions[0]
-        task = sample_tasks("reach", 1, split="test", seed=0)[0]
-        self.task_pub.publish(String(data=task.to_json()))
-        finished = self._spin_until(
-            lambda: self.status.get("adaptation_id") == 1 and self.status.get("phase") in FINAL,
-            240.0,
+        self.assertEqual(self.client.status["policy_controller"]["run_id"], status["run_id"])
+
+    def test_1_reach_task_from_the_readme(self) -> None:
+        self._adapt_through_the_cli(1, "reach", "reach", "--goal", "0.5", "0.1", "0.4")
+
+    def test_2_dynamics_task_from_the_readme(self) -> None:
+        gains = ["1", "0.5", "1", "1", "1", "1", "1"]
+        argv = ("dynamics", "--joint-gain", *gains, "--payload-kg", "2")
+        self._adapt_through_the_cli(2, "dynamics", *argv)
+
+    def test_3_everything_is_in_the_namespace(self) -> None:
+        node = self.client.node
+        topics = {name for name, _ in node.get_topic_names_and_types()} - SYSTEM_TOPICS
+        self.assertTrue(topics, "no topics")
+        outside = sorted(t for t in topics if not t.startswith(NAMESPACE + "/"))
+        self.assertEqual(outside, [], "topics outside the namespace (/clock is off too)")
+        nodes = set(node.get_node_names_and_namespaces())
+        for name in StatusClient.NODES:
+            self.assertIn((name, NAMESPACE), nodes)
+
+    def test_4_a_killed_controller_respawns_with_the_latched_policy(self) -> None:
+        deployed = self.client.status["adaptation"]["policy_version"]
+        old_pid = self.client.status["policy_controller"]["pid"]
+        os.kill(old_pid, signal.SIGKILL)
+        controller = self.client.spin_until(
+            lambda: (
+                (c := self.client.status["policy_controller"]).get("pid") != old_pid
+                and c.get("policy_version") == deployed
+                and c
+            ),
+            60.0,
+            "the respawned controller did not get the latched policy",
         )
-        self.assertTrue(finished, f"adaptation did not finish: {self.status}")
-        self.assertEqual(self.status["phase"], "done", self.status)
-        self.assertTrue(self._spin_until(lambda: max(self.versions) > first, 10.0))
-        self.assertGreater(self.status["return_post"], self.status["return_pre"], self.status)
+        self.assertEqual(controller["run_id"], self.client.status["adaptation"]["run_id"])
 
 
 @launch_testing.post_shutdown_test()
 class TestShutdown(unittest.TestCase):
-    """Every node exits cleanly on the launch's SIGINT."""
+    """Every node exits 0 on the launch's SIGINT (the respawned controller included)."""
 
     def test_exit_codes(self, proc_info) -> None:
         launch_testing.asserts.assertExitCodes(proc_info)

@@ -38,7 +38,14 @@ from maml_ros.ros.adaptation_node import (
     update_problem,
 )
 from maml_ros.ros.common import ns_to_stamp
-from maml_ros.ros.convert import action_to_msg, policy_from_msg, reward_to_msg
+from maml_ros.ros.convert import (
+    TaskChange,
+    action_to_msg,
+    active_task_to_msg,
+    policy_from_msg,
+    reward_to_msg,
+    task_from_msg,
+)
 from maml_ros.ros.interfaces import JOINT_STATES_QOS, LATCHED_QOS, STREAM_QOS
 from maml_ros.sim import sample_tasks
 
@@ -147,11 +154,15 @@ class FakeArm(Node):
         self.step_in_episode = 0
         self.drop_actions_left = 0  # exploring episodes that lose the action of their step 5
         self.flip_goal_on_version: int | None = None
+        self.confirm_tasks = True  # a driver that confirms each task on active_task
+        self.session = "fake-1"
         self.ticks = 0
         self.state_pub = self.create_publisher(JointState, "joint_states", JOINT_STATES_QOS)
         self.action_pub = self.create_publisher(JointState, "arm_controller/actions", STREAM_QOS)
         self.reward_pub = self.create_publisher(Vector3Stamped, "reward", STREAM_QOS)
         self.status_pub = self.create_publisher(String, "policy_controller/status", LATCHED_QOS)
+        self.active_task_pub = self.create_publisher(String, "active_task", LATCHED_QOS)
+        self.create_subscription(String, "task", self.on_task, STREAM_QOS)
         self.create_subscription(UInt8MultiArray, "policy", self.on_policy, LATCHED_QOS)
         self.create_service(Trigger, "reset", self.on_reset)
         self.create_service(SetBool, "arm_controller/set_exploration", self.on_explore)
@@ -166,6 +177,19 @@ class FakeArm(Node):
                 self.goal = -self.goal
         status = {"run_id": bundle.run_id, "policy_version": bundle.version}
         self.status_pub.publish(String(data=json.dumps(status)))
+
+    def on_task(self, msg: String) -> None:
+        try:
+            change = task_from_msg(msg)
+        except ValueError:
+            return
+        if self.confirm_tasks:
+            self.confirm(change)
+
+    def confirm(self, change: TaskChange) -> None:
+        with self.lock:
+            since = self.stamp_ns + int(DT * 1e9)
+        self.active_task_pub.publish(active_task_to_msg(change, since, self.session))
 
     def on_reset(self, _req: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         with self.lock:
@@ -367,6 +391,55 @@ def test_a_task_change_during_an_adaptation_cancels_and_restarts(
     status = h.wait_for(finished, timeout_s=60.0)
     assert status["cancellations"] == 1 and status["phase"] == "done", status
     assert status["rollouts_collected"] == 30 and status["adaptations"] == 1
+
+
+def test_a_task_the_driver_never_confirms_fails_with_the_policy_unchanged(
+    harness_factory: Callable[..., Harness],
+) -> None:
+    h = harness_factory(task_confirm_timeout_s=0.5)
+    h.wait_for_first_policy()
+    h.arm.confirm_tasks = False
+    h.send_task()
+    status = h.wait_for(finished)
+    assert status["phase"] == "failed", status
+    assert "did not confirm task" in status["reason"] and "policy unchanged" in status["reason"]
+    assert status["rollouts_collected"] == 0 and status["return_pre"] is None
+    assert h.arm.policy_versions == [0] and status["policy_version"] == 0
+
+
+def test_a_driver_switching_task_mid_collection_fails_without_mixing_tasks(
+    harness_factory: Callable[..., Harness],
+) -> None:
+    h = harness_factory(rollouts=30)
+    h.wait_for_first_policy()
+    h.send_task(0)
+    h.wait_for(lambda s: s["phase"] == "collecting" and s["rollouts_collected"] >= 2)
+    h.arm.session = "fake-2"  # the driver restarted: it runs its initial task again
+    h.arm.confirm(TaskChange("initial", REACH_TASK[1]))
+    status = h.wait_for(finished)
+    assert status["phase"] == "failed", status
+    assert "switched from task" in status["reason"] and "fake-2" in status["reason"]
+    assert status["adaptations"] == 0 and h.arm.policy_versions == [0]
+
+
+def test_a_repeated_task_message_is_acknowledged_and_changes_nothing(
+    harness_factory: Callable[..., Harness],
+) -> None:
+    h = harness_factory(rollouts=6)
+    acks: list[dict] = []
+    h.arm.create_subscription(
+        String, "task_ack", lambda m: acks.append(json.loads(m.data)), STREAM_QOS
+    )
+    h.wait_for_first_policy()
+    h.send_task()
+    h.wait_for(lambda s: s["phase"] == "collecting")
+    h.send_task()  # a sender repeating the message until every node acknowledged it
+    status = h.wait_for(finished)
+    assert status["phase"] == "done" and status["cancellations"] == 0, status
+    assert status["task_id"] == task_from_msg(String(data=REACH_TASK[0].to_json())).id
+    node = h.node.get_fully_qualified_name()
+    mine = [a for a in acks if a["node"] == node]
+    assert len(mine) == 2 and all(a["accepted"] and a["id"] == status["task_id"] for a in mine)
 
 
 def test_a_rollout_with_a_missing_step_is_discarded(

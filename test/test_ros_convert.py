@@ -375,7 +375,41 @@ def test_task_round_trip():
 
     for family in ("reach", "dynamics", "reach+dynamics"):
         for task in sample_tasks(family, 3, split="test", seed=1):
-            assert convert.task_from_msg(convert.task_to_msg(task)) == task
+            change = convert.task_from_msg(convert.task_to_msg(task))
+            assert change == convert.TaskChange(convert.task_id_of(task), task)
+            assert convert.task_from_msg(convert.task_to_msg(task, "cli-1")).id == "cli-1"
+
+
+def test_task_id_without_one_is_the_same_digest_in_every_node():
+    """A plain `ros2 topic pub` carries no id: every node must derive the same one."""
+    text = '{"family": "reach", "goal": [0.5, 0.1, 0.4]}'
+    spaced = '{ "goal": [0.5, 0.1, 0.4],  "family": "reach" }'
+    a, b = (convert.task_from_msg(String(data=t)) for t in (text, spaced))
+    assert a.id == b.id and a.id.startswith("sha-")
+    other = convert.task_from_msg(String(data='{"family": "reach", "goal": [0.5, 0.1, 0.41]}'))
+    assert other.id != a.id
+
+
+@pytest.mark.parametrize("bad", ["", "a b", "x" * 65, 3, None, ["id"], "ü"])
+def test_task_id_is_validated(bad):
+    data = {"family": "reach", "goal": [0.5, 0.1, 0.4], "id": bad}
+    with pytest.raises(ValueError, match="task id"):
+        convert.task_from_msg(String(data=json.dumps(data)))
+
+
+def test_active_task_round_trip_and_validation():
+    task = convert.task_from_msg(String(data='{"family": "reach", "goal": [0.5, 0.1, 0.4]}'))
+    active = convert.active_task_from_msg(convert.active_task_to_msg(task, 25_000_000, "s1"))
+    assert active == convert.ActiveTask(task.id, "reach", 25_000_000, "s1")
+    for bad in ("", "[]", '{"id": "a"}', "[" * 50_000):
+        with pytest.raises(ValueError, match="active_task"):
+            convert.active_task_from_msg(String(data=bad))
+    negative = json.loads(convert.active_task_to_msg(task, 0, "s1").data)
+    for since in (-1, True, "7"):
+        with pytest.raises(ValueError, match="since_stamp_ns"):
+            convert.active_task_from_msg(
+                String(data=json.dumps({**negative, "since_stamp_ns": since}))
+            )
 
 
 def test_task_rejects_oversized_before_parsing():
@@ -413,7 +447,7 @@ def test_task_rejects_oversized_before_parsing():
 )
 def test_task_fuzz(text):
     try:
-        task = convert.task_from_msg(String(data=text))
+        change = convert.task_from_msg(String(data=text))
     except ValueError:
         return
-    assert convert.task_from_msg(convert.task_to_msg(task)) == task
+    assert convert.task_from_msg(convert.task_to_msg(change.task, change.id)) == change

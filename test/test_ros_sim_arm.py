@@ -25,10 +25,11 @@ from std_msgs.msg import Float64MultiArray, MultiArrayDimension, String
 from std_srvs.srv import Trigger
 
 from maml_ros.ros.common import stamp_to_ns
-from maml_ros.ros.convert import commands_to_msg
+from maml_ros.ros.convert import active_task_from_msg, commands_to_msg, task_to_msg
 from maml_ros.ros.interfaces import (
     COMMAND_QOS,
     JOINT_STATES_QOS,
+    LATCHED_QOS,
     STREAM_QOS,
     commands_topic,
 )
@@ -240,6 +241,46 @@ def test_bad_inputs_are_dropped_and_counted_and_valid_task_applies(ros: Ros) -> 
     assert node.status.snapshot()["task_family"] == "reach+dynamics"
 
 
+def test_a_task_is_acknowledged_and_confirmed_from_the_first_state_under_it(ros: Ros) -> None:
+    node = sim_node(ros, real_time_factor=2.0, lockstep=False)
+    helper = ros.add(Node("helper", **ros.kwargs()))
+    tasks = helper.create_publisher(String, "task", COMMAND_QOS)
+    active, acks, stamps = [], [], []
+    helper.create_subscription(String, "active_task", active.append, LATCHED_QOS)
+    helper.create_subscription(String, "task_ack", acks.append, STREAM_QOS)
+    helper.create_subscription(
+        JointState,
+        "joint_states",
+        lambda m: stamps.append(stamp_to_ns(m.header.stamp)),
+        JOINT_STATES_QOS,
+    )
+    wait_until(lambda: active and tasks.get_subscription_count() and stamps)
+    initial = active_task_from_msg(active[-1])
+    assert initial.id == node.status.snapshot()["task_id"] and initial.family == "dynamics"
+
+    task = sample_tasks("reach", 1, split="test", seed=4)[0]
+    for _ in range(3):  # a sender repeating the message until it is acknowledged
+        tasks.publish(task_to_msg(task, "t-1"))
+    wait_until(lambda: len(acks) >= 3 and len(active) >= 2)
+    time.sleep(0.3)
+    assert len(active) == 2, "a repeated id must not be confirmed (or applied) again"
+    confirmed = active_task_from_msg(active[-1])
+    assert (confirmed.id, confirmed.family) == ("t-1", "reach")
+    assert confirmed.driver_session == initial.driver_session
+    assert confirmed.since_stamp_ns in stamps or confirmed.since_stamp_ns > stamps[-1]
+    assert node.env.task == task and node.status.snapshot()["task_id"] == "t-1"
+    assert all('"accepted": true' in a.data and '"t-1"' in a.data for a in acks[-3:])
+
+
+def test_clock_is_advertised_only_while_publish_clock_is_on(ros: Ros) -> None:
+    node = sim_node(ros)
+    assert node.count_publishers("/clock") == 0
+    node.set_parameters([Parameter("publish_clock", value=True)])
+    assert node.count_publishers("/clock") == 1
+    node.set_parameters([Parameter("publish_clock", value=False)])
+    assert node.count_publishers("/clock") == 0
+
+
 def test_rejects_invalid_parameters(ros: Ros) -> None:
     node = sim_node(ros)
     results = node.set_parameters(
@@ -333,7 +374,7 @@ def test_garbage_inputs_never_raise_out_of_a_callback(ros: Ros) -> None:
         msg = Float64MultiArray(data=data)
         msg.layout.dim = [MultiArrayDimension(label=label)]
         node._on_command(msg)
-        node._on_task(String(data=text))
+        node.task_inbox.receive(String(data=text))
 
     before = node.status.dropped()
     feed()

@@ -14,10 +14,11 @@ import pytest
 import rclpy
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
-from std_msgs.msg import String
 
-from maml_ros.ros.interfaces import COMMAND_QOS
+from maml_ros.ros.common import NodeStatus
+from maml_ros.ros.convert import TaskChange
 from maml_ros.ros.task_cli import main, parse
+from maml_ros.ros.tasks import TaskInbox
 from maml_ros.sim import DEFAULT_GOAL, TaskSpec
 
 NAMESPACE = f"/test_{uuid.uuid4().hex[:12]}"
@@ -28,7 +29,8 @@ REMAP = ["--ros-args", "-r", f"__ns:={NAMESPACE}"]
 def test_reach_dynamics_and_json_build_valid_tasks() -> None:
     task, args = parse(["reach", "--goal", "0.5", "0.1", "0.4"])
     assert task == TaskSpec(family="reach", goal=(0.5, 0.1, 0.4))
-    assert args.topic == "task" and args.wait_s == 5.0
+    assert args.topic == "task" and args.wait_s == 10.0
+    assert args.require == ["sim_arm", "adaptation"]
 
     gains = ["1", "1", "0.5", "1", "1", "1", "0"]
     task, _ = parse(["dynamics", "--joint-gain", *gains, "--payload-kg", "1.0"])
@@ -41,6 +43,10 @@ def test_reach_dynamics_and_json_build_valid_tasks() -> None:
     text = TaskSpec(family="reach", goal=(0.6, -0.1, 0.5)).to_json()
     task, args = parse(["--topic", "/arm1/task", "--wait-s", "1.5", "json", text])
     assert task.to_json() == text and args.topic == "/arm1/task" and args.wait_s == 1.5
+
+    # The options also come after the subcommand, as the usage line shows them.
+    task, args = parse(["reach", "--goal", "0.5", "0.1", "0.4", "--topic", "t", "--require", "a"])
+    assert args.topic == "t" and args.require == ["a"] and args.wait_s == 10.0
 
 
 @pytest.mark.parametrize(
@@ -58,6 +64,8 @@ def test_reach_dynamics_and_json_build_valid_tasks() -> None:
         (["--wait-s", "0", "reach", "--goal", "0.5", "0.1", "0.4"], "wait-s"),
         (["--topic", "/", "reach", "--goal", "0.5", "0.1", "0.4"], "topic"),
         (["teleport"], "invalid choice"),
+        (["reach", "--goal", "0.5", "0.1", "0.4", "--require", "/"], "--require"),
+        (["json", '{"family": "dynamics", "payload_kg": ' + "9" * 400 + "}"], "invalid task"),
     ],
 )
 def test_bad_input_exits_2_with_the_reason(argv, message, capsys) -> None:
@@ -74,51 +82,86 @@ def wait_until(predicate, timeout: float = 10.0) -> None:
         time.sleep(0.01)
 
 
+class Receivers:
+    """Nodes named like adapt.launch.py's task readers, each with a real TaskInbox, in
+    NAMESPACE; ``refuse`` maps a node name to the reason it refuses every task with."""
+
+    def __init__(self, names: list[str], refuse: dict[str, str] | None = None) -> None:
+        self.context = Context()
+        rclpy.init(context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.received: dict[str, list[TaskChange]] = {name: [] for name in names}
+        self.nodes = []
+        for name in names:
+            node = rclpy.create_node(name, context=self.context, namespace=NAMESPACE)
+
+            def on_task(change: TaskChange, name: str = name) -> str | None:
+                self.received[name].append(change)
+                return (refuse or {}).get(name)
+
+            TaskInbox(node, NodeStatus(node), on_task)
+            self.executor.add_node(node)
+            self.nodes.append(node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=5.0)
+        for node in self.nodes:
+            node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+        self.thread.join(timeout=5.0)
+
+
 @pytest.fixture
-def listener() -> Iterator[tuple[list[str], list[str]]]:
-    """Subscribers on ``task`` and ``other/task`` in a private context, in NAMESPACE."""
-    context = Context()
-    rclpy.init(context=context)
-    node = rclpy.create_node("task_listener", context=context, namespace=NAMESPACE)
-    default: list[str] = []
-    other: list[str] = []
-    node.create_subscription(String, "task", lambda m: default.append(m.data), COMMAND_QOS)
-    node.create_subscription(String, "other/task", lambda m: other.append(m.data), COMMAND_QOS)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
-    yield default, other
-    executor.shutdown(timeout_sec=5.0)
-    node.destroy_node()
-    rclpy.try_shutdown(context=context)
-    thread.join(timeout=5.0)
+def receivers() -> Iterator[Receivers]:
+    nodes = Receivers(["sim_arm", "adaptation"])
+    yield nodes
+    nodes.close()
 
 
-def test_executable_publishes_once_and_prints_the_json(listener) -> None:
-    default, other = listener
+def run_cli(*argv: str) -> subprocess.CompletedProcess:
     executable = shutil.which("maml-ros-task")
     assert executable, "maml-ros-task is not on PATH: run `make setup` and `source tools/env.sh`"
-    proc = subprocess.run(
-        [executable, "--wait-s", "20", "reach", "--goal", "0.5", "0.1", "0.4", *REMAP],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return subprocess.run([executable, *argv, *REMAP], capture_output=True, text=True, timeout=60)
+
+
+def test_executable_delivers_to_both_nodes_and_says_so(receivers) -> None:
+    proc = run_cli("reach", "--goal", "0.5", "0.1", "0.4", "--wait-s", "20")
     assert proc.returncode == 0, proc.stderr
     printed = proc.stdout.strip().splitlines()[-1]
     assert TaskSpec.from_json(printed) == TaskSpec(family="reach", goal=(0.5, 0.1, 0.4))
-    wait_until(lambda: default)  # acknowledged by DDS; the callback may still be pending
-    time.sleep(0.2)
-    assert default == [printed] and other == []  # sent exactly once, on the default topic
-
-    assert main(["--topic", f"{NAMESPACE}/other/task", "--wait-s", "20", "json", printed]) == 0
-    wait_until(lambda: other)
-    assert other == [printed]
+    assert f"{NAMESPACE}/sim_arm" in proc.stdout and f"{NAMESPACE}/adaptation" in proc.stdout
+    ids = {name: {c.id for c in got} for name, got in receivers.received.items()}
+    assert ids["sim_arm"] == ids["adaptation"] and len(ids["sim_arm"]) == 1, ids
+    (task_id,) = ids["sim_arm"]
+    assert task_id.startswith("cli-") and task_id in proc.stdout
     assert json.loads(printed)["goal"] == [0.5, 0.1, 0.4]
+
+
+def test_a_missing_node_fails_and_is_named(capsys) -> None:
+    nodes = Receivers(["sim_arm"])  # no adaptation node
+    try:
+        goal = ["--goal", "0.5", "0.1", "0.4"]
+        assert main(["--wait-s", "2", "reach", *goal, *REMAP]) == 1
+    finally:
+        nodes.close()
+    err = capsys.readouterr().err
+    assert f"{NAMESPACE}/adaptation did not subscribe" in err and "nothing sent" in err
+    assert not nodes.received["sim_arm"], "half-delivered: the driver got a task alone"
+
+
+def test_a_refusal_fails_with_the_reason(capsys) -> None:
+    nodes = Receivers(["sim_arm", "adaptation"], refuse={"adaptation": "not ready"})
+    try:
+        assert main(["--wait-s", "5", "reach", "--goal", "0.5", "0.1", "0.4", *REMAP]) == 1
+    finally:
+        nodes.close()
+    err = capsys.readouterr().err
+    assert f"{NAMESPACE}/adaptation refused" in err and "not ready" in err
 
 
 def test_no_subscriber_exits_1(capsys) -> None:
     goal = ["--goal", "0.5", "0.1", "0.4"]
     assert main(["--topic", f"{NAMESPACE}/nobody", "--wait-s", "0.3", "reach", *goal]) == 1
-    assert "nobody subscribed" in capsys.readouterr().err
+    assert "nothing sent" in capsys.readouterr().err

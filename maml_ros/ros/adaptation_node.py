@@ -2,14 +2,19 @@
 
 On start it loads the meta-trained checkpoint and publishes it (latched) on ``policy``. It joins
 ``joint_states``, ``<controller>/actions`` and ``reward`` on their stamp into control steps
-(:class:`StepJoiner`). On a task change it evaluates the policy, collects K exploring rollouts
+(:class:`StepJoiner`). On a task change it acknowledges the task on ``task_ack``, waits until the
+driver confirms on ``active_task`` that it runs that task (else the adaptation ``failed``, the
+policy unchanged), and only uses steps stamped from the confirmation on; a change of the
+driver's task or session under it ends the adaptation ``failed`` with the policy it started
+from. Then it evaluates the policy, collects K exploring rollouts
 through the driver's ``reset`` service, runs the inner update (``maml_ros.rl.adapt_policy``),
 publishes the adapted policy, evaluates it and rolls back when it is worse. All of that runs in
 one worker thread; the subscription callbacks only validate and buffer.
 
 Status (``~/status``, JSON, also published on every phase change): ``phase`` (idle,
-evaluating_pre, collecting, adapting, evaluating_post, done, rolled_back, cancelled, failed),
-``adaptation_id`` (one per accepted task change), ``task_family``, ``rollouts_collected``,
+confirming_task, evaluating_pre, collecting, adapting, evaluating_post, done, rolled_back,
+cancelled, failed), ``adaptation_id`` (one per accepted task change), ``task_id``,
+``task_family``, ``rollouts_collected``,
 ``rollouts_discarded``, ``inner_loss``, ``return_pre``/``success_pre``,
 ``return_post``/``success_post``, ``adapt_latency_ms``, ``inner_device``, ``policy_version``,
 ``run_id``, ``reason`` (why a rollback or failure happened), ``cancellations``, ``ready``
@@ -51,14 +56,16 @@ from maml_ros.rl.checkpoint import CheckpointError, PolicyBundle, load_bundle
 from maml_ros.rl.pg import Rollouts, adapt_policy, warm_up
 from maml_ros.ros.common import NodeStatus, ParamSpec, ValidatedParameters, run_node
 from maml_ros.ros.convert import (
+    ActiveTask,
+    TaskChange,
     action_from_msg,
+    active_task_from_msg,
     joint_state_to_arrays,
     policy_to_msg,
     reward_from_msg,
-    task_from_msg,
 )
 from maml_ros.ros.interfaces import (
-    COMMAND_QOS,
+    ACTIVE_TASK_TOPIC,
     DEFAULT_CONTROLLER,
     EXPLORATION_SERVICE,
     JOINT_STATES_QOS,
@@ -71,6 +78,7 @@ from maml_ros.ros.interfaces import (
     TASK_TOPIC,
     actions_topic,
 )
+from maml_ros.ros.tasks import TaskInbox
 from maml_ros.sim import TaskSpec, observation_from_joint_state
 
 JOINT_STATE_BUFFER_QOS = QoSProfile(
@@ -87,6 +95,7 @@ DEFAULT_JOINT_NAMES = [f"lbr_iiwa_joint_{i}" for i in range(1, 8)]
 """The simulated KUKA iiwa's joints (``ArmEnv.joint_names``)."""
 PHASES = (
     "idle",
+    "confirming_task",
     "evaluating_pre",
     "collecting",
     "adapting",
@@ -382,6 +391,12 @@ PARAMS = (
         read_only=True,
     ),
     ParamSpec(
+        "task_confirm_timeout_s",
+        5.0,
+        "How long to wait for the driver to confirm (active_task) that it runs a new task",
+        float_range=(0.01, 600.0),
+    ),
+    ParamSpec(
         "policy_ack_timeout_s",
         3.0,
         "How long to wait for the controller to confirm a published policy",
@@ -466,7 +481,11 @@ class AdaptationNode(Node):
         self._ack_cond = threading.Condition()
 
         self.joiner = StepJoiner(self.params["buffer_capacity"], self.status.drop)
-        self._pending_task: TaskSpec | None = None
+        self._pending_task: TaskChange | None = None
+        self._adapting_id: str | None = None
+        self._active_task: ActiveTask | None = None
+        self._confirmed: ActiveTask | None = None
+        self._active_cond = threading.Condition()
         self._cancel = threading.Event()
         self.adaptations = 0
         self.adaptation_id = 0
@@ -489,13 +508,15 @@ class AdaptationNode(Node):
             STREAM_QOS,
         )
         self.create_subscription(Vector3Stamped, REWARD_TOPIC, self._on_reward, STREAM_QOS)
-        self.create_subscription(String, TASK_TOPIC, self._on_task, COMMAND_QOS)
+        self.create_subscription(String, ACTIVE_TASK_TOPIC, self._on_active_task, LATCHED_QOS)
+        self.task_inbox = TaskInbox(self, self.status, self._on_task)
         self.create_subscription(
             String, self.params["controller_status_topic"], self._on_controller_status, LATCHED_QOS
         )
 
         self.status.set(
             phase="idle",
+            task_id=None,
             task_family=None,
             run_id=self.run_id,
             checkpoint=str(path),
@@ -545,17 +566,26 @@ class AdaptationNode(Node):
             return
         self.joiner.add_reward(stamp_ns, reward, success, episode)
 
-    def _on_task(self, msg: String) -> None:
-        try:
-            task = task_from_msg(msg)
-        except ValueError as err:
-            self.status.drop("task", str(err))
-            return
+    def _on_task(self, change: TaskChange) -> str | None:
+        """Takes a task change; the id being adapted to already is acknowledged, no more."""
         with self._wake:
-            self._pending_task = task
+            if change.id in (self._adapting_id, getattr(self._pending_task, "id", None)):
+                return None
+            self._pending_task = change
             self._cancel.set()
             self._wake.notify_all()
-        self.get_logger().info(f"task change: {task.family}")
+        self.get_logger().info(f"task change: {change.id} ({change.task.family})")
+        return None
+
+    def _on_active_task(self, msg: String) -> None:
+        try:
+            active = active_task_from_msg(msg)
+        except ValueError as err:
+            self.status.drop("active_task", str(err))
+            return
+        with self._active_cond:
+            self._active_task = active
+            self._active_cond.notify_all()
 
     def _on_controller_status(self, msg: String) -> None:
         try:
@@ -631,10 +661,11 @@ class AdaptationNode(Node):
                     self._wake.wait()
                 if self._stopping.is_set():
                     return
-                task, self._pending_task = self._pending_task, None
+                change, self._pending_task = self._pending_task, None
+                self._adapting_id = change.id
                 self._cancel.clear()
             try:
-                self._adapt_to(task)
+                self._adapt_to(change)
             except Cancelled:
                 if self._stopping.is_set():
                     return
@@ -654,6 +685,9 @@ class AdaptationNode(Node):
                 self.status.set(phase="failed", reason=f"{type(err).__name__}: {err}")
                 self.status.publish()
                 self.get_logger().error(f"adaptation failed: {type(err).__name__}: {err}")
+            finally:
+                with self._wake:
+                    self._adapting_id = None
 
     def _phase(self, phase: str, **fields: Any) -> None:
         self._check_cancel()
@@ -664,20 +698,62 @@ class AdaptationNode(Node):
         if self._cancel.is_set() or self._stopping.is_set():
             raise Cancelled
 
-    def _adapt_to(self, task: TaskSpec) -> None:
+    def _adapt_to(self, change: TaskChange) -> None:
         cfg = {p.name: self.params[p.name] for p in PARAMS}
+        task = change.task
         self.rollouts_discarded = 0
         self.adaptation_id += 1
         self._phase(
-            "evaluating_pre",
+            "confirming_task",
             adaptation_id=self.adaptation_id,
+            task_id=change.id,
             task_family=task.family,
             **CLEARED_RESULTS,
             reason=None,
         )
+        self._confirmed = self._wait_task_confirmation(change.id, cfg)
+        self._phase("evaluating_pre")
         start = self.current
         if cfg["reset_to_meta"] and self.current.params is not self.meta_bundle.params:
             start = self._publish_policy(self.meta_bundle)
+        try:
+            self._adapt_from(start, task, cfg)
+        except AdaptationFailed:
+            if self.current.params is not start.params:
+                self._publish_policy(start)  # never leave a policy adapted to another task
+            raise
+
+    def _wait_task_confirmation(self, task_id: str, cfg: dict[str, Any]) -> ActiveTask:
+        """The driver's confirmation that it runs ``task_id``; AdaptationFailed when it does
+        not come within ``task_confirm_timeout_s`` (nothing has changed yet then)."""
+        deadline = time.monotonic() + cfg["task_confirm_timeout_s"]
+        with self._active_cond:
+            while self._active_task is None or self._active_task.id != task_id:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    running = self._active_task.id if self._active_task else "nothing confirmed"
+                    raise AdaptationFailed(
+                        f"the driver did not confirm task {task_id} on '{ACTIVE_TASK_TOPIC}' "
+                        f"within {cfg['task_confirm_timeout_s']} s (it runs: {running}); "
+                        "policy unchanged"
+                    )
+                self._active_cond.wait(min(left, 0.05))
+                self._check_cancel()
+            return self._active_task
+
+    def _check_task_unchanged(self) -> None:
+        """Raises AdaptationFailed when the driver's task or session changed under us."""
+        active, confirmed = self._active_task, self._confirmed
+        if (active.id, active.driver_session) != (confirmed.id, confirmed.driver_session):
+            raise AdaptationFailed(
+                f"the driver switched from task {confirmed.id} (session "
+                f"{confirmed.driver_session}) to task {active.id} (session "
+                f"{active.driver_session}): a restart or another sender; no steps of two "
+                "tasks are mixed"
+            )
+
+    def _adapt_from(self, start: PolicyBundle, task: TaskSpec, cfg: dict[str, Any]) -> None:
+        """Evaluates ``start``, collects, updates, publishes, evaluates and maybe rolls back."""
         self._wait_policy_ack(start.version)
         return_pre, success_pre = self._evaluate(cfg)
         self._phase("collecting", return_pre=return_pre, success_pre=success_pre)
@@ -828,15 +904,21 @@ class AdaptationNode(Node):
         return steps
 
     def _next_step(self, cfg: dict[str, Any]) -> Step:
+        """The next complete step taken under the confirmed task."""
         deadline = time.monotonic() + cfg["step_timeout_s"]
         while True:
             self._check_cancel()
+            self._check_task_unchanged()
             left = deadline - time.monotonic()
             if left <= 0:
                 raise PartialRollout(f"no complete control step for {cfg['step_timeout_s']} s")
             step = self.joiner.wait_step(min(left, 0.05))
-            if step is not None:
-                return step
+            if step is None:
+                continue
+            if step.stamp_ns < self._confirmed.since_stamp_ns:
+                self.status.drop("step", f"stamp {step.stamp_ns} is from before the task change")
+                continue
+            return step
 
     def _set_exploration(self, on: bool, cfg: dict[str, Any]) -> None:
         response = self._call(self._explore, SetBool.Request(data=on), "set_exploration", cfg)

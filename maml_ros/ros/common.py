@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -20,6 +21,7 @@ from rcl_interfaces.msg import (
 )
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.impl.rcutils_logger import RcutilsLogger
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from std_msgs.msg import String
@@ -127,7 +129,7 @@ class NodeStatus:
     def __init__(self, node: Node, period_s: float = 1.0) -> None:
         self._node = node
         self._lock = threading.Lock()
-        self._fields: dict[str, Any] = {}
+        self._fields: dict[str, Any] = {"pid": os.getpid()}  # a respawned node has a new one
         self._dropped: dict[str, int] = {}
         self._last_reason: dict[str, str] = {}
         self._pub = node.create_publisher(String, STATUS_TOPIC, LATCHED_QOS)
@@ -187,27 +189,53 @@ def set_realtime_priority(priority: int) -> str | None:
     return None
 
 
-def run_node(make_node: Callable[[], Node], args: Sequence[str] | None = None) -> int:
-    """Spins a node until shutdown; returns the process exit code.
+def run_node(node_class: type[Node], args: Sequence[str] | None = None) -> int:
+    """Spins a node of ``node_class`` until shutdown; returns the process exit code.
+
+    0 after a shutdown (SIGINT, SIGTERM, ``rclpy.shutdown``); 2 when the node cannot start
+    (a ``ValueError`` from its constructor: invalid parameters, an unreadable checkpoint),
+    logged as one FATAL line under the node's own name, so a launch shows which node failed.
 
     Every node here keeps its long work on a thread of its own and its callbacks short, so a
     SingleThreadedExecutor serves it. rclpy's MultiThreadedExecutor hands each callback to a
     thread pool through the GIL: with a 250 Hz stream it managed 10-30 callbacks/s on 2 cores.
     """
     rclpy.init(args=args)
-    node = None
+    # Two-phase construction keeps a reference to a node whose constructor raises, so its
+    # error is logged under its (possibly remapped) name rather than a generic one.
+    node = node_class.__new__(node_class)
+    started = False
     try:
-        node = make_node()
+        node.__init__()
+        started = True
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except ValueError as err:  # invalid parameters at start-up
-        (node.get_logger() if node else rclpy.logging.get_logger("maml_ros")).fatal(str(err))
+    except ValueError as err:
+        if started:
+            raise
+        _logger_of(node).fatal(str(err))
         return 2
+    except Exception:
+        if rclpy.ok():
+            raise
+        # SIGINT shut the context down while the executor was taking a message (rclpy then
+        # raises e.g. "Unable to convert call argument"): that is a shutdown, not a failure.
     finally:
-        if node is not None:
+        if started:
             node.destroy_node()
+        else:
+            with contextlib.suppress(Exception):  # a half-built node may lack what it destroys
+                node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def _logger_of(node: Node) -> RcutilsLogger:
+    """The node's logger, or the package's when the node did not get as far as having one."""
+    try:
+        return node.get_logger()
+    except AttributeError:
+        return rclpy.logging.get_logger("maml_ros")

@@ -16,9 +16,13 @@ reward, action and command converters do not pull in PyBullet or torch.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import re
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -164,8 +168,36 @@ def arrays_to_joint_state(
 # std_msgs/String (task)
 
 
-def task_from_msg(msg: String, max_bytes: int = MAX_TASK_BYTES) -> TaskSpec:
-    """The TaskSpec in a task message; the size is capped before parsing."""
+TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+"""A task id: 1 to 64 letters, digits, ``_``, ``.``, ``:`` or ``-``."""
+
+
+@dataclass(frozen=True)
+class TaskChange:
+    """One task-change message: the task and its id (given, or derived from the task)."""
+
+    id: str
+    task: TaskSpec
+
+
+def task_id_of(task: TaskSpec) -> str:
+    """The id of a task message that carries none: a digest of the task's canonical JSON, so
+    every node derives the same id from the same message."""
+    return "sha-" + hashlib.sha256(task.to_json().encode()).hexdigest()[:12]
+
+
+def check_task_id(value: object) -> str:
+    """``value`` if it is a valid task id (:data:`TASK_ID_PATTERN`); raises ValueError."""
+    if not isinstance(value, str) or not TASK_ID_PATTERN.fullmatch(value):
+        raise ValueError(
+            f"task id must be 1-64 letters, digits, '_', '.', ':' or '-', got {value!r:.80}"
+        )
+    return value
+
+
+def task_from_msg(msg: String, max_bytes: int = MAX_TASK_BYTES) -> TaskChange:
+    """The task change in a task message (optional ``"id"`` beside the task's fields); the
+    size is capped before parsing."""
     from maml_ros.sim import TaskSpec, TaskSpecError
 
     _check_type(msg, String)
@@ -173,18 +205,77 @@ def task_from_msg(msg: String, max_bytes: int = MAX_TASK_BYTES) -> TaskSpec:
     if size > max_bytes:
         raise ValueError(f"task message is {size} bytes, over the limit of {max_bytes}")
     try:
-        return TaskSpec.from_json(msg.data)
+        data = json.loads(msg.data)
+        task_id = None
+        if isinstance(data, dict) and "id" in data:
+            data = dict(data)
+            task_id = check_task_id(data.pop("id"))
+        task = TaskSpec.from_json(json.dumps(data))
     except TaskSpecError:
         raise
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         raise ValueError(f"invalid task: {exc}") from exc
     except _PARSER_ERRORS as exc:
         raise ValueError(f"invalid task: {type(exc).__name__}: {exc}") from exc
+    return TaskChange(task_id or task_id_of(task), task)
 
 
-def task_to_msg(task: TaskSpec) -> String:
-    """A task message holding ``task.to_json()``."""
-    return String(data=task.to_json())
+def task_to_msg(task: TaskSpec, task_id: str | None = None) -> String:
+    """A task message: ``task.to_json()``, with ``"id"`` added when one is given."""
+    if task_id is None:
+        return String(data=task.to_json())
+    data = {**task.to_dict(), "id": check_task_id(task_id)}
+    return String(data=json.dumps(data, separators=(",", ":"), sort_keys=True))
+
+
+def task_ack_to_msg(node: str, task_id: str | None, reason: str | None = None) -> String:
+    """A ``task_ack`` message: ``node`` accepted the task ``task_id`` (or refused it)."""
+    ack = {"node": node, "id": task_id, "accepted": reason is None, "reason": reason}
+    return String(data=json.dumps(ack))
+
+
+def active_task_to_msg(change: TaskChange, since_stamp_ns: int, driver_session: str) -> String:
+    """The driver's ``active_task`` confirmation: it runs ``change`` from ``since_stamp_ns``."""
+    active = {
+        "id": change.id,
+        "family": change.task.family,
+        "since_stamp_ns": since_stamp_ns,
+        "driver_session": driver_session,
+    }
+    return String(data=json.dumps(active))
+
+
+@dataclass(frozen=True)
+class ActiveTask:
+    """What the driver confirms it runs: a task id, since the state of ``since_stamp_ns``, in
+    the driver process ``driver_session`` (a restarted driver has a new one)."""
+
+    id: str
+    family: str
+    since_stamp_ns: int
+    driver_session: str
+
+
+def active_task_from_msg(msg: String) -> ActiveTask:
+    """The validated confirmation in an ``active_task`` message."""
+    _check_type(msg, String)
+    if len(msg.data) > MAX_TASK_BYTES:
+        raise ValueError(f"active_task message over {MAX_TASK_BYTES} bytes")
+    try:
+        data = json.loads(msg.data)
+        since = data["since_stamp_ns"]
+        if type(since) is not int or not 0 <= since < 2**63:
+            raise ValueError(f"since_stamp_ns {since!r:.40}")
+        return ActiveTask(
+            id=check_task_id(data["id"]),
+            family=str(data["family"]),
+            since_stamp_ns=since,
+            driver_session=str(data["driver_session"]),
+        )
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"invalid active_task: {exc}") from exc
+    except _PARSER_ERRORS as exc:
+        raise ValueError(f"invalid active_task: {type(exc).__name__}: {exc}") from exc
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,7 +30,9 @@ import rclpy
 from rclpy.node import Node
 from std_msgs.msg import String
 
-from maml_ros.ros.interfaces import COMMAND_QOS, LATCHED_QOS, TASK_TOPIC
+from maml_ros.ros.convert import TaskChange
+from maml_ros.ros.interfaces import LATCHED_QOS
+from maml_ros.ros.tasks import DEFAULT_REQUIRED, TaskDelivery
 from maml_ros.sim import TaskSpec, sample_tasks
 
 EXECUTABLES = ("sim_arm_node", "policy_controller_node", "adaptation_node")
@@ -126,7 +128,6 @@ class StatusWatcher:
         self._cond = threading.Condition()
         self.status: dict[str, Any] | None = None
         node.create_subscription(String, status_topic, self._on_status, LATCHED_QOS)
-        self.task_pub = node.create_publisher(String, TASK_TOPIC, COMMAND_QOS)
 
     def _on_status(self, msg: String) -> None:
         try:
@@ -254,16 +255,19 @@ def run_demo(args: argparse.Namespace) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     try:
         watcher.wait(lambda s: s.get("phase") == "idle", 60.0, procs, "the adaptation node")
-        deadline = time.monotonic() + 30.0
-        while node.count_subscribers(TASK_TOPIC) < 2:  # the driver and the adaptation node
-            procs.check_alive()
-            if time.monotonic() > deadline:
-                raise DemoError("the driver and the adaptation node never subscribed to task")
-            time.sleep(0.1)
+        # A node of its own: TaskDelivery spins it while it waits for the acknowledgements.
+        delivery = TaskDelivery(rclpy.create_node("maml_ros_demo_tasks"), DEFAULT_REQUIRED)
         for index, task in enumerate(demo_tasks(args.seed), start=1):
             print(f"[demo] task {index}: {task.family} {task.to_json()}", flush=True)
             t0 = time.monotonic()
-            watcher.task_pub.publish(String(data=task.to_json()))
+            change = TaskChange(f"demo-{index}", task)
+            report = delivery.deliver(change, 30.0)
+            procs.check_alive()
+            if not report.delivered:
+                raise DemoError(
+                    f"task {change.id} not delivered: missing {report.missing}, "
+                    f"refused {report.refused}"
+                )
             status = watcher.wait(
                 lambda s, i=index: s.get("adaptation_id") == i and s.get("phase") in FINAL_PHASES,
                 args.timeout_s,

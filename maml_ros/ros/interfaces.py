@@ -8,6 +8,10 @@ Topic names are relative, so a namespace or a remapping moves them all.
 - ``<controller>/actions`` (sensor_msgs/JointState, RELIABLE depth 100): the controller's actions.
 - ``policy`` (std_msgs/UInt8MultiArray, RELIABLE + TRANSIENT_LOCAL depth 1): adaptation_node.
 - ``task`` (std_msgs/String holding task JSON, RELIABLE depth 10): maml-ros-task or the user.
+- ``task_ack`` (std_msgs/String holding JSON, RELIABLE depth 100): every node that reads
+  ``task`` answers each task message there, accepted or refused.
+- ``active_task`` (std_msgs/String holding JSON, RELIABLE + TRANSIENT_LOCAL depth 1): the
+  driver (or a real robot's task node) confirms the task it now runs.
 - ``~/status`` (std_msgs/String holding JSON, RELIABLE + TRANSIENT_LOCAL depth 1): every node
   publishes its counters (dropped inputs by kind and reason) and state there.
 - services: ``reset`` (std_srvs/Trigger, the driver), ``<controller>/set_exploration``
@@ -28,6 +32,20 @@ Conventions:
   controller labels ``layout.dim[0]`` with ``stamp_ns=<stamp>`` of the joint state it answers
   (``stamp_ns=0``: a hold that answers no state); ros2_control ignores the layout, and a
   lockstep driver pairs commands with states on it.
+- ``task``: the task's JSON (:class:`maml_ros.sim.TaskSpec`) with an optional ``"id"``
+  (1-64 of ``[A-Za-z0-9_.:-]``). A message without one gets ``"sha-"`` + the first 12 hex
+  digits of the SHA-256 of the task's canonical JSON, so every node derives the same id and a
+  plain ``ros2 topic pub`` works. A task with the id of the task a node is already running
+  (the driver) or adapting to (the adaptation node) is acknowledged again and changes nothing,
+  so a sender may repeat a message until every node has acknowledged it.
+- ``task_ack``: ``{"node": <fully qualified node name>, "id": <task id or null>,
+  "accepted": bool, "reason": <why it was refused, or null>}``.
+- ``active_task``: ``{"id", "family", "since_stamp_ns", "driver_session"}``: the driver runs
+  task ``id`` from the joint state stamped ``since_stamp_ns`` on; ``driver_session`` is new
+  in every driver process. The adaptation node collects rollouts for a task only once the
+  driver confirms its id, only from steps stamped at or after ``since_stamp_ns``, and fails
+  the adaptation (policy unchanged) when the confirmation never comes or the driver's
+  ``id`` or ``driver_session`` changes under it.
 - ``policy``: the bytes of a safetensors file whose header metadata carries the format
   version, policy version, architecture and observation/action spec
   (see :mod:`maml_ros.rl.checkpoint`). Its metadata also holds ``run_id`` (one per
@@ -49,6 +67,8 @@ from rclpy.qos import (
 JOINT_STATES_TOPIC = "joint_states"
 REWARD_TOPIC = "reward"
 TASK_TOPIC = "task"
+TASK_ACK_TOPIC = "task_ack"
+ACTIVE_TASK_TOPIC = "active_task"
 POLICY_TOPIC = "policy"
 STATUS_TOPIC = "~/status"
 DEFAULT_CONTROLLER = "arm_controller"
@@ -79,3 +99,7 @@ STREAM_QOS = QoSProfile(
 COMMAND_QOS = QoSProfile(
     depth=10, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE
 )
+TASK_QOS = COMMAND_QOS
+"""RELIABLE, depth 10: the ``task`` topic."""
+TASK_ACK_QOS = STREAM_QOS
+"""RELIABLE, depth 100: the ``task_ack`` topic."""

@@ -3,7 +3,9 @@
 It is the only node that knows the hidden task. Each control tick (the env's 40 Hz, with 240 Hz
 physics inside) a worker thread:
 
-1. applies a pending task change (``task`` topic) or reset (``reset`` service);
+1. applies a pending task change (``task`` topic) or reset (``reset`` service); a task change
+   is confirmed on the latched ``active_task`` with the stamp of the first state under it
+   (the contract is in :mod:`maml_ros.ros.interfaces`);
 2. advances the simulated clock by exactly one control period and publishes the arm's
    ``joint_states`` with that stamp (encoder offsets included);
 3. in lockstep mode, waits up to ``command_wait_s`` for the command answering that state, so
@@ -38,6 +40,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -52,27 +55,29 @@ from std_srvs.srv import Trigger
 
 from maml_ros.ros.common import NodeStatus, ParamSpec, ValidatedParameters, ns_to_stamp, run_node
 from maml_ros.ros.convert import (
+    TaskChange,
+    active_task_to_msg,
     arrays_to_joint_state,
     command_stamp_ns,
     commands_from_msg,
     reward_to_msg,
-    task_from_msg,
+    task_id_of,
 )
 from maml_ros.ros.interfaces import (
+    ACTIVE_TASK_TOPIC,
     COMMAND_QOS,
     DEFAULT_CONTROLLER,
     JOINT_STATES_QOS,
     JOINT_STATES_TOPIC,
+    LATCHED_QOS,
     RESET_SERVICE,
     REWARD_TOPIC,
     STREAM_QOS,
-    TASK_TOPIC,
     commands_topic,
 )
+from maml_ros.ros.tasks import TaskInbox
 from maml_ros.sim import ArmEnv, TaskSpec, TaskSpecError, nominal_task
 
-TASK_QOS = COMMAND_QOS
-"""RELIABLE, depth 10: the ``task`` topic's QoS (interfaces.py)."""
 CLOCK_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 """Reliable, so both reliable and best-effort (rclpy's TimeSource) subscribers match."""
 RESET_TIMEOUT_S = 5.0
@@ -83,7 +88,7 @@ def _task_json_problem(text: str) -> str | None:
         return None
     try:
         TaskSpec.from_json(text)
-    except TaskSpecError as exc:
+    except (TaskSpecError, OverflowError) as exc:
         return f"initial_task: {exc}"
     return None
 
@@ -186,7 +191,7 @@ class SimArmNode(Node):
         self._worker: threading.Thread | None = None
         self._log: TextIO | None = None
         self.env: ArmEnv | None = None
-        self.params = ValidatedParameters(self, PARAMS)
+        self.params = ValidatedParameters(self, PARAMS, self._on_parameter_change)
         self.status = NodeStatus(self)
         task = (
             TaskSpec.from_json(self.params["initial_task"])
@@ -194,6 +199,8 @@ class SimArmNode(Node):
             else nominal_task()
         )
         self.env = ArmEnv(task)
+        self._session = uuid.uuid4().hex[:12]
+        self._task = TaskChange(task_id_of(task), task)
         self.env.reset(seed=self.params["seed"])
         self.joint_names = list(self.env.joint_names)
         self._period_ns = round(1e9 / self.env.control_hz)
@@ -211,20 +218,23 @@ class SimArmNode(Node):
         self._seq = 0
         self._latest: _Command | None = None  # any command (the one held)
         self._answer: _Command | None = None  # the latest command that may answer a state
-        self._pending_task: TaskSpec | None = None
+        self._pending_task: TaskChange | None = None
 
         controller = self.params["controller"].strip("/")
         self._state_pub = self.create_publisher(JointState, JOINT_STATES_TOPIC, JOINT_STATES_QOS)
         self._reward_pub = self.create_publisher(Vector3Stamped, REWARD_TOPIC, STREAM_QOS)
-        self._clock_pub = self.create_publisher(Clock, "/clock", CLOCK_QOS)
+        self._active_task_pub = self.create_publisher(String, ACTIVE_TASK_TOPIC, LATCHED_QOS)
+        self._clock_pub = None
+        self._on_parameter_change("publish_clock", self.params["publish_clock"])
         self.create_subscription(
             Float64MultiArray,
             commands_topic(controller),
             self._on_command,
             COMMAND_QOS,
         )
-        self.create_subscription(String, TASK_TOPIC, self._on_task, TASK_QOS)
+        self.task_inbox = TaskInbox(self, self.status, self._on_task)
         self.create_service(Trigger, RESET_SERVICE, self._on_reset)
+        self._confirm_task(self._sim_ns + self._period_ns)
         self._update_status()
         self._worker = threading.Thread(target=self._run, name="sim_arm_physics", daemon=True)
         self._worker.start()
@@ -248,16 +258,26 @@ class SimArmNode(Node):
                 self._answer = command
             self._cond.notify_all()
 
-    def _on_task(self, msg: String) -> None:
-        try:
-            task = task_from_msg(msg)
-        except ValueError as exc:
-            self.status.drop("task", str(exc))
+    def _on_parameter_change(self, name: str, value: object) -> None:
+        """/clock is advertised only while publish_clock is on."""
+        if name != "publish_clock":
             return
-        self.get_logger().info(f"new task ({task.family}) received")
+        if value and self._clock_pub is None:
+            self._clock_pub = self.create_publisher(Clock, "/clock", CLOCK_QOS)
+        elif not value and self._clock_pub is not None:
+            publisher, self._clock_pub = self._clock_pub, None
+            self.destroy_publisher(publisher)
+
+    def _on_task(self, change: TaskChange) -> str | None:
+        """Takes a task change (applied at the next tick); the id it already runs is a no-op."""
         with self._cond:
-            self._pending_task = task
+            latest = self._pending_task or self._task
+            if change.id == latest.id:
+                return None
+            self._pending_task = change
             self._cond.notify_all()
+        self.get_logger().info(f"task {change.id} ({change.task.family}) received")
+        return None
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         reset = _ResetRequest()
@@ -280,6 +300,8 @@ class SimArmNode(Node):
             try:
                 self._tick()
             except Exception as exc:  # keep the driver alive; the status shows the failure
+                if self._stop.is_set() or not self.context.ok():
+                    return  # shutting down: the context went first (SIGINT), nothing to publish
                 self.status.drop("tick_error", f"{type(exc).__name__}: {exc}")
                 self.get_logger().error(f"physics tick failed: {exc!r}")
                 self._stop.wait(0.1)
@@ -299,10 +321,12 @@ class SimArmNode(Node):
 
     def _apply_requests(self) -> None:
         with self._cond:
-            task, self._pending_task = self._pending_task, None
+            change, self._pending_task = self._pending_task, None
             resets, self._pending_resets = self._pending_resets, []
-        if task is not None:
-            self.env.set_task(task)
+        if change is not None:
+            self.env.set_task(change.task)
+            self._task = change
+            self._confirm_task(self._sim_ns + self._period_ns)
         if resets:
             self.env.reset()
             self._episode += 1
@@ -324,8 +348,9 @@ class SimArmNode(Node):
         self._state_pub.publish(
             arrays_to_joint_state(stamp_ns, self.joint_names, positions, velocities)
         )
-        if self.params["publish_clock"]:
-            self._clock_pub.publish(Clock(clock=ns_to_stamp(stamp_ns)))
+        clock_pub = self._clock_pub
+        if clock_pub is not None:
+            clock_pub.publish(Clock(clock=ns_to_stamp(stamp_ns)))
 
         holding = self.params["hold_after_episode"] and self._step >= self.params["episode_steps"]
         action, answered = self._action_for_state(stamp_ns, seq_before, wait=not holding)
@@ -385,8 +410,17 @@ class SimArmNode(Node):
             return np.zeros(len(self.joint_names)), False
         return command.action.copy(), False
 
+    def _confirm_task(self, since_stamp_ns: int) -> None:
+        """Publishes (latched) that the current task runs from the state ``since_stamp_ns``."""
+        self._active_task_pub.publish(active_task_to_msg(self._task, since_stamp_ns, self._session))
+        self.get_logger().info(
+            f"running task {self._task.id} ({self._task.task.family}) from stamp {since_stamp_ns}"
+        )
+
     def _update_status(self) -> None:
         self.status.set(
+            task_id=self._task.id,
+            driver_session=self._session,
             episode=self._episode,
             step=self._step,
             episode_over=self._step >= self.params["episode_steps"],

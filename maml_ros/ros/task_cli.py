@@ -1,15 +1,19 @@
-"""maml-ros-task: publish one task change on the ``task`` topic.
+"""maml-ros-task: deliver one task change to the nodes that must run it.
 
     maml-ros-task reach --goal 0.5 0.1 0.4
     maml-ros-task dynamics --joint-gain 1 1 0.5 1 1 1 1 --payload-kg 1.0 [--goal X Y Z]
     maml-ros-task json '{"family": "reach", "goal": [0.5, 0.1, 0.4]}'
-    maml-ros-task reach --goal 0.5 0.1 0.4 --topic /arm1/task --wait-s 10 --ros-args ...
+    maml-ros-task reach --goal 0.5 0.1 0.4 --wait-s 10 --require sim_arm adaptation
+    maml-ros-task reach --goal 0.5 0.1 0.4 --ros-args -r __ns:=/robot1
 
-The task is validated (``TaskSpec``) before any ROS start-up; invalid input is an argparse
-error (exit code 2). Then it waits up to ``--wait-s`` for a subscriber, publishes the task once
-(RELIABLE), waits until every subscriber acknowledged it and prints the JSON it sent (exit 0).
-Exit code 1 when nobody subscribed or acknowledged in time. Arguments after ``--ros-args``
-go to rclpy (remappings, namespace).
+The options may come before or after the subcommand. The task is validated (``TaskSpec``)
+before any ROS start-up; invalid input is an argparse error (exit code 2). Then it gets a fresh
+id, waits until every ``--require``'d node (default: the driver ``sim_arm`` and the
+``adaptation`` node, in this command's namespace) subscribes to the task topic, publishes the
+task, and repeats it until each of them has acknowledged it on ``task_ack``
+(:class:`maml_ros.ros.tasks.TaskDelivery`). It prints who received it and the JSON it sent
+(exit 0), or who did not, or who refused it and why, within ``--wait-s`` (exit 1). Arguments
+after ``--ros-args`` go to rclpy (namespace, remappings).
 """
 
 from __future__ import annotations
@@ -17,33 +21,54 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from maml_ros.ros.interfaces import COMMAND_QOS, TASK_TOPIC
+from maml_ros.ros.convert import TaskChange
+from maml_ros.ros.interfaces import TASK_TOPIC
+from maml_ros.ros.tasks import DEFAULT_REQUIRED
 from maml_ros.sim import NUM_JOINTS, TaskSpec, TaskSpecError
 
-TASK_QOS = COMMAND_QOS
-"""RELIABLE, depth 10: the ``task`` topic's QoS (interfaces.py)."""
+
+def _common_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """The options accepted before and after the subcommand (``default`` keeps the value
+    given before it when the subcommand's own parser sees none)."""
+    parser.add_argument(
+        "--topic",
+        default=default if default is argparse.SUPPRESS else TASK_TOPIC,
+        help=f"task topic; acknowledgements come on <topic>_ack (default: {TASK_TOPIC})",
+    )
+    parser.add_argument(
+        "--wait-s",
+        type=float,
+        default=default if default is argparse.SUPPRESS else 10.0,
+        help="how long to wait for the required nodes' acknowledgements (default: 10)",
+    )
+    parser.add_argument(
+        "--require",
+        nargs="+",
+        metavar="NODE",
+        default=default if default is argparse.SUPPRESS else list(DEFAULT_REQUIRED),
+        help="nodes that must acknowledge the task; relative names resolve in this command's "
+        f"namespace (default: {' '.join(DEFAULT_REQUIRED)})",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="maml-ros-task", description="Publish one task change on the maml_ros task topic."
+        prog="maml-ros-task", description="Deliver one task change to the maml_ros nodes."
     )
-    parser.add_argument("--topic", default=TASK_TOPIC, help="topic (default: %(default)s)")
-    parser.add_argument(
-        "--wait-s",
-        type=float,
-        default=5.0,
-        help="how long to wait for a subscriber and its acknowledgement (default: %(default)s)",
-    )
+    _common_options(parser, None)
+    options = argparse.ArgumentParser(add_help=False)
+    _common_options(options, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="{reach,dynamics,json}")
-    reach = sub.add_parser("reach", help="a new end-effector goal, nominal body")
+    reach = sub.add_parser("reach", parents=[options], help="a new end-effector goal, nominal body")
     reach.add_argument("--goal", type=float, nargs=3, required=True, metavar=("X", "Y", "Z"))
     dyn = sub.add_parser(
-        "dynamics", help="a changed body (reach+dynamics when --goal is given too)"
+        "dynamics",
+        parents=[options],
+        help="a changed body (reach+dynamics when --goal is given too)",
     )
     dyn.add_argument("--goal", type=float, nargs=3, metavar=("X", "Y", "Z"))
     vector = {"type": float, "nargs": NUM_JOINTS, "metavar": "V"}
@@ -51,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     dyn.add_argument("--joint-damping", **vector, help="joint damping per joint (N·m·s/rad)")
     dyn.add_argument("--payload-kg", type=float, help="payload at the end effector (kg)")
     dyn.add_argument("--encoder-offset", **vector, help="encoder offset per joint (rad)")
-    raw = sub.add_parser("json", help="a task given as JSON text")
+    raw = sub.add_parser("json", parents=[options], help="a task given as JSON text")
     raw.add_argument("text", help="task JSON")
     return parser
 
@@ -87,43 +112,47 @@ def parse(argv: Sequence[str]) -> tuple[TaskSpec, argparse.Namespace]:
         parser.error(f"--wait-s must be a positive number, got {args.wait_s}")
     if not args.topic.strip("/"):
         parser.error("--topic must not be empty")
+    if any(not name.strip("/") for name in args.require):
+        parser.error("--require needs node names")
     try:
         return task_from_args(args), args
-    except TaskSpecError as exc:
+    except (TaskSpecError, OverflowError) as exc:  # OverflowError: a 400-digit number
         parser.error(f"invalid task: {exc}")
         raise AssertionError("unreachable") from exc  # parser.error exits
 
 
-def publish_task(task: TaskSpec, topic: str, wait_s: float, ros_args: Sequence[str]) -> bool:
-    """Publishes ``task`` once on ``topic``; True when a subscriber acknowledged it in time."""
+def send_task(change: TaskChange, args: argparse.Namespace, ros_args: Sequence[str]) -> bool:
+    """Delivers ``change`` to the required nodes; True when every one of them accepted it."""
     import rclpy
-    from rclpy.duration import Duration
-    from std_msgs.msg import String
+
+    from maml_ros.ros.tasks import TaskDelivery
 
     rclpy.init(args=["maml-ros-task", *ros_args])
     try:
         node = rclpy.create_node("maml_ros_task")
-        publisher = node.create_publisher(String, topic, TASK_QOS)
-        deadline = time.monotonic() + wait_s
-        while publisher.get_subscription_count() == 0:
-            if time.monotonic() > deadline:
-                print(
-                    f"maml-ros-task: nobody subscribed to {publisher.topic_name} within "
-                    f"{wait_s} s; nothing sent",
-                    file=sys.stderr,
-                )
-                return False
-            time.sleep(0.02)
-        publisher.publish(String(data=task.to_json()))
-        left = max(deadline - time.monotonic(), 0.1)
-        if not publisher.wait_for_all_acked(Duration(nanoseconds=int(left * 1e9))):
+        delivery = TaskDelivery(node, args.require, args.topic)
+        report = delivery.deliver(change, args.wait_s)
+        where = delivery.topic_name
+        if report.accepted:
+            print(f"maml-ros-task: task {change.id} received by {', '.join(report.accepted)}")
+        for name, reason in report.refused.items():
+            print(f"maml-ros-task: {name} refused task {change.id}: {reason}", file=sys.stderr)
+        if report.sends == 0:
+            absent = sorted(set(report.required) - set(delivery.subscribers()))
             print(
-                f"maml-ros-task: the task was sent on {publisher.topic_name} but not "
-                f"acknowledged within {wait_s} s",
+                f"maml-ros-task: {', '.join(absent)} did not subscribe to {where} within "
+                f"{args.wait_s} s; nothing sent",
                 file=sys.stderr,
             )
-            return False
-        return True
+        elif report.missing:
+            subscribed = delivery.subscribers()
+            print(
+                f"maml-ros-task: no acknowledgement of task {change.id} on {where} from "
+                f"{', '.join(report.missing)} within {args.wait_s} s (subscribers: "
+                f"{', '.join(subscribed) or 'none'}; sent {report.sends} time(s))",
+                file=sys.stderr,
+            )
+        return report.delivered
     finally:
         rclpy.try_shutdown()
 
@@ -136,11 +165,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         split = argv.index("--ros-args")
         argv, ros_args = argv[:split], argv[split:]
     task, args = parse(argv)
+    change = TaskChange(f"cli-{uuid.uuid4().hex[:12]}", task)
     try:
-        sent = publish_task(task, args.topic, args.wait_s, ros_args)
+        delivered = send_task(change, args, ros_args)
     except KeyboardInterrupt:
         return 130
-    if not sent:
+    if not delivered:
         return 1
     print(task.to_json())
     return 0
