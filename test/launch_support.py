@@ -107,11 +107,15 @@ class StatusClient:
     def _on_status(self, name: str, msg: Any) -> None:
         self.status[name] = json.loads(msg.data)
 
+    def spin_once(self, timeout_s: float = 0.1) -> None:
+        """Handles the status messages that came in (waits up to ``timeout_s`` for one)."""
+        self._rclpy.spin_once(self.node, timeout_sec=timeout_s)
+
     def spin_until(self, predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
         deadline = time.monotonic() + timeout_s
         while not (value := predicate()):
             assert time.monotonic() < deadline, f"{what} within {timeout_s} s: {self.status}"
-            self._rclpy.spin_once(self.node, timeout_sec=0.1)
+            self.spin_once()
         return value
 
     def ready(self, timeout_s: float = 90.0) -> None:

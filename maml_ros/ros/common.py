@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import os
+import signal
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -224,6 +225,11 @@ def run_node(node_class: type[Node], args: Sequence[str] | None = None) -> int:
         # SIGINT shut the context down while the executor was taking a message (rclpy then
         # raises e.g. "Unable to convert call argument"): that is a shutdown, not a failure.
     finally:
+        # A terminal's Ctrl-C reaches the whole process group, and launch forwards a SIGINT of
+        # its own: the second must not interrupt the teardown (Python's KeyboardInterrupt,
+        # exit code -2). SIGTERM and SIGKILL still end a teardown that hangs.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         if started:
             node.destroy_node()
         else:
