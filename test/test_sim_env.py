@@ -235,7 +235,7 @@ def test_bad_constructor_arguments():
 
 def test_sim_layer_imports_no_torch_rl_or_ros():
     code = (
-        "import sys, maml_ros.sim, maml_ros.sim.render, maml_ros.sim.oracle\n"
+        "import sys, maml_ros.sim, maml_ros.sim.render, maml_ros.sim.render_demo\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'rclpy')\n"
         "       or m.startswith(('maml_ros.rl', 'maml_ros.ros', 'maml_ros.meta'))]\n"
         "assert not bad, bad\n"

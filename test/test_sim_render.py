@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from maml_ros.sim import ArmEnv, TaskSpec
-from maml_ros.sim.render import GOAL_RGBA, render_reach, render_rgb, save_gif, save_png
+from maml_ros.sim.render import GOAL_RGBA, render_rgb, save_gif, save_png
+from maml_ros.sim.render_demo import render_reach
 
 
 def test_render_shows_the_arm_and_the_goal(tmp_path):
