@@ -17,7 +17,7 @@ ENV := source tools/env.sh &&
 
 BENCHES := $(addprefix bench-,sine sim adapt control e2e train load reach delivery)
 
-.PHONY: setup shell test lint demo train eval clean $(BENCHES)
+.PHONY: setup shell test lint params demo train eval clean $(BENCHES)
 
 setup: $(PKG_STAMP) $(if $(LAUNCH_WHEELS),$(TOOLS_STAMP))
 
@@ -53,6 +53,10 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check maml_ros test bench launch setup.py
 	$(VENV)/bin/ruff format --check maml_ros test bench launch setup.py
+
+# config/adapt.yaml and the README's parameter table, from the nodes' PARAMS tables.
+params: setup
+	$(ENV) python -m maml_ros.ros.params_doc --write
 
 demo: setup
 	$(ENV) tools/isolated.sh maml-ros-demo --out out/demo

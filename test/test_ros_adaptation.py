@@ -536,32 +536,6 @@ def test_config_section_lists_every_parameter_with_its_default() -> None:
     assert section == {spec.name: spec.default for spec in PARAMS}
 
 
-def test_launch_file_declares_the_arguments_and_the_three_nodes() -> None:
-    pytest.importorskip("launch_ros")
-    launch = pytest.importorskip("launch")
-    if not hasattr(launch, "LaunchDescription"):  # the repo's launch/ folder, not the package
-        pytest.skip("the launch package is not installed")
-    import runpy
-
-    from launch.actions import DeclareLaunchArgument
-    from launch_ros.actions import Node as LaunchNode
-
-    path = Path(__file__).parents[1] / "launch" / "adapt.launch.py"
-    description = runpy.run_path(str(path))["generate_launch_description"]()
-    arguments = {
-        e.name: e.default_value
-        for e in description.entities
-        if isinstance(e, DeclareLaunchArgument)
-    }
-    assert set(arguments) == {"checkpoint", "device", "namespace", "use_sim_time", "params_file"}
-    nodes = [e for e in description.entities if isinstance(e, LaunchNode)]
-    assert sorted(n.node_executable for n in nodes) == [
-        "adaptation_node",
-        "policy_controller_node",
-        "sim_arm_node",
-    ]
-
-
 def test_default_joint_names_are_the_simulated_arms() -> None:
     from maml_ros.sim import ArmEnv
 

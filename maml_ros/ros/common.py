@@ -83,17 +83,21 @@ class ValidatedParameters:
         node: Node,
         specs: Sequence[ParamSpec],
         on_change: Callable[[str, Any], None] | None = None,
+        cross_check: Callable[[str, Any], str | None] | None = None,
     ) -> None:
+        """``cross_check(name, value)``: a node's own rule across parameters (after each
+        spec's check, at start and at run time), None or the reason it refuses the value."""
         self._node = node
         self._specs = {spec.name: spec for spec in specs}
         self._on_change = on_change
+        self._cross_check = cross_check
         self._values: dict[str, Any] = {}
         for spec in specs:
             try:
                 value = node.declare_parameter(spec.name, spec.default, spec.descriptor()).value
             except ParameterException as exc:  # out of the descriptor's range, or the wrong type
                 raise ValueError(f"invalid parameter: {exc}") from exc
-            reason = spec.check(value)
+            reason = self._problem(spec, value)
             if reason is not None:
                 raise ValueError(f"invalid parameter: {reason}")
             self._values[spec.name] = value
@@ -103,6 +107,12 @@ class ValidatedParameters:
     def __getitem__(self, name: str) -> Any:
         return self._values[name]
 
+    def _problem(self, spec: ParamSpec, value: Any) -> str | None:
+        reason = spec.check(value)
+        if reason is None and self._cross_check is not None:
+            reason = self._cross_check(spec.name, value)
+        return reason
+
     def _validate(self, params: list[Parameter]) -> SetParametersResult:
         for param in params:
             spec = self._specs.get(param.name)
@@ -110,7 +120,7 @@ class ValidatedParameters:
                 continue
             if spec.read_only:
                 return SetParametersResult(successful=False, reason=f"{param.name} is read-only")
-            reason = spec.check(param.value)
+            reason = self._problem(spec, param.value)
             if reason is not None:
                 self._node.get_logger().warning(f"rejected parameter change: {reason}")
                 return SetParametersResult(successful=False, reason=reason)

@@ -95,74 +95,79 @@ def _positive_finite_problem(name: str, value: Any) -> str | None:
     return None
 
 
+PARAMS = (
+    ParamSpec(
+        "controller",
+        DEFAULT_CONTROLLER,
+        "Controller name: publishes <controller>/commands and <controller>/actions",
+        validator=lambda v: None if v.strip("/") else "controller must not be empty",
+        read_only=True,
+    ),
+    ParamSpec(
+        "joint_names",
+        DEFAULT_JOINT_NAMES,
+        "Joint order of the observation, the action and the commands",
+        validator=_joint_names_problem,
+        read_only=True,
+    ),
+    ParamSpec(
+        "action_scale",
+        DEFAULT_ACTION_SCALE,
+        "rad/s per policy unit (the driver's max joint velocity)",
+        float_range=(1e-6, 100.0),
+    ),
+    ParamSpec(
+        "max_velocity",
+        [DEFAULT_ACTION_SCALE],
+        "Commanded velocity limits (rad/s): one for all joints or one per joint",
+        validator=lambda v: _positive_finite_problem("max_velocity", v),
+    ),
+    ParamSpec("explore", True, "Add the policy's Gaussian exploration noise"),
+    ParamSpec("seed", 0, "Seed of the exploration noise", int_range=(0, 2**31 - 1)),
+    ParamSpec(
+        "stale_timeout_s",
+        0.2,
+        "Hold position when no valid joint state arrived for this long (wall s)",
+        float_range=(0.01, 60.0),
+    ),
+    ParamSpec(
+        "hold_rate_hz",
+        10.0,
+        "Rate of the zero-velocity commands while joint states are stale",
+        float_range=(0.1, 1000.0),
+    ),
+    ParamSpec(
+        "policy_max_bytes",
+        DEFAULT_MAX_BYTES,
+        "Largest policy message accepted (bytes)",
+        int_range=(1024, 1 << 30),
+    ),
+    ParamSpec(
+        "initial_policy",
+        "",
+        "Checkpoint loaded at start-up ('' = wait for the policy topic)",
+        read_only=True,
+    ),
+    ParamSpec(
+        "realtime_priority",
+        0,
+        "SCHED_FIFO priority of the node's threads (0: normal scheduling); needs "
+        "CAP_SYS_NICE or an rtprio limit, like ros2_control's thread_priority",
+        int_range=(0, 98),
+        read_only=True,
+    ),
+)
+"""The controller's parameters (config/adapt.yaml and the README table are generated from it)."""
+
+
 class PolicyControllerNode(Node):
     """Runs the latest accepted policy on each joint state (see the module docstring)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("policy_controller", **kwargs)
-        specs = [
-            ParamSpec(
-                "controller",
-                DEFAULT_CONTROLLER,
-                "Controller name: publishes <controller>/commands and <controller>/actions",
-                validator=lambda v: None if v.strip("/") else "controller must not be empty",
-                read_only=True,
-            ),
-            ParamSpec(
-                "joint_names",
-                DEFAULT_JOINT_NAMES,
-                "Joint order of the observation, the action and the commands",
-                validator=_joint_names_problem,
-                read_only=True,
-            ),
-            ParamSpec(
-                "action_scale",
-                DEFAULT_ACTION_SCALE,
-                "rad/s per policy unit (the driver's max joint velocity)",
-                float_range=(1e-6, 100.0),
-            ),
-            ParamSpec(
-                "max_velocity",
-                [DEFAULT_ACTION_SCALE],
-                "Commanded velocity limits (rad/s): one for all joints or one per joint",
-                validator=self._max_velocity_problem,
-            ),
-            ParamSpec("explore", True, "Add the policy's Gaussian exploration noise"),
-            ParamSpec("seed", 0, "Seed of the exploration noise", int_range=(0, 2**31 - 1)),
-            ParamSpec(
-                "stale_timeout_s",
-                0.2,
-                "Hold position when no valid joint state arrived for this long (wall s)",
-                float_range=(0.01, 60.0),
-            ),
-            ParamSpec(
-                "hold_rate_hz",
-                10.0,
-                "Rate of the zero-velocity commands while joint states are stale",
-                float_range=(0.1, 1000.0),
-            ),
-            ParamSpec(
-                "policy_max_bytes",
-                DEFAULT_MAX_BYTES,
-                "Largest policy message accepted (bytes)",
-                int_range=(1024, 1 << 30),
-            ),
-            ParamSpec(
-                "initial_policy",
-                "",
-                "Checkpoint loaded at start-up ('' = wait for the policy topic)",
-                read_only=True,
-            ),
-            ParamSpec(
-                "realtime_priority",
-                0,
-                "SCHED_FIFO priority of the node's threads (0: normal scheduling); needs "
-                "CAP_SYS_NICE or an rtprio limit, like ros2_control's thread_priority",
-                int_range=(0, 98),
-                read_only=True,
-            ),
-        ]
-        self.params = ValidatedParameters(self, specs, on_change=self._on_param_change)
+        self.params = ValidatedParameters(
+            self, PARAMS, on_change=self._on_param_change, cross_check=self._max_velocity_problem
+        )
         self.joint_names = list(self.params["joint_names"])
         n = len(self.joint_names)
         self.status = NodeStatus(self)
@@ -238,10 +243,10 @@ class PolicyControllerNode(Node):
 
     # --- parameters -----------------------------------------------------------------------
 
-    def _max_velocity_problem(self, value: Any) -> str | None:
-        problem = _positive_finite_problem("max_velocity", value)
-        if problem:
-            return problem
+    def _max_velocity_problem(self, name: str, value: Any) -> str | None:
+        """max_velocity has one value, or one per joint (joint_names is read-only)."""
+        if name != "max_velocity":
+            return None
         n = len(self.get_parameter("joint_names").value)
         if len(value) not in (1, n):
             return f"max_velocity must have 1 or {n} (joint count) values, got {len(value)}"
