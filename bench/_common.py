@@ -22,7 +22,7 @@ from maml_ros.meta import init_meta_sgd_lrs  # noqa: E402
 from maml_ros.rl.checkpoint import PolicyBundle, load_bundle  # noqa: E402
 from maml_ros.rl.config import load_config  # noqa: E402
 from maml_ros.rl.pg import Rollouts  # noqa: E402
-from maml_ros.rl.policy import GaussianMLPPolicy, NumpyPolicy  # noqa: E402
+from maml_ros.rl.policy import GaussianMLPPolicy, numpy_policy  # noqa: E402
 
 SHIPPED_CHECKPOINT = REPO / "models" / "arm_maml.safetensors"
 DEFAULT_CONFIG = REPO / "config" / "train.yaml"
@@ -132,7 +132,7 @@ def arm_rollouts(bundle: PolicyBundle, k: int, seed: int = 0, task: Any = None) 
 
     env = ArmEnv()
     env.set_task(task or sample_tasks("reach", 1, "test", seed)[0])
-    policy = NumpyPolicy(bundle)
+    policy = numpy_policy(bundle)
     rng = np.random.default_rng(seed)
     horizon = env.horizon
     obs_buf = np.zeros((k, horizon, bundle.spec.obs_dim), np.float32)

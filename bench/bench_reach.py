@@ -18,14 +18,14 @@ from _common import emit_json, machine_info, shipped_bundle
 
 from maml_ros.rl.envs import make_env, make_task_source
 from maml_ros.rl.evaluate import EvalConfig, Evaluator
-from maml_ros.rl.policy import NumpyPolicy
+from maml_ros.rl.policy import numpy_policy
 from maml_ros.sim.arm_env import ArmEnv
 from maml_ros.sim.task import HOME_EE
 
 
 def end_effector_path(arm: ArmEnv, bundle, task) -> np.ndarray:
     """End-effector positions ``[T, 3]`` of one deterministic episode of ``bundle`` on ``task``."""
-    policy = NumpyPolicy(bundle)
+    policy = numpy_policy(bundle)
     obs, _ = arm.reset(seed=0, options={"task": task})
     path = []
     for _ in range(arm.horizon):

@@ -10,14 +10,14 @@ from maml_ros.meta import InnerConfig
 from maml_ros.rl.checkpoint import PolicyBundle
 from maml_ros.rl.policy import (
     GaussianMLPPolicy,
-    NumpyPolicy,
     PolicySpec,
-    PolicySpecError,
     action_mean,
     gaussian_kl,
     log_prob,
     make_policy,
+    numpy_policy,
 )
+from maml_ros.runtime import PolicySpecError
 
 
 def random_bundle(seed: int = 0, spec: PolicySpec | None = None) -> PolicyBundle:
@@ -85,7 +85,7 @@ def test_gaussian_kl_matches_torch():
 def test_numpy_policy_equals_torch_policy():
     bundle = random_bundle(2)
     policy = make_policy(bundle)
-    np_policy = NumpyPolicy(bundle)
+    np_policy = numpy_policy(bundle)
     rng = np.random.default_rng(0)
     for _ in range(20):
         obs = rng.normal(0, 3, size=14).astype(np.float32)
@@ -95,7 +95,7 @@ def test_numpy_policy_equals_torch_policy():
 
 def test_numpy_policy_reuses_its_buffer_and_explores_with_the_policy_std():
     bundle = random_bundle(3)
-    np_policy = NumpyPolicy(bundle)
+    np_policy = numpy_policy(bundle)
     obs = np.zeros(14, dtype=np.float32)
     first = np_policy.act(obs, explore=False)
     mean = first.copy()
@@ -110,7 +110,7 @@ def test_numpy_policy_reuses_its_buffer_and_explores_with_the_policy_std():
 
 
 def test_numpy_policy_rejects_bad_observation_and_missing_rng():
-    np_policy = NumpyPolicy(random_bundle(4))
+    np_policy = numpy_policy(random_bundle(4))
     with pytest.raises(ValueError, match="shape"):
         np_policy.act(np.zeros(13, dtype=np.float32), explore=False)
     with pytest.raises(ValueError, match="rng"):

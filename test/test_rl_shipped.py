@@ -12,7 +12,7 @@ from maml_ros.rl.checkpoint import (
 )
 from maml_ros.rl.config import config_from_dict
 from maml_ros.rl.pg import Rollouts, adapt_policy
-from maml_ros.rl.policy import NumpyPolicy
+from maml_ros.rl.policy import numpy_policy
 from maml_ros.sim import ACT_DIM, FAMILIES, OBS_DIM, ArmEnv, sample_tasks
 
 
@@ -42,7 +42,7 @@ def test_shipped_multitask_baseline_shares_the_normalisation():
 
 def test_shipped_policy_runs_and_adapts_on_the_arm():
     bundle = load_bundle(find_shipped_model())
-    policy = NumpyPolicy(bundle)
+    policy = numpy_policy(bundle)
     env = ArmEnv(sample_tasks("reach", 1, "test", 0)[0], horizon=10)
     rng = np.random.default_rng(0)
     obs_l, act_l, rew_l = [], [], []

@@ -29,7 +29,7 @@ from std_srvs.srv import SetBool, Trigger
 
 from maml_ros.meta import InnerConfig
 from maml_ros.rl.checkpoint import PolicyBundle, save_bundle
-from maml_ros.rl.policy import GaussianMLPPolicy, NumpyPolicy, PolicySpec
+from maml_ros.rl.policy import GaussianMLPPolicy, NumpyPolicy, PolicySpec, numpy_policy
 from maml_ros.ros.adaptation_node import (
     DEFAULT_JOINT_NAMES,
     AdaptationNode,
@@ -171,7 +171,7 @@ class FakeArm(Node):
     def on_policy(self, msg: UInt8MultiArray) -> None:
         bundle = policy_from_msg(msg, 1 << 24)
         with self.lock:
-            self.policy, self.run_id = NumpyPolicy(bundle), bundle.run_id
+            self.policy, self.run_id = numpy_policy(bundle), bundle.run_id
             self.policy_versions.append(bundle.version)
             if bundle.version == self.flip_goal_on_version:
                 self.goal = -self.goal

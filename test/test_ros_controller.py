@@ -350,7 +350,7 @@ def test_config_lists_every_parameter_with_its_default(ros: Ros) -> None:
 
 def test_garbage_inputs_never_raise_out_of_a_callback(ros: Ros) -> None:
     ctl = ros.add(PolicyControllerNode(**ros.kwargs()))
-    ctl._install(constant_bundle(BIAS_A))
+    assert ctl.handle_policy(policy_to_msg(constant_bundle(BIAS_A)))
     numbers = st.floats(allow_nan=True, allow_infinity=True, width=64)
     calls: list[int] = []
 
@@ -400,3 +400,32 @@ def test_realtime_priority_puts_every_thread_under_sched_fifo_or_says_why_not() 
         assert policies == [os.SCHED_FIFO]
     else:  # refused: said why, nothing changed
         assert "Error" in problem and os.SCHED_FIFO not in policies
+
+
+def test_controller_imports_no_torch_pybullet_or_gymnasium() -> None:
+    """A robot's controller needs rclpy and numpy: importing its module pulls in nothing else."""
+    code = (
+        "import sys\n"
+        "import maml_ros.ros.policy_controller_node\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'pybullet', "
+        "'gymnasium', 'safetensors'})\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_tick_waits_for_no_lock_the_decoder_or_the_status_holds(ros: Ros) -> None:
+    """The control path reads the active policy by reference: with the status's lock and the
+    decoder's condition held by another thread, a joint state is still answered."""
+    import threading
+
+    ctl = ros.add(PolicyControllerNode(**ros.kwargs()))
+    assert ctl.handle_policy(policy_to_msg(constant_bundle(BIAS_A)))
+    state = arrays_to_joint_state(10**9, JOINTS, np.zeros(7), np.zeros(7))
+    with ctl.status._lock, ctl._policy_cond:
+        tick = threading.Thread(target=ctl._on_joint_state, args=(state,), daemon=True)
+        tick.start()
+        tick.join(timeout=5.0)
+        answered = not tick.is_alive()
+    assert answered, "the tick blocked on a lock held by another thread"
+    assert ctl.status.snapshot()["ticks"] == 1

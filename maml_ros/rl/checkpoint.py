@@ -27,7 +27,8 @@ import torch
 
 from maml_ros.meta import InnerConfig
 from maml_ros.rl.pg import PGConfig
-from maml_ros.rl.policy import Params, PolicySpec, PolicySpecError
+from maml_ros.rl.policy import Params
+from maml_ros.runtime.policy import PolicySpec, PolicySpecError
 
 FORMAT_NAME = "maml_ros.policy"
 FORMAT_VERSION = 1

@@ -13,7 +13,7 @@ import yaml
 
 from maml_ros.meta import InnerConfig
 from maml_ros.rl.pg import PGConfig
-from maml_ros.rl.policy import PolicySpec, PolicySpecError
+from maml_ros.runtime.policy import PolicySpec, PolicySpecError
 
 
 class ConfigError(ValueError):

@@ -1,4 +1,4 @@
-"""Gaussian MLP policy: spec, torch module (functional use), and an allocation-free numpy twin.
+"""Gaussian MLP policy: the torch module (functional use) over :mod:`maml_ros.runtime`'s spec.
 
 Parameters are plain dicts (``Params``) named like the module's ``named_parameters``:
 ``mlp.0.weight``, ``mlp.0.bias``, ..., ``log_std``. The torch functions here are pure in the
@@ -9,108 +9,24 @@ the weights in a :class:`~maml_ros.rl.checkpoint.PolicyBundle`.
 
 from __future__ import annotations
 
-import itertools
 import math
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
+
+from maml_ros.runtime.policy import (
+    LOG_STD_RANGE,
+    OBS_CLIP,
+    NumpyPolicy,
+    PolicySpec,
+)
 
 if TYPE_CHECKING:
     from maml_ros.rl.checkpoint import PolicyBundle
 
 Params = dict[str, torch.Tensor]
-
-SUPPORTED_ACTIVATIONS = ("tanh",)
-OBS_CLIP = 10.0
-"""Normalised observations are clipped to [-OBS_CLIP, OBS_CLIP]."""
-LOG_STD_RANGE = (-5.0, 2.0)
-"""log_std is clamped to this range when the distribution is built."""
-
-
-class PolicySpecError(ValueError):
-    """A policy spec (architecture or observation/action spec) is invalid."""
-
-
-@dataclass(frozen=True)
-class PolicySpec:
-    """Architecture and observation/action spec of a Gaussian MLP policy (JSON-able)."""
-
-    obs_dim: int = 14
-    act_dim: int = 7
-    hidden: tuple[int, ...] = (64, 64)
-    activation: str = "tanh"
-    init_log_std: float = -0.5
-    action_low: float = -1.0
-    action_high: float = 1.0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "hidden", tuple(self.hidden))
-        problem = self._problem()
-        if problem is not None:
-            raise PolicySpecError(problem)
-
-    def _problem(self) -> str | None:
-        for name in ("obs_dim", "act_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 4096:
-                return f"{name} must be an integer in [1, 4096], got {value!r}"
-        if not 1 <= len(self.hidden) <= 8:
-            return f"hidden must have 1..8 layers, got {len(self.hidden)}"
-        for width in self.hidden:
-            if not isinstance(width, int) or isinstance(width, bool) or not 1 <= width <= 4096:
-                return f"hidden widths must be integers in [1, 4096], got {width!r}"
-        if self.activation not in SUPPORTED_ACTIVATIONS:
-            return f"activation must be one of {SUPPORTED_ACTIVATIONS}, got {self.activation!r}"
-        for name in ("init_log_std", "action_low", "action_high"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or not math.isfinite(value):
-                return f"{name} must be a finite number, got {value!r}"
-        if not LOG_STD_RANGE[0] <= self.init_log_std <= LOG_STD_RANGE[1]:
-            return f"init_log_std must be in {LOG_STD_RANGE}, got {self.init_log_std}"
-        if not self.action_low < self.action_high:
-            return "action_low must be < action_high"
-        return None
-
-    @property
-    def layer_sizes(self) -> list[tuple[int, int]]:
-        """(in, out) of every linear layer, input to output."""
-        sizes = [self.obs_dim, *self.hidden, self.act_dim]
-        return list(itertools.pairwise(sizes))
-
-    def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Name -> shape of every parameter the spec implies (float32 in a checkpoint)."""
-        shapes: dict[str, tuple[int, ...]] = {}
-        for i, (n_in, n_out) in enumerate(self.layer_sizes):
-            shapes[f"mlp.{i}.weight"] = (n_out, n_in)
-            shapes[f"mlp.{i}.bias"] = (n_out,)
-        shapes["log_std"] = (self.act_dim,)
-        return shapes
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form."""
-        out = asdict(self)
-        out["hidden"] = list(self.hidden)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Any) -> PolicySpec:
-        """Parse and validate the JSON form; raises PolicySpecError."""
-        if not isinstance(data, dict):
-            raise PolicySpecError(f"policy spec must be an object, got {type(data).__name__}")
-        known = set(cls.__dataclass_fields__)
-        unknown = set(data) - known
-        if unknown:
-            raise PolicySpecError(f"unknown policy spec keys: {sorted(unknown)}")
-        kwargs = dict(data)
-        if "hidden" in kwargs:
-            if not isinstance(kwargs["hidden"], list | tuple):
-                raise PolicySpecError("hidden must be a list of integers")
-            kwargs["hidden"] = tuple(kwargs["hidden"])
-        return cls(**kwargs)
 
 
 class GaussianMLPPolicy(nn.Module):
@@ -191,64 +107,10 @@ def make_policy(bundle: PolicyBundle) -> GaussianMLPPolicy:
     return policy
 
 
-class NumpyPolicy:
-    """Torch-free inference of a bundle's policy, with preallocated buffers.
-
-    ``act`` for one observation allocates nothing: it writes into internal buffers and returns
-    the action buffer (valid until the next call; pass ``out`` to write elsewhere).
-    """
-
-    def __init__(self, bundle: PolicyBundle) -> None:
-        spec = bundle.spec
-        self.spec = spec
-        self.version = bundle.version
-        to_np = lambda t: np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float32)  # noqa: E731
-        self._weights = [
-            to_np(bundle.params[f"mlp.{i}.weight"]) for i in range(len(spec.hidden) + 1)
-        ]
-        self._biases = [to_np(bundle.params[f"mlp.{i}.bias"]) for i in range(len(spec.hidden) + 1)]
-        log_std = np.clip(to_np(bundle.params["log_std"]), *LOG_STD_RANGE)
-        self.std = np.exp(log_std).astype(np.float32)
-        self._obs_mean = to_np(bundle.obs_mean)
-        self._inv_obs_std = (1.0 / to_np(bundle.obs_std)).astype(np.float32)
-        self._x = np.empty(spec.obs_dim, dtype=np.float32)
-        self._hidden = [np.empty(width, dtype=np.float32) for width in spec.hidden]
-        self._mean = np.empty(spec.act_dim, dtype=np.float32)
-        self._noise = np.empty(spec.act_dim, dtype=np.float32)
-
-    def mean(self, obs: np.ndarray) -> np.ndarray:
-        """Deterministic action mean (the internal buffer; valid until the next call)."""
-        if obs.shape != (self.spec.obs_dim,):
-            raise ValueError(f"observation must have shape ({self.spec.obs_dim},), got {obs.shape}")
-        x = self._x
-        np.subtract(obs, self._obs_mean, out=x)
-        np.multiply(x, self._inv_obs_std, out=x)
-        np.clip(x, -OBS_CLIP, OBS_CLIP, out=x)
-        for w, b, h in zip(self._weights[:-1], self._biases[:-1], self._hidden, strict=True):
-            np.matmul(w, x, out=h)
-            np.add(h, b, out=h)
-            np.tanh(h, out=h)
-            x = h
-        np.matmul(self._weights[-1], x, out=self._mean)
-        np.add(self._mean, self._biases[-1], out=self._mean)
-        return self._mean
-
-    def act(
-        self,
-        obs: np.ndarray,
-        explore: bool,
-        rng: np.random.Generator | None = None,
-        out: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """Action (float32[act_dim]): the mean, plus Gaussian noise when ``explore``."""
-        mean = self.mean(obs)
-        if explore:
-            if rng is None:
-                raise ValueError("explore=True needs an rng")
-            rng.standard_normal(dtype=np.float32, out=self._noise)
-            np.multiply(self._noise, self.std, out=self._noise)
-            np.add(mean, self._noise, out=mean)
-        if out is None:
-            return mean
-        np.copyto(out, mean)
-        return out
+def numpy_policy(bundle: PolicyBundle) -> NumpyPolicy:
+    """The torch-free, allocation-free inference object (:mod:`maml_ros.runtime`) of a bundle."""
+    to_np = lambda t: t.detach().cpu().numpy()  # noqa: E731
+    params = {name: to_np(value) for name, value in bundle.params.items()}
+    return NumpyPolicy(
+        bundle.spec, params, to_np(bundle.obs_mean), to_np(bundle.obs_std), bundle.version
+    )

@@ -137,8 +137,16 @@ class ValidatedParameters:
 class NodeStatus:
     """Counters and fields published as JSON on ``~/status`` (latched); bad-input bookkeeping."""
 
-    def __init__(self, node: Node, period_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        node: Node,
+        period_s: float = 1.0,
+        refresh: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        """``refresh()`` returns fields read fresh at every snapshot (counters that a real-time
+        path bumps without taking this status's lock)."""
         self._node = node
+        self._refresh = refresh
         self._lock = threading.Lock()
         self._fields: dict[str, Any] = {"pid": os.getpid()}  # a respawned node has a new one
         self._dropped: dict[str, int] = {}
@@ -165,9 +173,11 @@ class NodeStatus:
 
     def snapshot(self) -> dict[str, Any]:
         """The status as a dict."""
+        fresh = self._refresh() if self._refresh is not None else {}
         with self._lock:
             return {
                 **self._fields,
+                **fresh,
                 "dropped": dict(self._dropped),
                 "dropped_total": sum(self._dropped.values()),
                 "last_drop_reason": dict(self._last_reason),

@@ -35,6 +35,7 @@ from maml_ros.ros.common import ns_to_stamp, stamp_to_ns
 
 if TYPE_CHECKING:
     from maml_ros.rl.checkpoint import PolicyBundle
+    from maml_ros.runtime import PolicyData
     from maml_ros.sim import TaskSpec
 
 MAX_TASK_BYTES = 64 * 1024
@@ -291,21 +292,28 @@ def policy_to_msg(bundle: PolicyBundle) -> UInt8MultiArray:
     return msg
 
 
-def policy_from_msg(msg: UInt8MultiArray, max_bytes: int) -> PolicyBundle:
-    """The validated PolicyBundle in a policy message; the size is checked first."""
-    from maml_ros.rl.checkpoint import bundle_from_bytes
-
+def _policy_bytes(msg: UInt8MultiArray, max_bytes: int) -> bytes:
+    """The bytes of a policy message; the type, size and layout are checked first."""
     _check_type(msg, UInt8MultiArray)
     if len(msg.data) > max_bytes:
         raise ValueError(f"oversized policy: {len(msg.data)} bytes, limit {max_bytes}")
     if msg.layout.data_offset != 0:
         raise ValueError(f"policy layout.data_offset must be 0, got {msg.layout.data_offset}")
-    try:
-        return bundle_from_bytes(bytes(msg.data), max_bytes=max_bytes)
-    except ValueError:  # CheckpointError is a ValueError
-        raise
-    except _PARSER_ERRORS as exc:
-        raise ValueError(f"invalid policy: {type(exc).__name__}: {exc}") from exc
+    return bytes(msg.data)
+
+
+def policy_from_msg(msg: UInt8MultiArray, max_bytes: int) -> PolicyBundle:
+    """The validated PolicyBundle (torch tensors) in a policy message."""
+    from maml_ros.rl.checkpoint import bundle_from_bytes
+
+    return bundle_from_bytes(_policy_bytes(msg, max_bytes), max_bytes=max_bytes)
+
+
+def policy_data_from_msg(msg: UInt8MultiArray, max_bytes: int) -> PolicyData:
+    """The validated, probed policy (numpy, no torch) in a policy message: the controller's."""
+    from maml_ros.runtime import policy_from_bytes
+
+    return policy_from_bytes(_policy_bytes(msg, max_bytes), max_bytes=max_bytes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -444,6 +452,7 @@ __all__ = [
     "commands_from_msg",
     "commands_to_msg",
     "joint_state_to_arrays",
+    "policy_data_from_msg",
     "policy_from_msg",
     "policy_to_msg",
     "reward_from_msg",

@@ -1,8 +1,9 @@
 """policy_controller_node: runs the current policy at the control rate on the latest joint state.
 
 Event-driven: each valid ``joint_states`` message (reordered to ``joint_names``) becomes an
-observation (``maml_ros.sim.observation_from_joint_state``), the policy acts (``NumpyPolicy``, no
-torch, no per-tick allocation inside the policy), and the node publishes
+observation (``maml_ros.runtime.observation_from_joint_state``), the policy acts
+(``maml_ros.runtime.NumpyPolicy``: numpy, no per-tick allocation inside the policy), and the node
+publishes
 
 - ``<controller>/commands``: joint velocities in rad/s = clip(action, -1, 1) × ``action_scale``,
   then clamped to ±``max_velocity``, carrying the joint state's stamp in ``layout.dim[0].label``
@@ -14,11 +15,14 @@ Until it has a policy the controller publishes nothing at all (the driver then h
 
 Policies arrive on ``policy`` (latched); the callback only queues the message for a decoder
 thread (the newest pending message wins), so decoding never holds up a tick. A policy is accepted
-when it decodes and validates (size, shapes, dtype, finiteness: rl's codec), matches this controller
+when it decodes and validates (size, shapes, dtype, finiteness, and actions finite on probe
+observations: ``maml_ros.runtime``'s reader), matches this controller
 (observation size 2 × joints, action size = joints, and ``joint_names`` when its metadata has
 them), and is newer: another ``run_id`` than the current policy's, or the same run_id with a
-higher ``version``. It then replaces the current one between ticks (one reference assignment
-under a lock). A bad update is dropped and counted; the last good policy keeps running.
+higher ``version``. It then replaces the current one between ticks: one reference assignment,
+which the tick reads without a lock (as realtime_tools' RealtimeBuffer swaps a pointer), so the
+tick never waits for the decoder or the status. A bad update is dropped and counted; the last
+good policy keeps running. The node imports no torch, pybullet or gymnasium.
 
 Watchdog: when no valid joint state arrived for ``stale_timeout_s`` (wall time) while a policy
 is loaded, the controller holds position: it publishes zero velocities at ``hold_rate_hz``
@@ -43,8 +47,6 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, UInt8MultiArray
 from std_srvs.srv import SetBool
 
-from maml_ros.rl.checkpoint import DEFAULT_MAX_BYTES, PolicyBundle, load_bundle
-from maml_ros.rl.policy import NumpyPolicy
 from maml_ros.ros.common import (
     NodeStatus,
     ParamSpec,
@@ -56,7 +58,7 @@ from maml_ros.ros.convert import (
     action_to_msg,
     commands_to_msg,
     joint_state_to_arrays,
-    policy_from_msg,
+    policy_data_from_msg,
 )
 from maml_ros.ros.interfaces import (
     COMMAND_QOS,
@@ -70,7 +72,13 @@ from maml_ros.ros.interfaces import (
     actions_topic,
     commands_topic,
 )
-from maml_ros.sim import observation_from_joint_state
+from maml_ros.runtime import (
+    DEFAULT_MAX_BYTES,
+    NumpyPolicy,
+    PolicyData,
+    observation_from_joint_state,
+    read_policy_file,
+)
 
 DEFAULT_JOINT_NAMES = [f"lbr_iiwa_joint_{i}" for i in range(1, 8)]
 """The simulated KUKA iiwa's joints (``ArmEnv.joint_names``)."""
@@ -170,8 +178,8 @@ class PolicyControllerNode(Node):
         )
         self.joint_names = list(self.params["joint_names"])
         n = len(self.joint_names)
-        self.status = NodeStatus(self)
-        self._lock = threading.Lock()
+        self._ticks = 0
+        self.status = NodeStatus(self, refresh=lambda: {"ticks": self._ticks})
         self._active: _ActivePolicy | None = None
         self._rng = np.random.default_rng(self.params["seed"])
         self._limits = np.empty(n)
@@ -183,7 +191,6 @@ class PolicyControllerNode(Node):
         self._last_valid = time.monotonic()
         self._last_hold = -math.inf
         self._stale = False
-        self._ticks = 0
         self._updates = 0
         self._policy_cond = threading.Condition()
         self._pending_policy: UInt8MultiArray | None = None
@@ -220,7 +227,9 @@ class PolicyControllerNode(Node):
             clock=Clock(clock_type=ClockType.STEADY_TIME),
         )
         if self.params["initial_policy"]:
-            bundle = load_bundle(self.params["initial_policy"], self.params["policy_max_bytes"])
+            bundle = read_policy_file(
+                self.params["initial_policy"], self.params["policy_max_bytes"]
+            )
             problem = self._incompatibility(bundle)
             if problem:
                 raise ValueError(f"initial_policy: {problem}")
@@ -279,8 +288,7 @@ class PolicyControllerNode(Node):
             self._stale = False
             self.get_logger().info("joint states resumed")
             self._update_status()
-        with self._lock:
-            active = self._active
+        active = self._active  # one reference read: the decoder swaps it, nobody locks it
         if active is None:
             return
         action = active.policy.act(obs, self.params["explore"], self._rng, out=self._action)
@@ -289,12 +297,10 @@ class PolicyControllerNode(Node):
         np.clip(self._command, -self._limits, self._limits, out=self._command)
         self._commands_pub.publish(commands_to_msg(self._command, stamp=msg.header.stamp))
         self._actions_pub.publish(action_to_msg(msg.header.stamp, self.joint_names, action))
-        self._ticks += 1
-        self.status.set(ticks=self._ticks)
+        self._ticks += 1  # the status reads it when it publishes
 
     def _watchdog(self) -> None:
-        with self._lock:
-            has_policy = self._active is not None
+        has_policy = self._active is not None
         now = time.monotonic()
         if not has_policy or now - self._last_valid <= self.params["stale_timeout_s"]:
             return
@@ -345,7 +351,7 @@ class PolicyControllerNode(Node):
     def handle_policy(self, msg: UInt8MultiArray) -> bool:
         """Validates a policy message and swaps it in; a bad one is dropped. True if taken."""
         try:
-            bundle = policy_from_msg(msg, self.params["policy_max_bytes"])
+            bundle = policy_data_from_msg(msg, self.params["policy_max_bytes"])
             problem = self._incompatibility(bundle) or self._not_newer(bundle)
             if problem:
                 raise ValueError(problem)
@@ -357,7 +363,7 @@ class PolicyControllerNode(Node):
         self.get_logger().info(f"policy version {bundle.version} (run {bundle.run_id!r}) active")
         return True
 
-    def _incompatibility(self, bundle: PolicyBundle) -> str | None:
+    def _incompatibility(self, bundle: PolicyData) -> str | None:
         """Why ``bundle`` cannot drive these joints, or None."""
         n = len(self.joint_names)
         if bundle.spec.obs_dim != 2 * n or bundle.spec.act_dim != n:
@@ -370,10 +376,9 @@ class PolicyControllerNode(Node):
             return f"policy joint_names {names} differ from the controller's {self.joint_names}"
         return None
 
-    def _not_newer(self, bundle: PolicyBundle) -> str | None:
+    def _not_newer(self, bundle: PolicyData) -> str | None:
         """Why ``bundle`` does not replace the current policy (the version rule), or None."""
-        with self._lock:
-            active = self._active
+        active = self._active
         if active is None or bundle.run_id != active.run_id or bundle.version > active.version:
             return None
         return (
@@ -381,10 +386,8 @@ class PolicyControllerNode(Node):
             f"of run {bundle.run_id!r}"
         )
 
-    def _install(self, bundle: PolicyBundle) -> None:
-        active = _ActivePolicy(NumpyPolicy(bundle), bundle.version, bundle.run_id)
-        with self._lock:
-            self._active = active
+    def _install(self, bundle: PolicyData) -> None:
+        self._active = _ActivePolicy(bundle.policy, bundle.version, bundle.run_id)  # the swap
         self._updates += 1
         self._update_status()
         self.status.publish()
@@ -402,8 +405,7 @@ class PolicyControllerNode(Node):
     # --- status ---------------------------------------------------------------------------
 
     def _update_status(self) -> None:
-        with self._lock:
-            active = self._active
+        active = self._active
         self.status.set(
             policy_version=active.version if active else None,
             run_id=active.run_id if active else None,

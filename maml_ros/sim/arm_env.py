@@ -21,7 +21,6 @@ protocol). Episodes never terminate; they are truncated after ``horizon`` steps.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -29,6 +28,7 @@ import numpy as np
 import pybullet as pb
 import pybullet_data
 
+from maml_ros.runtime import observation_from_joint_state
 from maml_ros.sim.task import NUM_JOINTS, TaskSpec, nominal_task
 
 URDF = "kuka_iiwa/model.urdf"
@@ -44,27 +44,6 @@ MAX_OBS_VELOCITY = 20.0
 """Joint speed bound (rad/s) of the observation space, far above any iiwa joint's speed."""
 OBS_DIM = 2 * NUM_JOINTS
 ACT_DIM = NUM_JOINTS
-
-
-def observation_from_joint_state(
-    positions: Sequence[float] | np.ndarray, velocities: Sequence[float] | np.ndarray
-) -> np.ndarray:
-    """The policy observation: ``[positions(7), velocities(7)]`` as float32.
-
-    This is the one place an observation is built (the env and the ROS controller both call
-    it). Raises ValueError on a wrong length or a non-finite value.
-    """
-    obs = np.empty(OBS_DIM, dtype=np.float32)
-    try:
-        obs[:NUM_JOINTS] = positions
-        obs[NUM_JOINTS:] = velocities
-    except (ValueError, TypeError) as exc:
-        raise ValueError(
-            f"a joint state needs {NUM_JOINTS} positions and {NUM_JOINTS} velocities: {exc}"
-        ) from None
-    if not np.isfinite(obs).all():
-        raise ValueError("joint state holds a non-finite value")
-    return obs
 
 
 class PhysicsWorld:

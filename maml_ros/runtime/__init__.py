@@ -1,0 +1,48 @@
+"""runtime layer: what a robot needs to run a policy, with numpy and the standard library only.
+
+- :mod:`maml_ros.runtime.observation`: the observation built from a joint state;
+- :mod:`maml_ros.runtime.policy`: the policy spec and allocation-free numpy inference
+  (tanh MLP mean plus Gaussian exploration), with the probe check every loader applies;
+- :mod:`maml_ros.runtime.reader`: the safetensors policy reader (files and ``policy`` messages
+  written by :mod:`maml_ros.rl.checkpoint`), validating exactly what rl's codec validates.
+
+It imports neither torch, pybullet nor gymnasium; ``sim`` and ``rl`` build on it.
+"""
+
+from maml_ros.runtime.observation import observation_from_joint_state
+from maml_ros.runtime.policy import (
+    LOG_STD_RANGE,
+    OBS_CLIP,
+    NumpyPolicy,
+    PolicySpec,
+    PolicySpecError,
+    probe_problem,
+)
+from maml_ros.runtime.reader import (
+    DEFAULT_MAX_BYTES,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    CheckpointError,
+    PolicyData,
+    checked_policy,
+    policy_from_bytes,
+    read_policy_file,
+)
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "LOG_STD_RANGE",
+    "OBS_CLIP",
+    "CheckpointError",
+    "NumpyPolicy",
+    "PolicyData",
+    "PolicySpec",
+    "PolicySpecError",
+    "checked_policy",
+    "observation_from_joint_state",
+    "policy_from_bytes",
+    "probe_problem",
+    "read_policy_file",
+]
