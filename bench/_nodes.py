@@ -177,7 +177,43 @@ def adapt_load(seconds: float, k: int = 20, threads: int = 1) -> int:
     return count
 
 
+def relay(seconds: float) -> int:
+    """A bare rclpy relay, the controller's floor: each joint state is answered on
+    ``relay/actions`` with its stamp and nothing else (no policy, no checks); the count."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import JointState
+
+    from maml_ros.ros import interfaces as itf
+
+    rclpy.init()
+    node = rclpy.create_node("bench_relay")
+    publisher = node.create_publisher(JointState, RELAY_TOPIC, itf.STREAM_QOS)
+    answer = JointState()
+    count = 0
+
+    def on_state(msg: JointState) -> None:
+        nonlocal count
+        answer.header.stamp = msg.header.stamp
+        publisher.publish(answer)
+        count += 1
+
+    node.create_subscription(JointState, itf.JOINT_STATES_TOPIC, on_state, itf.JOINT_STATES_QOS)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    deadline = time.monotonic() + seconds
+    with contextlib.suppress(KeyboardInterrupt):
+        while time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.1)
+    node.destroy_node()
+    rclpy.try_shutdown()
+    return count
+
+
 # --------------------------------------------------------------------------- a fake arm driver
+
+RELAY_TOPIC = "relay/actions"
+"""Where :func:`relay` answers."""
 
 JOINT_NAMES = [f"lbr_iiwa_joint_{i}" for i in range(1, 8)]
 BAD_KINDS = ("nan", "wrong_length", "stale_stamp")
@@ -201,6 +237,7 @@ class FakeArmDriver:
         status_nodes: Sequence[str] = ("policy_controller",),
         listen_commands: bool = False,
         rewards: bool = True,
+        listen_relay: bool = False,
     ) -> None:
         import rclpy
         from geometry_msgs.msg import Vector3Stamped
@@ -232,6 +269,9 @@ class FakeArmDriver:
         self.node.create_subscription(
             JointState, itf.actions_topic(), self._on_action, itf.STREAM_QOS
         )
+        self.relay_received: dict[int, float] = {}  # stamp -> relay answer time
+        if listen_relay:
+            self.node.create_subscription(JointState, RELAY_TOPIC, self._on_relay, itf.STREAM_QOS)
         if listen_commands:
             self.node.create_subscription(
                 Float64MultiArray, itf.commands_topic(), self._on_command, itf.COMMAND_QOS
@@ -282,6 +322,11 @@ class FakeArmDriver:
         if len(msg.velocity) == 7:
             with self._lock:
                 self.velocities = np.clip(np.asarray(msg.velocity), -1.0, 1.0) * 1.5
+
+    def _on_relay(self, msg: Any) -> None:
+        now = time.perf_counter()
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        self.relay_received.setdefault(stamp, now)
 
     def _on_command(self, msg: Any) -> None:
         self.command_times.append(time.perf_counter())
@@ -382,15 +427,16 @@ class FakeArmDriver:
         confirmation = active_task_to_msg(task_from_msg(msg), time.time_ns(), self._session)
         self._active_task_pub.publish(confirmation)
 
-    def latency(self, since: float = 0.0) -> dict[str, Any]:
+    def latency(self, since: float = 0.0, relay: bool = False) -> dict[str, Any]:
         """State-in -> action-out latency per valid state sent at or after ``since`` (perf
         counter), and missed ticks: states whose action had not come back before the next state
-        was due (one period later)."""
+        was due (one period later). ``relay``: the bare relay's answers, not the controller's."""
         latencies = []
         missed = 0
+        received = self.relay_received if relay else self.received
         sent_after = {s: t for s, t in self.sent.items() if t >= since}
         for stamp, sent in sent_after.items():
-            got = self.received.get(stamp)
+            got = received.get(stamp)
             if got is None or got - sent > self.period:
                 missed += 1
             if got is not None:
@@ -421,10 +467,15 @@ if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(description="bench helper processes")
-    parser.add_argument("mode", choices=["adapt-load"])
+    parser.add_argument("mode", choices=["adapt-load", "relay"])
     parser.add_argument("--seconds", type=float, required=True)
     parser.add_argument("--k", type=int, default=20)
+    add_realtime_option(parser)
     cli = parser.parse_args()
+    if cli.mode == "relay":
+        run_driver_realtime(cli.realtime_priority)
+        print(json.dumps({"relayed": relay(cli.seconds)}), flush=True)
+        sys.exit(0)
     try:
         updates = adapt_load(cli.seconds, cli.k)
     except KeyboardInterrupt:  # stopped early by the bench

@@ -349,6 +349,11 @@ def test_adapts_to_a_task_change_and_dumps_what_the_arm_executed(
     assert status["policy_version"] == 1 and h.arm.policy_versions[-1] == 1
     assert status["return_post"] > status["return_pre"], status
     assert status["adapt_latency_ms"] > 0 and np.isfinite(status["inner_loss"])
+    # The node's own clock: task -> first rollout step, the rollouts, rollouts -> policy active.
+    first, collect = status["task_to_first_rollout_step_ms"], status["collect_ms"]
+    active, whole = status["policy_active_after_rollouts_ms"], status["task_to_policy_active_ms"]
+    assert first > 0 and collect > 0 and status["adapt_latency_ms"] <= active
+    assert first < whole and collect + active <= whole + 1.0
     records = read_jsonl(dump)
     assert len(records) == 8 * 20
     executed = {r["stamp_ns"]: r for r in h.arm.log}

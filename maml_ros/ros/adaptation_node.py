@@ -16,7 +16,10 @@ confirming_task, evaluating_pre, collecting, adapting, evaluating_post, done, ro
 cancelled, failed), ``adaptation_id`` (one per accepted task change), ``task_id``,
 ``task_family``, ``rollouts_collected``,
 ``rollouts_discarded``, ``inner_loss``, ``return_pre``/``success_pre``,
-``return_post``/``success_post``, ``adapt_latency_ms``, ``inner_device``, ``policy_version``,
+``return_post``/``success_post``, ``adapt_latency_ms``, timings on the node's clock
+(``task_to_first_rollout_step_ms``, ``collect_ms``, ``policy_active_after_rollouts_ms``: the
+last rollout step to the controller reporting the adapted version, and
+``task_to_policy_active_ms``), ``inner_device``, ``policy_version``,
 ``run_id``, ``reason`` (why a rollback or failure happened), ``cancellations``, ``ready``
 (the warm-up update is done) and the drop counters by kind (joint_states, actions, reward,
 task, step, rollout).
@@ -135,6 +138,10 @@ CLEARED_RESULTS = {
     "return_post": None,
     "success_post": None,
     "adapt_latency_ms": None,
+    "task_to_first_rollout_step_ms": None,
+    "collect_ms": None,
+    "policy_active_after_rollouts_ms": None,
+    "task_to_policy_active_ms": None,
 }
 """Status fields of one adaptation, as they read before it has results."""
 
@@ -482,6 +489,8 @@ class AdaptationNode(Node):
 
         self.joiner = StepJoiner(self.params["buffer_capacity"], self.status.drop)
         self._pending_task: TaskChange | None = None
+        self._pending_since = self._task_since = time.monotonic()  # when a task came in
+        self._first_rollout_step_pending = False
         self._adapting_id: str | None = None
         self._active_task: ActiveTask | None = None
         self._confirmed: ActiveTask | None = None
@@ -572,6 +581,7 @@ class AdaptationNode(Node):
             if change.id in (self._adapting_id, getattr(self._pending_task, "id", None)):
                 return None
             self._pending_task = change
+            self._pending_since = time.monotonic()
             self._cancel.set()
             self._wake.notify_all()
         self.get_logger().info(f"task change: {change.id} ({change.task.family})")
@@ -610,14 +620,15 @@ class AdaptationNode(Node):
         self.status.publish()
         return published
 
-    def _wait_policy_ack(self, version: int) -> None:
-        """Waits until the controller reports ``version`` of this run (or the ack timeout)."""
+    def _wait_policy_ack(self, version: int) -> bool:
+        """Waits until the controller reports ``version`` of this run: True, or False after the
+        ack timeout."""
         deadline = time.monotonic() + self.params["policy_ack_timeout_s"]
         with self._ack_cond:
             while True:
                 ack = self._controller_ack
                 if ack is not None and ack[0] == self.run_id and ack[1] >= version:
-                    return
+                    return True
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -628,6 +639,7 @@ class AdaptationNode(Node):
             f"{self.params['policy_ack_timeout_s']} s; going on",
             throttle_duration_sec=10.0,
         )
+        return False
 
     # -- the worker ----------------------------------------------------------------------------
 
@@ -662,6 +674,7 @@ class AdaptationNode(Node):
                 if self._stopping.is_set():
                     return
                 change, self._pending_task = self._pending_task, None
+                self._task_since = self._pending_since
                 self._adapting_id = change.id
                 self._cancel.clear()
             try:
@@ -757,7 +770,10 @@ class AdaptationNode(Node):
         self._wait_policy_ack(start.version)
         return_pre, success_pre = self._evaluate(cfg)
         self._phase("collecting", return_pre=return_pre, success_pre=success_pre)
+        collect_start = time.monotonic()
         rollouts = self._collect(cfg)
+        rollouts_done = time.monotonic()
+        self.status.set(collect_ms=(rollouts_done - collect_start) * 1e3)
 
         self._phase("adapting")
         t0 = time.perf_counter()
@@ -785,7 +801,12 @@ class AdaptationNode(Node):
         self._check_cancel()
         published = self._publish_policy(adapted)
         self._phase("evaluating_post")
-        self._wait_policy_ack(published.version)
+        if self._wait_policy_ack(published.version):
+            active = time.monotonic()
+            self.status.set(
+                policy_active_after_rollouts_ms=(active - rollouts_done) * 1e3,
+                task_to_policy_active_ms=(active - self._task_since) * 1e3,
+            )
         return_post, success_post = self._evaluate(cfg)
         self.status.set(return_post=return_post, success_post=success_post)
         if return_post < return_pre - cfg["rollback_margin"]:
@@ -819,6 +840,7 @@ class AdaptationNode(Node):
     def _collect(self, cfg: dict[str, Any]) -> Rollouts:
         """K exploring rollouts as ``maml_ros.rl.pg.Rollouts``."""
         self._set_exploration(True, cfg)
+        self._first_rollout_step_pending = True
         episodes = self._episodes(cfg, cfg["rollouts"], collecting=True)
         obs = np.array(
             [
@@ -901,6 +923,10 @@ class AdaptationNode(Node):
                         f"{len(steps)} steps (lost messages)"
                     )
             steps.append(step)
+            if self._first_rollout_step_pending:
+                self._first_rollout_step_pending = False
+                since_task = (time.monotonic() - self._task_since) * 1e3
+                self.status.set(task_to_first_rollout_step_ms=since_task)
         return steps
 
     def _next_step(self, cfg: dict[str, Any]) -> Step:

@@ -85,6 +85,8 @@ DEFAULT_JOINT_NAMES = [f"lbr_iiwa_joint_{i}" for i in range(1, 8)]
 DEFAULT_ACTION_SCALE = 1.5
 """rad/s per policy unit: ``ArmEnv``'s default ``max_joint_velocity``."""
 WATCHDOG_PERIOD_S = 0.02
+POLICY_TIMING_WINDOW = 1000
+"""``policy_us_p50`` in the status is the median policy compute of the last this many ticks."""
 
 
 def _joint_names_problem(value: Any) -> str | None:
@@ -179,7 +181,8 @@ class PolicyControllerNode(Node):
         self.joint_names = list(self.params["joint_names"])
         n = len(self.joint_names)
         self._ticks = 0
-        self.status = NodeStatus(self, refresh=lambda: {"ticks": self._ticks})
+        self._policy_ns = np.zeros(POLICY_TIMING_WINDOW, dtype=np.int64)  # ring, per tick
+        self.status = NodeStatus(self, refresh=self._tick_fields)
         self._active: _ActivePolicy | None = None
         self._rng = np.random.default_rng(self.params["seed"])
         self._limits = np.empty(n)
@@ -291,7 +294,9 @@ class PolicyControllerNode(Node):
         active = self._active  # one reference read: the decoder swaps it, nobody locks it
         if active is None:
             return
+        started = time.perf_counter_ns()
         action = active.policy.act(obs, self.params["explore"], self._rng, out=self._action)
+        self._policy_ns[self._ticks % POLICY_TIMING_WINDOW] = time.perf_counter_ns() - started
         np.clip(action, -1.0, 1.0, out=self._command)
         np.multiply(self._command, self.params["action_scale"], out=self._command)
         np.clip(self._command, -self._limits, self._limits, out=self._command)
@@ -404,6 +409,13 @@ class PolicyControllerNode(Node):
 
     # --- status ---------------------------------------------------------------------------
 
+    def _tick_fields(self) -> dict[str, Any]:
+        """The tick's counters, read when the status is built (the tick takes no lock)."""
+        ticks = self._ticks
+        window = self._policy_ns[: min(ticks, POLICY_TIMING_WINDOW)]
+        policy_us = float(np.median(window)) / 1e3 if ticks else None
+        return {"ticks": ticks, "policy_us_p50": policy_us}
+
     def _update_status(self) -> None:
         active = self._active
         self.status.set(
@@ -411,7 +423,6 @@ class PolicyControllerNode(Node):
             run_id=active.run_id if active else None,
             has_policy=active is not None,
             policy_updates=self._updates,
-            ticks=self._ticks,
             exploring=self.params["explore"],
             stale=self._stale,
         )
