@@ -22,7 +22,7 @@ from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from ros_harness import read_jsonl
+from ros_harness import read_jsonl, wait_until
 from sensor_msgs.msg import JointState
 from std_msgs.msg import String, UInt8MultiArray
 from std_srvs.srv import SetBool, Trigger
@@ -549,3 +549,31 @@ def test_default_joint_names_are_the_simulated_arms() -> None:
         assert list(env.joint_names) == DEFAULT_JOINT_NAMES
     finally:
         env.close()
+
+
+def test_deactivate_cancels_keeps_the_good_policy_and_refuses_tasks(
+    harness_factory: Callable[..., Harness],
+) -> None:
+    """Lifecycle: deactivate mid-collection cancels the adaptation and republishes the last
+    good (evaluated) policy; an inactive node refuses tasks; activate takes them again."""
+    h = harness_factory(rollouts=6)
+    h.wait_for_first_policy()
+    h.send_task(0)
+    done = h.wait_for(finished)
+    assert done["phase"] == "done", done
+    good = h.node.good
+    assert good.version == done["policy_version"]
+
+    h.send_task(1)  # starts from the meta-trained policy (reset_to_meta), published anew
+    h.wait_for(lambda s: s["phase"] == "collecting" and s["adaptation_id"] == 2)
+    h.node.trigger_deactivate()
+    status = h.wait_for(lambda s: s["phase"] == "cancelled")
+    assert status["reason"] == "deactivate" and status["lifecycle"] == "inactive"
+    wait_until(lambda: h.node.current.version > good.version + 1)
+    kept = h.node.current
+    assert all(torch.equal(kept.params[k], good.params[k]) for k in good.params)
+    assert h.arm.policy_versions[-1] == kept.version
+
+    assert h.node._on_task(TaskChange("while-inactive", REACH_TASK[0])) is not None
+    h.node.trigger_activate()
+    assert h.node._on_task(TaskChange("active-again", REACH_TASK[0])) is None

@@ -429,3 +429,57 @@ def test_the_tick_waits_for_no_lock_the_decoder_or_the_status_holds(ros: Ros) ->
         answered = not tick.is_alive()
     assert answered, "the tick blocked on a lock held by another thread"
     assert ctl.status.snapshot()["ticks"] == 1
+
+
+def test_lifecycle_unconfigured_commands_nothing_and_deactivate_holds_position(ros: Ros) -> None:
+    """autostart false: nothing is commanded until configure + activate; deactivate stops the
+    policy and holds position with zero velocities; activate resumes."""
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    rig = Rig(ros, autostart=False, hold_rate_hz=50.0)
+    ctl = rig.ctl
+    expected = np.clip(np.clip(BIAS_A, -1, 1) * 1.5, -1.0, 1.0)  # action_scale, max_velocity
+    assert ctl.status.snapshot()["lifecycle"] == "unconfigured"
+    rig.send_policy(constant_bundle(BIAS_A))
+    wait_until(lambda: ctl.status.snapshot()["has_policy"])  # received in any state
+    rig.publish_state()
+    time.sleep(0.3)
+    assert rig.commands == [] and rig.actions == {}
+
+    assert ctl.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert ctl.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    assert ctl.status.snapshot()["lifecycle"] == "active"
+    command, _ = rig.tick()
+    assert np.allclose(command, expected)
+
+    assert ctl.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    held_from = time.monotonic()
+    ticks = ctl.status.snapshot()["ticks"]
+    for _ in range(5):
+        rig.publish_state()
+        time.sleep(0.02)
+    wait_until(lambda: len([c for t, c, _ in rig.commands if t > held_from]) >= 3)
+    held = [(c, s) for t, c, s in rig.commands if t > held_from]
+    assert all(np.all(c == 0.0) and s == 0 for c, s in held), held
+    assert ctl.status.snapshot()["ticks"] == ticks  # the policy no longer runs
+    assert ctl.status.snapshot()["lifecycle"] == "inactive"
+
+    assert ctl.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    command, _ = rig.tick()
+    assert np.allclose(command, expected)
+
+
+def test_a_configure_that_fails_keeps_the_node_unconfigured_with_the_reason(
+    ros: Ros, tmp_path: Path
+) -> None:
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    missing = str(tmp_path / "missing.safetensors")
+    overrides = [Parameter("autostart", value=False), Parameter("initial_policy", value=missing)]
+    ctl = ros.add(PolicyControllerNode(**ros.kwargs(), parameter_overrides=overrides))
+    assert ctl.trigger_configure() == TransitionCallbackReturn.FAILURE
+    status = ctl.status.snapshot()
+    assert (
+        status["lifecycle"] == "unconfigured"
+        and "missing.safetensors" in status["lifecycle_reason"]
+    )

@@ -49,7 +49,6 @@ import numpy as np
 import torch
 from geometry_msgs.msg import Vector3Stamped
 from rclpy.client import Client
-from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile
 from sensor_msgs.msg import JointState
 from std_msgs.msg import String, UInt8MultiArray
@@ -57,7 +56,14 @@ from std_srvs.srv import SetBool, Trigger
 
 from maml_ros.rl.checkpoint import CheckpointError, PolicyBundle, load_bundle
 from maml_ros.rl.pg import Rollouts, adapt_policy, warm_up
-from maml_ros.ros.common import NodeStatus, ParamSpec, ValidatedParameters, run_node
+from maml_ros.ros.common import (
+    AUTOSTART,
+    ManagedNode,
+    NodeStatus,
+    ParamSpec,
+    ValidatedParameters,
+    run_node,
+)
 from maml_ros.ros.convert import (
     ActiveTask,
     TaskChange,
@@ -329,6 +335,7 @@ def _check_dump(value: Any) -> str | None:
 
 
 PARAMS = (
+    AUTOSTART,
     ParamSpec(
         "checkpoint",
         "",
@@ -456,8 +463,13 @@ def shipped_checkpoint() -> Path:
 # The node.
 
 
-class AdaptationNode(Node):
-    """Adapts the controller's policy to each new task from a few rollouts (see module doc)."""
+class AdaptationNode(ManagedNode):
+    """Adapts the controller's policy to each new task from a few rollouts (see module doc).
+
+    Lifecycle: constructing it declares and validates the parameters and creates its topics;
+    ``configure`` loads the checkpoint and starts the worker (its warm-up update); ``activate``
+    publishes the policy and accepts tasks; ``deactivate`` refuses tasks, cancels a running
+    adaptation and keeps (republishes) the last good policy."""
 
     def __init__(self, **node_kwargs: Any) -> None:
         super().__init__("adaptation", **node_kwargs)
@@ -468,21 +480,12 @@ class AdaptationNode(Node):
         self.params = ValidatedParameters(self, PARAMS, self._on_parameter_change)
         self.joint_names = list(self.params["joint_names"])
         torch.set_num_threads(self.params["torch_threads"])
-        path = self.params["checkpoint"] or str(shipped_checkpoint())
-        try:
-            bundle = load_bundle(path, max_bytes=self.params["policy_max_bytes"])
-        except CheckpointError as err:
-            raise ValueError(f"cannot load checkpoint: {err}") from err
-        n = len(self.joint_names)
-        if bundle.spec.act_dim != n or bundle.spec.obs_dim != 2 * n:
-            raise ValueError(
-                f"checkpoint {path} has obs_dim {bundle.spec.obs_dim} / act_dim "
-                f"{bundle.spec.act_dim}; {n} joints need {2 * n} / {n}"
-            )
         self.run_id = uuid.uuid4().hex
-        self.meta_bundle = bundle.replace(run_id=self.run_id)
-        self.current = self.meta_bundle
-        self._next_version = bundle.version
+        self.meta_bundle: PolicyBundle | None = None  # configure loads it
+        self.current: PolicyBundle | None = None
+        self.good: PolicyBundle | None = None  # what deactivate keeps
+        self._accepting = False  # active: tasks are taken
+        self._next_version = 0
         self.rollouts_discarded = 0
         self._controller_ack: tuple[str, int] | None = None
         self._ack_cond = threading.Condition()
@@ -528,7 +531,7 @@ class AdaptationNode(Node):
             task_id=None,
             task_family=None,
             run_id=self.run_id,
-            checkpoint=str(path),
+            checkpoint=None,
             device=self.params["device"],
             **CLEARED_RESULTS,
             ready=False,
@@ -537,12 +540,54 @@ class AdaptationNode(Node):
             cancellations=0,
             reason=None,
         )
-        self._publish_policy(self.meta_bundle)
+        self.autostart()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def configure_node(self) -> None:
+        """Loads the checkpoint (it must fit the joints) and starts the worker's warm-up."""
+        if self.meta_bundle is not None:
+            return  # configured before (a cleanup keeps what was loaded)
+        path = self.params["checkpoint"] or str(shipped_checkpoint())
+        try:
+            bundle = load_bundle(path, max_bytes=self.params["policy_max_bytes"])
+        except CheckpointError as err:
+            raise ValueError(f"cannot load checkpoint: {err}") from err
+        n = len(self.joint_names)
+        if bundle.spec.act_dim != n or bundle.spec.obs_dim != 2 * n:
+            raise ValueError(
+                f"checkpoint {path} has obs_dim {bundle.spec.obs_dim} / act_dim "
+                f"{bundle.spec.act_dim}; {n} joints need {2 * n} / {n}"
+            )
+        self.meta_bundle = bundle.replace(run_id=self.run_id)
+        self._next_version = bundle.version
+        self.status.set(checkpoint=str(path))
         self._worker = threading.Thread(target=self._worker_loop, name="adaptation", daemon=True)
         self._worker.start()
-        self.get_logger().info(
-            f"loaded {path} (run_id {self.run_id}); waiting for a task on '{TASK_TOPIC}'"
-        )
+        self.get_logger().info(f"loaded {path} (run_id {self.run_id})")
+
+    def activate_node(self) -> None:
+        """Publishes the policy (the meta-trained one first) and takes tasks."""
+        if self.current is None:
+            self.good = self._publish_policy(self.meta_bundle)
+        self._accepting = True
+        self.get_logger().info(f"active: waiting for a task on '{TASK_TOPIC}'")
+
+    def deactivate_node(self) -> None:
+        """Refuses tasks; a running adaptation is cancelled and the good policy kept."""
+        with self._wake:
+            self._accepting = False
+            self._pending_task = None
+            self._cancel.set()
+            self._wake.notify_all()
+        if self._adapting_id is None:
+            self._keep_good_policy()
+
+    def _keep_good_policy(self) -> None:
+        """Republishes the last good policy when another one is deployed."""
+        good = self.good
+        if good is not None and self.current is not None and self.current.params is not good.params:
+            self.good = self._publish_policy(good)
 
     def _on_parameter_change(self, name: str, value: Any) -> None:
         if name == "device":
@@ -578,6 +623,8 @@ class AdaptationNode(Node):
     def _on_task(self, change: TaskChange) -> str | None:
         """Takes a task change; the id being adapted to already is acknowledged, no more."""
         with self._wake:
+            if not self._accepting:
+                return "not active (lifecycle): activate the node first"
             if change.id in (self._adapting_id, getattr(self._pending_task, "id", None)):
                 return None
             self._pending_task = change
@@ -683,9 +730,12 @@ class AdaptationNode(Node):
                 if self._stopping.is_set():
                     return
                 self.cancellations += 1
-                self.status.set(phase="cancelled", cancellations=self.cancellations)
+                why = "a newer task change" if self._accepting else "deactivate"
+                if not self._accepting:
+                    self._keep_good_policy()
+                self.status.set(phase="cancelled", cancellations=self.cancellations, reason=why)
                 self.status.publish()
-                self.get_logger().info("adaptation cancelled by a newer task change")
+                self.get_logger().info(f"adaptation cancelled by {why}")
             except AdaptationFailed as err:
                 if self._stopping.is_set():
                     return
@@ -814,10 +864,11 @@ class AdaptationNode(Node):
                 f"post-update return {return_post:.3f} is worse than pre-update "
                 f"{return_pre:.3f} by more than {cfg['rollback_margin']}"
             )
-            self._publish_policy(start)
+            self.good = self._publish_policy(start)
             self.status.set(phase="rolled_back", reason=reason)
             self.get_logger().warning(f"rolled back: {reason}")
         else:
+            self.good = published
             self.status.set(phase="done")
             self.get_logger().info(
                 f"adapted to {task.family} in {latency_ms:.1f} ms: return "

@@ -23,6 +23,7 @@ from rcl_interfaces.msg import (
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.impl.rcutils_logger import RcutilsLogger
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from std_msgs.msg import String
@@ -186,6 +187,78 @@ class NodeStatus:
     def publish(self) -> None:
         """Publishes the status now."""
         self._pub.publish(String(data=json.dumps(self.snapshot(), allow_nan=False)))
+
+
+AUTOSTART = ParamSpec(
+    "autostart",
+    True,
+    "Configure and activate at start-up; false: wait for lifecycle transitions (adapt.launch.py "
+    "drives them; by hand: ros2 lifecycle set <node> configure, then activate)",
+    read_only=True,
+)
+"""The lifecycle nodes' first parameter."""
+
+
+class ManagedNode(LifecycleNode):
+    """A lifecycle node whose ``configure`` step may fail with a reason: ``configure_node``
+    raises ValueError (invalid input: an unreadable checkpoint, no CUDA, ...), the transition
+    fails, the node stays unconfigured and says why (log and ``~/status``). ``activate`` and
+    ``deactivate`` switch what the node does to the robot (``activate_node`` /
+    ``deactivate_node``). Subclasses set ``self.params`` (with :data:`AUTOSTART`) and
+    ``self.status`` in ``__init__`` and call :meth:`autostart` last."""
+
+    params: ValidatedParameters
+    status: NodeStatus
+    configure_error: str | None = None
+
+    def configure_node(self) -> None:
+        """Loads what the node needs; raises ValueError with the reason it cannot."""
+
+    def activate_node(self) -> None:
+        """Starts acting on the robot."""
+
+    def deactivate_node(self) -> None:
+        """Stops acting on the robot, leaving it safe."""
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self.configure_node()
+        except ValueError as err:
+            self.configure_error = str(err)
+            self.get_logger().error(f"configure failed: {err}")
+            self._lifecycle_status("unconfigured", reason=str(err))
+            return TransitionCallbackReturn.FAILURE
+        self.configure_error = None
+        self._lifecycle_status("inactive")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.activate_node()
+        self._lifecycle_status("active")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.deactivate_node()
+        self._lifecycle_status("inactive")
+        return super().on_deactivate(state)
+
+    def _lifecycle_status(self, label: str, reason: str | None = None) -> None:
+        fields = {"lifecycle": label}
+        if reason is not None:
+            fields["lifecycle_reason"] = reason
+        self.status.set(**fields)
+        self.status.publish()
+
+    def autostart(self) -> None:
+        """Configure and activate now when ``autostart`` is on; ValueError (run_node: exit
+        code 2) when configuring fails."""
+        self.status.set(lifecycle="unconfigured")
+        if not self.params["autostart"]:
+            self.status.publish()
+            return
+        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            raise ValueError(self.configure_error or "configure failed")
+        self.trigger_activate()
 
 
 def stamp_to_ns(stamp: Time) -> int:

@@ -41,13 +41,14 @@ from typing import Any
 
 import numpy as np
 from rclpy.clock import Clock, ClockType
-from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, UInt8MultiArray
 from std_srvs.srv import SetBool
 
 from maml_ros.ros.common import (
+    AUTOSTART,
+    ManagedNode,
     NodeStatus,
     ParamSpec,
     ValidatedParameters,
@@ -106,6 +107,7 @@ def _positive_finite_problem(name: str, value: Any) -> str | None:
 
 
 PARAMS = (
+    AUTOSTART,
     ParamSpec(
         "controller",
         DEFAULT_CONTROLLER,
@@ -170,8 +172,13 @@ PARAMS = (
 """The controller's parameters (config/adapt.yaml and the README table are generated from it)."""
 
 
-class PolicyControllerNode(Node):
-    """Runs the latest accepted policy on each joint state (see the module docstring)."""
+class PolicyControllerNode(ManagedNode):
+    """Runs the latest accepted policy on each joint state (see the module docstring).
+
+    Lifecycle: constructing it declares and validates the parameters and creates its topics
+    and services; ``configure`` loads ``initial_policy`` and asks for real-time scheduling;
+    ``activate`` starts commanding the arm; ``deactivate`` stops and holds position (zero
+    velocities at ``hold_rate_hz``). Policies are received and validated in every state."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("policy_controller", **kwargs)
@@ -195,6 +202,8 @@ class PolicyControllerNode(Node):
         self._last_hold = -math.inf
         self._stale = False
         self._updates = 0
+        self._commanding = False  # active: the policy drives the arm
+        self._holding = False  # deactivated after being active: zero velocities
         self._policy_cond = threading.Condition()
         self._pending_policy: UInt8MultiArray | None = None
         self._closing = False
@@ -229,6 +238,14 @@ class PolicyControllerNode(Node):
             self._watchdog,
             clock=Clock(clock_type=ClockType.STEADY_TIME),
         )
+        self._update_status()
+        self._decoder.start()
+        self.autostart()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def configure_node(self) -> None:
+        """initial_policy loaded and probed; real-time scheduling asked for."""
         if self.params["initial_policy"]:
             bundle = read_policy_file(
                 self.params["initial_policy"], self.params["policy_max_bytes"]
@@ -238,8 +255,18 @@ class PolicyControllerNode(Node):
                 raise ValueError(f"initial_policy: {problem}")
             self._install(bundle)
         self._set_realtime(self.params["realtime_priority"])
-        self._update_status()
-        self._decoder.start()
+
+    def activate_node(self) -> None:
+        """The policy drives the arm from the next joint state on."""
+        self._holding = False
+        self._commanding = True
+
+    def deactivate_node(self) -> None:
+        """Stops commanding; holds position (zero velocities now, then at hold_rate_hz)."""
+        self._commanding = False
+        self._holding = True
+        self._last_hold = time.monotonic()
+        self._commands_pub.publish(commands_to_msg(self._zeros, stamp=0))
 
     def _set_realtime(self, priority: int) -> None:
         """Real-time scheduling for the control path, when asked and allowed."""
@@ -292,7 +319,7 @@ class PolicyControllerNode(Node):
             self.get_logger().info("joint states resumed")
             self._update_status()
         active = self._active  # one reference read: the decoder swaps it, nobody locks it
-        if active is None:
+        if active is None or not self._commanding:
             return
         started = time.perf_counter_ns()
         action = active.policy.act(obs, self.params["explore"], self._rng, out=self._action)
@@ -305,8 +332,11 @@ class PolicyControllerNode(Node):
         self._ticks += 1  # the status reads it when it publishes
 
     def _watchdog(self) -> None:
-        has_policy = self._active is not None
         now = time.monotonic()
+        if self._holding:
+            self._hold(now)
+            return
+        has_policy = self._active is not None and self._commanding
         if not has_policy or now - self._last_valid <= self.params["stale_timeout_s"]:
             return
         if not self._stale:
@@ -316,6 +346,10 @@ class PolicyControllerNode(Node):
                 f"no valid joint state for {self.params['stale_timeout_s']} s: holding position"
             )
             self._update_status()
+        self._hold(now)
+
+    def _hold(self, now: float) -> None:
+        """Zero velocities, at most at hold_rate_hz (labelled stamp_ns=0: they answer no state)."""
         if now - self._last_hold >= 1.0 / self.params["hold_rate_hz"]:
             self._last_hold = now
             self._commands_pub.publish(commands_to_msg(self._zeros, stamp=0))
