@@ -195,3 +195,29 @@ def test_encode_validates_too():
 def test_saved_files_are_world_readable(tmp_path):
     path = save_bundle(tmp_path / "p.safetensors", make_bundle())
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def overflowing_bundle() -> PolicyBundle:
+    """Every tensor finite, but the first layer computes inf - inf away from the centre."""
+    bundle = make_bundle()
+    weight = torch.zeros_like(bundle.params["mlp.0.weight"])
+    weight[0, 0], weight[0, 1] = 3e38, -3e38
+    return bundle.replace(
+        params={**bundle.params, "mlp.0.weight": weight},
+        obs_mean=torch.zeros(14),
+        obs_std=torch.ones(14),
+    )
+
+
+def test_rejects_a_policy_whose_actions_are_not_finite(tmp_path):
+    bundle = overflowing_bundle()
+    data = bundle_to_bytes(bundle)  # the tensor checks pass
+    with pytest.raises(CheckpointError, match=r"policy probe: non-finite action on the \+corner"):
+        bundle_from_bytes(data)
+    path = tmp_path / "overflow.safetensors"
+    path.write_bytes(data)
+    with pytest.raises(CheckpointError, match="non-finite action"):
+        load_bundle(path)
+    tiny_std = make_bundle().replace(obs_std=torch.full((14,), 1e-45))  # 1/std overflows
+    with pytest.raises(CheckpointError, match="non-finite action on the centre"):
+        bundle_from_bytes(bundle_to_bytes(tiny_std))

@@ -570,3 +570,22 @@ def test_default_joint_names_are_the_simulated_arms() -> None:
         assert list(env.joint_names) == DEFAULT_JOINT_NAMES
     finally:
         env.close()
+
+
+def test_a_checkpoint_whose_actions_are_not_finite_is_refused(tmp_path: Path) -> None:
+    bundle = make_bundle()
+    weight = torch.zeros_like(bundle.params["mlp.0.weight"])
+    weight[0, 0], weight[0, 1] = 3e38, -3e38  # finite weights, inf - inf in the first layer
+    path = save_bundle(
+        tmp_path / "overflow.safetensors",
+        bundle.replace(params={**bundle.params, "mlp.0.weight": weight}),
+    )
+    context = Context()
+    rclpy.init(context=context)
+    try:
+        with pytest.raises(ValueError, match=r"cannot load checkpoint.*policy probe"):
+            AdaptationNode(
+                context=context, parameter_overrides=[Parameter("checkpoint", value=str(path))]
+            )
+    finally:
+        rclpy.try_shutdown(context=context)

@@ -67,6 +67,25 @@ def constant_bundle(
     )
 
 
+def overflowing_bundle(version: int = 2, run_id: str = "run-a") -> PolicyBundle:
+    """Every tensor finite, but the first layer computes inf - inf for large observations,
+    so every action away from the centre is NaN."""
+    bundle = constant_bundle(BIAS_B, version=version, run_id=run_id)
+    weight = torch.zeros_like(bundle.params["mlp.0.weight"])
+    weight[0, 0], weight[0, 1] = 3e38, -3e38
+    return bundle.replace(params={**bundle.params, "mlp.0.weight": weight})
+
+
+class ListPublisher:
+    """Stands in for a publisher: keeps what is published."""
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+
+    def publish(self, msg: Any) -> None:
+        self.sent.append(msg)
+
+
 def policy_msg(data: bytes) -> UInt8MultiArray:
     msg = UInt8MultiArray()
     msg.data = data
@@ -400,3 +419,47 @@ def test_realtime_priority_puts_every_thread_under_sched_fifo_or_says_why_not() 
         assert policies == [os.SCHED_FIFO]
     else:  # refused: said why, nothing changed
         assert "Error" in problem and os.SCHED_FIFO not in policies
+
+
+def test_a_non_finite_action_is_never_sent_and_the_last_good_policy_takes_over(ros: Ros) -> None:
+    quiet = [Parameter("explore", value=False), Parameter("stale_timeout_s", value=60.0)]
+    ctl = ros.add(PolicyControllerNode(**ros.kwargs(), parameter_overrides=quiet))
+    ctl._commands_pub, ctl._actions_pub = commands, actions = ListPublisher(), ListPublisher()
+    ctl._install(constant_bundle(BIAS_A, version=1))
+    # Installed directly, past the probe: as a policy that passes it and still overflows on
+    # some real state would be.
+    ctl._install(overflowing_bundle(version=2))
+    far = np.full(7, 2.0)  # 3e38 * 2 overflows float32
+    ctl._on_joint_state(arrays_to_joint_state(START_NS, JOINTS, far, np.zeros(7)))
+    assert actions.sent == [] and len(commands.sent) == 1
+    assert list(commands.sent[0].data) == [0.0] * 7  # held position, answering that state
+    assert command_stamp_ns(commands.sent[0]) == START_NS
+    status = ctl.status.snapshot()
+    assert status["policy_version"] == 1 and status["policy_fallbacks"] == 1
+    assert "non-finite action from version 2" in status["last_drop_reason"]["policy"]
+    ctl._on_joint_state(arrays_to_joint_state(START_NS + 1, JOINTS, far, np.zeros(7)))
+    np.testing.assert_allclose(actions.sent[-1].velocity, BIAS_A, atol=1e-6)
+    # The refused version is not taken again, and a probe stops it at the door anyway.
+    assert not ctl.handle_policy(policy_to_msg(overflowing_bundle(version=2)))
+    assert ctl.status.snapshot()["policy_version"] == 1
+    # With no earlier policy to fall back to, nothing at all is sent after the hold.
+    lone = ros.add(PolicyControllerNode(**ros.kwargs(), parameter_overrides=quiet))
+    lone._commands_pub, lone._actions_pub = ListPublisher(), ListPublisher()
+    lone._install(overflowing_bundle(version=5))
+    for stamp in (START_NS, START_NS + 1):
+        lone._on_joint_state(arrays_to_joint_state(stamp, JOINTS, far, np.zeros(7)))
+    assert len(lone._commands_pub.sent) == 1 and lone._actions_pub.sent == []
+    assert lone.status.snapshot()["has_policy"] is False
+
+
+def test_every_way_in_probes_the_policy(ros: Ros, tmp_path) -> None:
+    ctl = ros.add(PolicyControllerNode(**ros.kwargs()))
+    assert not ctl.handle_policy(policy_to_msg(overflowing_bundle()))
+    assert "policy probe: non-finite action" in ctl.status.snapshot()["last_drop_reason"]["policy"]
+    assert ctl.status.snapshot()["has_policy"] is False
+    checkpoint = save_bundle(tmp_path / "overflow.safetensors", overflowing_bundle())
+    with pytest.raises(ValueError, match="policy probe: non-finite action"):
+        PolicyControllerNode(
+            **ros.kwargs(),
+            parameter_overrides=[Parameter("initial_policy", value=str(checkpoint))],
+        )

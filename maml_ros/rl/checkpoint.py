@@ -2,8 +2,9 @@
 
 The same bytes are a checkpoint file (``models/arm_maml.safetensors``) and the payload of the
 ROS ``policy`` topic (std_msgs/UInt8MultiArray). Decoding validates everything (size, parse,
-format version, required metadata, architecture, shapes, dtype, finiteness, obs_std > 0) and
-raises :class:`CheckpointError` with the reason. No pickle anywhere.
+format version, required metadata, architecture, shapes, dtype, finiteness, obs_std > 0, finite
+actions on probe observations: :func:`check_runs`) and raises :class:`CheckpointError` with
+the reason. No pickle anywhere.
 
 Tensor names: ``params/<name>`` (policy parameters, ``log_std`` included), ``obs_mean``,
 ``obs_std`` and, with Meta-SGD, ``lrs/<name>``. Header metadata (all strings, JSON inside):
@@ -27,7 +28,7 @@ import torch
 
 from maml_ros.meta import InnerConfig
 from maml_ros.rl.pg import PGConfig
-from maml_ros.rl.policy import Params, PolicySpec, PolicySpecError
+from maml_ros.rl.policy import Params, PolicySpec, PolicySpecError, probe_problem
 
 FORMAT_NAME = "maml_ros.policy"
 FORMAT_VERSION = 1
@@ -142,6 +143,14 @@ def validate_bundle(bundle: PolicyBundle) -> None:
         raise CheckpointError(f"version must be in [0, 2^63), got {bundle.version}")
     if not isinstance(bundle.run_id, str) or len(bundle.run_id) > 256:
         raise CheckpointError("run_id must be a string of at most 256 characters")
+
+
+def check_runs(bundle: PolicyBundle) -> None:
+    """Raise CheckpointError unless the policy's actions and std are finite on the probe
+    observations (:func:`maml_ros.rl.policy.probe_problem`); every decoded bundle is probed."""
+    problem = probe_problem(bundle)
+    if problem is not None:
+        raise CheckpointError(problem)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,6 +274,7 @@ def bundle_from_bytes(
         metadata=extra,
     )
     validate_bundle(bundle)
+    check_runs(bundle)
     return bundle
 
 
@@ -349,6 +359,7 @@ __all__ = [
     "atomic_write_bytes",
     "bundle_from_bytes",
     "bundle_to_bytes",
+    "check_runs",
     "clone_params",
     "find_shipped_model",
     "inner_config_from_dict",

@@ -252,3 +252,51 @@ class NumpyPolicy:
             return mean
         np.copyto(out, mean)
         return out
+
+
+PROBE_SEED = 0
+PROBE_RANDOM_CORNERS = 4
+PROBE_RANDOM_POINTS = 8
+
+
+def probe_points(obs_dim: int, seed: int = PROBE_SEED) -> list[tuple[str, np.ndarray]]:
+    """Normalised probe observations, named: the centre, the corners of the box
+    [-OBS_CLIP, OBS_CLIP]^obs_dim (all +, all -, alternating, a few seeded ones) and a few
+    seeded uniform points inside it."""
+    rng = np.random.default_rng(seed)
+    ones = np.ones(obs_dim)
+    alternating = np.where(np.arange(obs_dim) % 2 == 0, 1.0, -1.0)
+    points = [
+        ("the centre", np.zeros(obs_dim)),
+        ("the +corner", OBS_CLIP * ones),
+        ("the -corner", -OBS_CLIP * ones),
+        ("the alternating corner", OBS_CLIP * alternating),
+        ("the other alternating corner", -OBS_CLIP * alternating),
+    ]
+    for i in range(PROBE_RANDOM_CORNERS):
+        points.append((f"random corner {i}", OBS_CLIP * rng.choice([-1.0, 1.0], size=obs_dim)))
+    for i in range(PROBE_RANDOM_POINTS):
+        points.append((f"random point {i}", rng.uniform(-OBS_CLIP, OBS_CLIP, size=obs_dim)))
+    return points
+
+
+def probe_problem(bundle: PolicyBundle) -> str | None:
+    """Why ``bundle``'s policy cannot be run, or None: it is run (as the controller runs it,
+    :class:`NumpyPolicy`) on :func:`probe_points` mapped back through the bundle's
+    normalisation, and every action mean and the exploration std must be finite. Finite
+    weights can still compute inf - inf; this catches what the tensor checks cannot."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        policy = NumpyPolicy(bundle)
+        if not np.isfinite(policy.std).all():
+            return "policy probe: non-finite exploration std (log_std)"
+        mean = bundle.obs_mean.detach().cpu().double().numpy()
+        std = bundle.obs_std.detach().cpu().double().numpy()
+        for name, point in probe_points(bundle.spec.obs_dim):
+            obs = (mean + point * std).astype(np.float32)
+            action = policy.mean(obs)
+            if not np.isfinite(action).all():
+                return (
+                    f"policy probe: non-finite action on {name} of the normalised observation "
+                    "box (finite weights that overflow, e.g. inf - inf)"
+                )
+    return None

@@ -54,6 +54,7 @@ from std_srvs.srv import SetBool, Trigger
 
 from maml_ros.rl.checkpoint import CheckpointError, PolicyBundle, load_bundle
 from maml_ros.rl.pg import Rollouts, adapt_policy, warm_up
+from maml_ros.rl.policy import probe_problem
 from maml_ros.ros.common import NodeStatus, ParamSpec, ValidatedParameters, run_node
 from maml_ros.ros.convert import (
     ActiveTask,
@@ -764,6 +765,7 @@ class AdaptationNode(Node):
         try:
             adapted, info = adapt_policy(start, rollouts, cfg["inner_steps"], cfg["device"])
             problem = update_problem(start.params, adapted.params, cfg["max_update_ratio"])
+            problem = problem or probe_problem(adapted)
             if problem is None and not math.isfinite(info["inner_loss"]):
                 problem = f"non-finite inner loss {info['inner_loss']}"
         except (ValueError, RuntimeError) as err:  # NonFiniteError, RolloutError, ...

@@ -14,11 +14,15 @@ Until it has a policy the controller publishes nothing at all (the driver then h
 
 Policies arrive on ``policy`` (latched); the callback only queues the message for a decoder
 thread (the newest pending message wins), so decoding never holds up a tick. A policy is accepted
-when it decodes and validates (size, shapes, dtype, finiteness: rl's codec), matches this controller
+when it decodes and validates (size, shapes, dtype, finiteness, finite actions on probe
+observations: rl's codec), matches this controller
 (observation size 2 × joints, action size = joints, and ``joint_names`` when its metadata has
 them), and is newer: another ``run_id`` than the current policy's, or the same run_id with a
 higher ``version``. It then replaces the current one between ticks (one reference assignment
 under a lock). A bad update is dropped and counted; the last good policy keeps running.
+A policy that still computes a non-finite action on a real state never has it sent: that state
+is answered with zero velocities (hold position), the policy is dropped (counted, and its run
+and version refused from then on) and the policy before it runs again (``policy_fallbacks``).
 
 Watchdog: when no valid joint state arrived for ``stale_timeout_s`` (wall time) while a policy
 is loaded, the controller holds position: it publishes zero velocities at ``hold_rate_hz``
@@ -168,6 +172,9 @@ class PolicyControllerNode(Node):
         self.status = NodeStatus(self)
         self._lock = threading.Lock()
         self._active: _ActivePolicy | None = None
+        self._fallback: _ActivePolicy | None = None  # the last good one before the active one
+        self._refused: tuple[str, int] | None = None  # (run_id, version) that went non-finite
+        self._fallbacks = 0
         self._rng = np.random.default_rng(self.params["seed"])
         self._limits = np.empty(n)
         self._set_limits(self.params["max_velocity"])
@@ -279,6 +286,9 @@ class PolicyControllerNode(Node):
         if active is None:
             return
         action = active.policy.act(obs, self.params["explore"], self._rng, out=self._action)
+        if not np.isfinite(action).all():  # np.clip lets NaN through: never send one
+            self._hold_and_fall_back(active, msg)
+            return
         np.clip(action, -1.0, 1.0, out=self._command)
         np.multiply(self._command, self.params["action_scale"], out=self._command)
         np.clip(self._command, -self._limits, self._limits, out=self._command)
@@ -286,6 +296,30 @@ class PolicyControllerNode(Node):
         self._actions_pub.publish(action_to_msg(msg.header.stamp, self.joint_names, action))
         self._ticks += 1
         self.status.set(ticks=self._ticks)
+
+    def _hold_and_fall_back(self, bad: _ActivePolicy, msg: JointState) -> None:
+        """The active policy computed a non-finite action: this state is answered with zero
+        velocities (hold position), the policy is dropped (its run and version are refused from
+        now on) and the last good policy before it runs again, if there is one."""
+        self._commands_pub.publish(commands_to_msg(self._zeros, stamp=msg.header.stamp))
+        with self._lock:
+            fallback = self._fallback if self._active is bad else self._active
+            self._active, self._fallback = fallback, None
+        self._refused = (bad.run_id, bad.version)
+        self._fallbacks += 1
+        back_to = (
+            f"back to version {fallback.version} of run {fallback.run_id!r}"
+            if fallback
+            else "no earlier policy: publishing nothing (the driver holds the arm)"
+        )
+        self.status.drop(
+            "policy",
+            f"non-finite action from version {bad.version} of run {bad.run_id!r}: "
+            f"held position, policy dropped, {back_to}",
+        )
+        self.get_logger().error(f"policy produced a non-finite action; {back_to}")
+        self._update_status()
+        self.status.publish()
 
     def _watchdog(self) -> None:
         with self._lock:
@@ -369,6 +403,11 @@ class PolicyControllerNode(Node):
         """Why ``bundle`` does not replace the current policy (the version rule), or None."""
         with self._lock:
             active = self._active
+        if (bundle.run_id, bundle.version) == self._refused:
+            return (
+                f"refused: version {bundle.version} of run {bundle.run_id!r} computed a "
+                "non-finite action"
+            )
         if active is None or bundle.run_id != active.run_id or bundle.version > active.version:
             return None
         return (
@@ -379,7 +418,7 @@ class PolicyControllerNode(Node):
     def _install(self, bundle: PolicyBundle) -> None:
         active = _ActivePolicy(NumpyPolicy(bundle), bundle.version, bundle.run_id)
         with self._lock:
-            self._active = active
+            self._active, self._fallback = active, self._active or self._fallback
         self._updates += 1
         self._update_status()
         self.status.publish()
@@ -404,6 +443,7 @@ class PolicyControllerNode(Node):
             run_id=active.run_id if active else None,
             has_policy=active is not None,
             policy_updates=self._updates,
+            policy_fallbacks=self._fallbacks,
             ticks=self._ticks,
             exploring=self.params["explore"],
             stale=self._stale,
