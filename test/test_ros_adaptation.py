@@ -117,6 +117,23 @@ def test_joiner_is_bounded_and_detects_a_driver_restart() -> None:
     assert "late or duplicate action" in drops[-1][1]
 
 
+def test_joiner_period_is_a_median_that_one_stray_stamp_cannot_poison() -> None:
+    joiner = StepJoiner(8, lambda kind, reason: None)
+    assert joiner.period_ns is None
+    period = 25_000_000
+    stamp = 1_000_000_000
+    for i in range(10):
+        stamp += period
+        joiner.add_state(stamp, np.zeros(7), np.zeros(7))
+        if i == 3:
+            joiner.add_state(stamp + 1, np.zeros(7), np.zeros(7))  # a duplicated driver
+        if i == 5:
+            stamp += 3 * period  # two lost states
+    assert joiner.period_ns == period
+    joiner.add_state(stamp + 60 * 10**9, np.zeros(7), np.zeros(7))  # a minute's pause
+    assert joiner.period_ns == period
+
+
 def test_reset_message_episode_and_update_checks() -> None:
     assert episode_from_reset_message("reset; episode 12 started") == 12
     assert episode_from_reset_message("Episode: 3") == 3
@@ -463,6 +480,24 @@ def test_a_rollout_with_a_missing_step_is_discarded(
     assert len(stamps) == 3
     for episode in stamps.values():  # every kept rollout is contiguous
         assert np.diff(episode).tolist() == [period] * 19
+
+
+def test_one_state_stamped_1_ns_after_a_real_one_does_not_disable_adaptation(
+    harness_factory: Callable[..., Harness],
+) -> None:
+    h = harness_factory(rollouts=3)
+    h.wait_for_first_policy()
+    h.wait_for(lambda _: h.arm.ticks > 5, 10.0)
+    with h.arm.lock:  # right after a real state, before the next one
+        stray = JointState(name=list(NAMES), position=[0.0] * 7, velocity=[0.0] * 7)
+        stray.header.stamp = ns_to_stamp(h.arm.stamp_ns + 1)
+        h.arm.state_pub.publish(stray)
+    h.wait_for(lambda _: h.arm.ticks > 10, 10.0)
+    assert h.node.joiner.period_ns == int(DT * 1e9)
+    h.send_task()
+    status = h.wait_for(finished)
+    assert status["phase"] in ("done", "rolled_back"), status
+    assert status["rollouts_collected"] == 3 and status["rollouts_discarded"] == 0, status
 
 
 def test_an_exploding_update_is_rolled_back(harness_factory: Callable[..., Harness]) -> None:

@@ -127,6 +127,12 @@ class Step:
     """Driver generation: increases whenever the joint-state stamps go backwards (restart)."""
 
 
+PERIOD_WINDOW = 64
+"""The control period is the median of the last this many joint-state stamp deltas."""
+PERIOD_BOUNDS_NS = (100_000, 10_000_000_000)
+"""Stamp deltas outside [0.1 ms, 10 s] are not control periods (a stray or duplicated state,
+a pause) and never enter the estimate."""
+
 CLEARED_RESULTS = {
     "rollouts_collected": 0,
     "rollouts_discarded": 0,
@@ -147,7 +153,9 @@ class StepJoiner:
     are still incomplete then can never complete (each stream is FIFO) and are dropped through
     ``on_drop("step", reason)``. Completed steps wait in a bounded queue for :meth:`wait_step`.
     Joint-state stamps that go backwards mean the driver restarted: pending parts are discarded
-    and ``generation`` increases.
+    and ``generation`` increases. The control period (:attr:`period_ns`) is the median of the
+    recent stamp deltas within :data:`PERIOD_BOUNDS_NS`, so one state stamped 1 ns after
+    another cannot poison it.
     """
 
     def __init__(self, capacity: int, on_drop: Callable[[str, str], None]) -> None:
@@ -161,8 +169,7 @@ class StepJoiner:
         self._newest_state_ns: int | None = None
         self._last_completed_ns: int | None = None
         self.generation = 0
-        self.period_ns: int | None = None
-        """Control period: the smallest step between consecutive joint-state stamps seen."""
+        self._deltas: deque[int] = deque(maxlen=PERIOD_WINDOW)
         self.last_episode: int | None = None
         self.steps_joined = 0
 
@@ -175,9 +182,18 @@ class StepJoiner:
                 self._last_completed_ns = None
             elif self._newest_state_ns is not None and stamp_ns > self._newest_state_ns:
                 delta = stamp_ns - self._newest_state_ns
-                self.period_ns = delta if self.period_ns is None else min(self.period_ns, delta)
+                if PERIOD_BOUNDS_NS[0] <= delta <= PERIOD_BOUNDS_NS[1]:
+                    self._deltas.append(delta)
             self._newest_state_ns = stamp_ns
             self._add(stamp_ns, "state", (positions, velocities))
+
+    @property
+    def period_ns(self) -> int | None:
+        """Control period: the median of the last :data:`PERIOD_WINDOW` stamp deltas within
+        :data:`PERIOD_BOUNDS_NS` (None before the first)."""
+        with self._cond:
+            deltas = sorted(self._deltas)
+        return deltas[(len(deltas) - 1) // 2] if deltas else None
 
     def add_action(self, stamp_ns: int, action: np.ndarray) -> None:
         """Buffers the action taken from the state of ``stamp_ns``."""
