@@ -55,6 +55,9 @@ def fast_params_file(**adaptation: Any) -> str:
         values = section["ros__parameters"]
         if name == "sim_arm":
             values.update(real_time_factor=0.0, command_wait_s=0.5)
+        elif name == "policy_controller":
+            # real_time_factor 0 without use_sim_time: sim stamps outrun the wall clock.
+            values.update(stamp_tolerance_s=0.0)
         elif name == "adaptation":
             values.update(rollouts=6, eval_episodes=1, device="cpu", **adaptation)
     handle, path = tempfile.mkstemp(prefix="adapt_fast_", suffix=".yaml")

@@ -36,6 +36,7 @@ from maml_ros.ros.interfaces import COMMAND_QOS, JOINT_STATES_QOS, LATCHED_QOS
 from maml_ros.ros.policy_controller_node import (
     DEFAULT_ACTION_SCALE,
     DEFAULT_JOINT_NAMES,
+    RESYNC_STATES,
     PolicyControllerNode,
 )
 from maml_ros.sim import ArmEnv
@@ -43,7 +44,8 @@ from maml_ros.sim import ArmEnv
 JOINTS = DEFAULT_JOINT_NAMES
 BIAS_A = np.array([2.0, -2.0, 0.5, -0.3, 0.0, 0.9, -1.2], dtype=np.float32)
 BIAS_B = np.array([-0.1, 0.2, -0.3, 0.4, -0.5, 0.6, -0.7], dtype=np.float32)
-START_NS = 1_000_000_000_000
+START_NS = time.time_ns()
+"""Stamps near the wall clock, as a driver stamping with its own clock sends them."""
 
 
 def constant_bundle(
@@ -110,7 +112,7 @@ class Rig:
             Float64MultiArray, "arm_controller/commands", self._command, COMMAND_QOS
         )
         self.node.create_subscription(JointState, "arm_controller/actions", self._action, 100)
-        self.stamp_ns = START_NS
+        self.stamp_ns = time.time_ns()
         wait_until(
             lambda: (
                 self.states.get_subscription_count()
@@ -249,7 +251,7 @@ def test_stale_joint_states_hold_position(ros: Ros) -> None:
     holds = [(c, stamp) for t, c, stamp in rig.commands if t > stopped + 0.3]
     assert all((c == 0.0).all() and stamp == 0 for c, stamp in holds), holds
     # A restarted driver's clock may start lower: it is accepted after going stale.
-    rig.stamp_ns = START_NS // 2
+    rig.stamp_ns -= 60 * 10**9
     _, action = rig.tick()
     np.testing.assert_allclose(action, BIAS_A, atol=1e-6)
     # Keep the states coming (they would go stale again after stale_timeout_s).
@@ -283,6 +285,8 @@ def test_rejects_invalid_runtime_parameters(ros: Ros) -> None:
         Parameter("max_velocity", value=[float("inf")]),
         Parameter("action_scale", value=float("nan")),
         Parameter("stale_timeout_s", value=0.0),
+        Parameter("stamp_tolerance_s", value=-1.0),
+        Parameter("stamp_tolerance_s", value=float("nan")),
         Parameter("hold_rate_hz", value=-5.0),
         Parameter("policy_max_bytes", value=10),
         Parameter("seed", value=-1),
@@ -322,7 +326,7 @@ def test_executable_runs_an_initial_policy(ros: Ros, tmp_path) -> None:
         states = node.create_publisher(JointState, "joint_states", JOINT_STATES_QOS)
         actions: list[JointState] = []
         node.create_subscription(JointState, "arm_controller/actions", actions.append, 100)
-        stamp = START_NS
+        stamp = time.time_ns()
 
         def answered() -> bool:
             nonlocal stamp
@@ -463,3 +467,67 @@ def test_every_way_in_probes_the_policy(ros: Ros, tmp_path) -> None:
             **ros.kwargs(),
             parameter_overrides=[Parameter("initial_policy", value=str(checkpoint))],
         )
+
+
+def _quiet_controller(ros: Ros, **params: Any) -> PolicyControllerNode:
+    """A controller with a policy, driven by direct calls; what it publishes is kept."""
+    values = {"explore": False, "stale_timeout_s": 60.0, **params}
+    overrides = [Parameter(k, value=v) for k, v in values.items()]
+    ctl = ros.add(PolicyControllerNode(**ros.kwargs(), parameter_overrides=overrides))
+    ctl._commands_pub, ctl._actions_pub = ListPublisher(), ListPublisher()
+    ctl._install(constant_bundle(BIAS_A))
+    return ctl
+
+
+def _answered(ctl: PolicyControllerNode) -> set[int]:
+    return {stamp_to_ns(a.header.stamp) for a in ctl._actions_pub.sent}
+
+
+def _state(stamp_ns: int) -> JointState:
+    return arrays_to_joint_state(stamp_ns, JOINTS, np.zeros(7), np.zeros(7))
+
+
+def test_future_stamped_states_are_dropped_and_cannot_silence_the_controller(ros: Ros) -> None:
+    ctl = _quiet_controller(ros)
+    hours = 3600 * 10**9
+    stamp = time.time_ns()
+    ctl._on_joint_state(_state(stamp + hours))  # one state an hour ahead
+    real, fake = [], []
+    for i in range(40):  # 40 Hz real states, 10 Hz states two hours ahead between them
+        stamp += 25_000_000
+        real.append(stamp)
+        ctl._on_joint_state(_state(stamp))
+        if i % 4 == 0:
+            fake.append(stamp + 2 * hours)
+            ctl._on_joint_state(_state(fake[-1]))
+    assert _answered(ctl) == set(real)
+    assert ctl.status.dropped("joint_state") == 1 + len(fake)
+    reason = ctl.status.snapshot()["last_drop_reason"]["joint_state"]
+    assert "from the node's clock (stamp_tolerance_s 600.0)" in reason, reason
+    # Far behind is dropped too; 0 turns the check off.
+    ctl._on_joint_state(_state(stamp - 2 * hours))
+    assert ctl.status.dropped("joint_state") == 2 + len(fake)
+    assert ctl.set_parameters([Parameter("stamp_tolerance_s", value=0.0)])[0].successful
+    ctl._on_joint_state(_state(stamp + 2 * hours))
+    assert stamp + 2 * hours in _answered(ctl)
+
+
+def test_a_clock_going_backwards_is_resynchronised_and_reported(ros: Ros) -> None:
+    ctl = _quiet_controller(ros)
+    stamp = time.time_ns()
+    for _ in range(5):
+        stamp += 25_000_000
+        ctl._on_joint_state(_state(stamp))
+    ctl._on_joint_state(_state(stamp))  # a repeated stamp is only out of order
+    ctl._on_joint_state(_state(stamp - 10**9))  # so is one late state
+    ctl._on_joint_state(_state(stamp + 25_000_000))
+    assert ctl.status.snapshot()["clock_resyncs"] == 0
+    assert ctl.status.dropped("joint_state") == 2
+    restarted = [stamp - 30 * 10**9 + i * 25_000_000 for i in range(10)]  # the driver restarted
+    for s in restarted:
+        ctl._on_joint_state(_state(s))
+    assert _answered(ctl) >= set(restarted[RESYNC_STATES - 1 :])
+    assert not _answered(ctl) & set(restarted[: RESYNC_STATES - 1])
+    status = ctl.status.snapshot()
+    assert status["clock_resyncs"] == 1 and "resynchronised" in status["last_resync"]
+    assert status["dropped"]["joint_state"] == 2 + RESYNC_STATES - 1

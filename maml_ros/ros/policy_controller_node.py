@@ -24,6 +24,13 @@ A policy that still computes a non-finite action on a real state never has it se
 is answered with zero velocities (hold position), the policy is dropped (counted, and its run
 and version refused from then on) and the policy before it runs again (``policy_fallbacks``).
 
+Stamps: a joint state stamped more than ``stamp_tolerance_s`` ahead of or behind the node's
+clock is dropped (counted), so a stream of future-stamped states cannot shut the real ones out;
+one stamped at or before the previous stamp is dropped as out of order, unless
+:data:`RESYNC_STATES` states in a row, each after the one before, are all before it: a clock that
+went backwards (a restarted driver, a sim time reset). The controller then accepts the new
+timeline and says so in its status (``clock_resyncs``, ``last_resync``).
+
 Watchdog: when no valid joint state arrived for ``stale_timeout_s`` (wall time) while a policy
 is loaded, the controller holds position: it publishes zero velocities at ``hold_rate_hz``
 until states resume (labelled ``stamp_ns=0``: they answer no state), and ``~/status`` shows
@@ -81,6 +88,11 @@ DEFAULT_JOINT_NAMES = [f"lbr_iiwa_joint_{i}" for i in range(1, 8)]
 DEFAULT_ACTION_SCALE = 1.5
 """rad/s per policy unit: ``ArmEnv``'s default ``max_joint_velocity``."""
 WATCHDOG_PERIOD_S = 0.02
+DEFAULT_STAMP_TOLERANCE_S = 600.0
+"""Joint states stamped further than this from the node's clock are dropped (s)."""
+RESYNC_STATES = 3
+"""This many consecutive, increasing joint states all stamped before the previous stamp are a
+new timeline (a restarted driver, a sim time reset): the controller resynchronises on it."""
 
 
 def _joint_names_problem(value: Any) -> str | None:
@@ -140,6 +152,14 @@ class PolicyControllerNode(Node):
                 float_range=(0.01, 60.0),
             ),
             ParamSpec(
+                "stamp_tolerance_s",
+                DEFAULT_STAMP_TOLERANCE_S,
+                "Drop joint states stamped further than this ahead of or behind the node's "
+                "clock (s; 0 = no check). With real_time_factor 0 and no use_sim_time the "
+                "simulated arm's stamps run ahead of the wall clock: use use_sim_time or 0",
+                float_range=(0.0, 1e9),
+            ),
+            ParamSpec(
                 "hold_rate_hz",
                 10.0,
                 "Rate of the zero-velocity commands while joint states are stale",
@@ -182,6 +202,10 @@ class PolicyControllerNode(Node):
         self._command = np.empty(n)
         self._zeros = np.zeros(n)
         self._last_stamp_ns: int | None = None
+        self._behind_ns: int | None = None  # the last of the states stamped before it, in a row
+        self._behind_count = 0
+        self._resyncs = 0
+        self.status.set(clock_resyncs=0, last_resync=None)
         self._last_valid = time.monotonic()
         self._last_hold = -math.inf
         self._stale = False
@@ -268,10 +292,9 @@ class PolicyControllerNode(Node):
 
     def _on_joint_state(self, msg: JointState) -> None:
         try:
-            positions, velocities, stamp_ns = joint_state_to_arrays(
-                msg, self.joint_names, last_stamp_ns=self._last_stamp_ns
-            )
+            positions, velocities, stamp_ns = joint_state_to_arrays(msg, self.joint_names)
             obs = observation_from_joint_state(positions, velocities)
+            self._check_stamp(stamp_ns)
         except ValueError as exc:
             self.status.drop("joint_state", str(exc))
             return
@@ -296,6 +319,34 @@ class PolicyControllerNode(Node):
         self._actions_pub.publish(action_to_msg(msg.header.stamp, self.joint_names, action))
         self._ticks += 1
         self.status.set(ticks=self._ticks)
+
+    def _check_stamp(self, stamp_ns: int) -> None:
+        """Raises ValueError for a stamp too far from the node's clock or not after the previous
+        one; resynchronises on a new, earlier timeline (:data:`RESYNC_STATES` in a row)."""
+        tolerance_s = self.params["stamp_tolerance_s"]
+        now_ns = self.get_clock().now().nanoseconds  # 0: sim time and no /clock yet
+        if tolerance_s > 0 and now_ns > 0 and abs(stamp_ns - now_ns) > tolerance_s * 1e9:
+            raise ValueError(
+                f"stamp {stamp_ns} ns is {(stamp_ns - now_ns) / 1e9:+.3f} s from the node's "
+                f"clock (stamp_tolerance_s {tolerance_s})"
+            )
+        last = self._last_stamp_ns
+        if last is not None and stamp_ns <= last:
+            consecutive = self._behind_ns is not None and stamp_ns > self._behind_ns
+            self._behind_count = self._behind_count + 1 if consecutive else 1
+            self._behind_ns = stamp_ns
+            if self._behind_count < RESYNC_STATES:
+                raise ValueError(f"stamp {stamp_ns} ns is not after the previous stamp {last} ns")
+            self._resyncs += 1
+            reason = (
+                f"joint-state stamps went back from {last} ns to {stamp_ns} ns for "
+                f"{RESYNC_STATES} states in a row (a restarted driver or a sim time reset): "
+                "resynchronised on the new timeline"
+            )
+            self.status.set(clock_resyncs=self._resyncs, last_resync=reason)
+            self.get_logger().warning(reason)
+            self.status.publish()
+        self._behind_ns, self._behind_count = None, 0
 
     def _hold_and_fall_back(self, bad: _ActivePolicy, msg: JointState) -> None:
         """The active policy computed a non-finite action: this state is answered with zero
