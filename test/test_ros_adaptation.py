@@ -8,6 +8,7 @@ the policy the adaptation node publishes, so a working inner update measurably i
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -541,6 +542,41 @@ def test_bad_messages_are_dropped_and_counted(harness_factory: Callable[..., Har
     h.arm.reward_pub.publish(bad_reward)
     h.wait_for(lambda s: {"task", "joint_states", "reward"} <= set(s["dropped"]), 10.0)
     assert h.status()["phase"] == "idle"
+
+
+def test_hostile_controller_status_and_unusable_buffer_dump_paths_are_refused(
+    harness_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    h = harness_factory()
+    h.node._on_controller_status(String(data="[" * 100000))  # over the size limit
+    h.node._on_controller_status(String(data="[" * 50000))  # RecursionError in the parser
+    status = h.status()
+    assert status["dropped"]["controller_status"] == 2
+    assert "RecursionError" in status["last_drop_reason"]["controller_status"]
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    unusable = {
+        str(tmp_path): "is a directory",
+        str(tmp_path / ("x" * 300)): "longer than the file system allows (255 bytes)",
+        str(tmp_path / ("x" * 300) / "dump.jsonl"): "longer than the file system allows",
+        "/" + "d/" * 3000 + "dump.jsonl": "path is longer than the file system allows",
+        str(fifo): "not a regular file",
+        str(tmp_path / "missing" / "dump.jsonl"): "does not exist",
+    }
+    for value, why in unusable.items():
+        result = h.node.set_parameters([Parameter("buffer_dump", value=value)])[0]
+        assert not result.successful and why in result.reason, (value[:60], result.reason)
+        with pytest.raises(ValueError, match="buffer_dump"):
+            AdaptationNode(
+                context=h.context,
+                parameter_overrides=[
+                    Parameter("checkpoint", value=str(h.checkpoint)),
+                    Parameter("buffer_dump", value=value),
+                ],
+            )
+    good = h.node.set_parameters([Parameter("buffer_dump", value=str(tmp_path / "d.jsonl"))])
+    assert good[0].successful
+    assert h.node.status.dropped("buffer_dump") == 0
 
 
 def test_invalid_parameters_are_rejected(

@@ -19,7 +19,7 @@ cancelled, failed), ``adaptation_id`` (one per accepted task change), ``task_id`
 ``return_post``/``success_post``, ``adapt_latency_ms``, ``inner_device``, ``policy_version``,
 ``run_id``, ``reason`` (why a rollback or failure happened), ``cancellations``, ``ready``
 (the warm-up update is done) and the drop counters by kind (joint_states, actions, reward,
-task, step, rollout).
+task, step, rollout, controller_status, buffer_dump).
 
 Each adaptation starts from the meta-trained weights (``reset_to_meta``, MAML's protocol): if an
 adapted policy is active, the meta weights are republished first as a new version.
@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import stat
 import threading
 import time
 import uuid
@@ -127,6 +129,8 @@ class Step:
     """Driver generation: increases whenever the joint-state stamps go backwards (restart)."""
 
 
+MAX_CONTROLLER_STATUS_CHARS = 64 * 1024
+"""Longer controller status messages are dropped before parsing."""
 PERIOD_WINDOW = 64
 """The control period is the median of the last this many joint-state stamp deltas."""
 PERIOD_BOUNDS_NS = (100_000, 10_000_000_000)
@@ -332,9 +336,40 @@ def _check_joint_names(value: Any) -> str | None:
     return None
 
 
+def _fs_limits(folder: Path) -> tuple[int, int]:
+    """(PATH_MAX, NAME_MAX) of the file system holding ``folder`` (Linux's when unknown)."""
+    try:
+        return os.pathconf(folder, "PC_PATH_MAX"), os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 4096, 255
+
+
 def _check_dump(value: Any) -> str | None:
-    if value and not Path(value).parent.is_dir():
-        return f"buffer_dump folder {Path(value).parent} does not exist"
+    """Why ``value`` cannot be the buffer_dump file: longer than the file system allows, a
+    directory, a special file (a FIFO would block the worker), a missing or unwritable folder.
+    Never raises."""
+    if not value:
+        return None
+    if "\0" in value:
+        return "buffer_dump must not contain a NUL character"
+    path = Path(value)
+    try:
+        path_max, name_max = _fs_limits(path.parent)
+        if len(os.fsencode(os.path.abspath(path))) >= path_max:
+            return f"buffer_dump path is longer than the file system allows ({path_max} bytes)"
+        if any(len(os.fsencode(part)) > name_max for part in path.parts):
+            return f"a name in buffer_dump is longer than the file system allows ({name_max} bytes)"
+        if path.is_dir():
+            return f"buffer_dump {value!r:.120} is a directory, not a file"
+        if not path.parent.is_dir():
+            return f"buffer_dump folder {str(path.parent)!r:.120} does not exist"
+        if path.exists() and not path.is_file():
+            return f"buffer_dump {value!r:.120} exists and is not a regular file"
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            return f"buffer_dump folder {str(path.parent)!r:.120} is not writable"
+    except (OSError, ValueError) as err:  # ELOOP, EACCES, an embedded NUL ...
+        why = getattr(err, "strerror", None) or str(err)
+        return f"buffer_dump {value!r:.120} is not usable: {type(err).__name__}: {why}"
     return None
 
 
@@ -605,10 +640,20 @@ class AdaptationNode(Node):
             self._active_cond.notify_all()
 
     def _on_controller_status(self, msg: String) -> None:
+        if len(msg.data) > MAX_CONTROLLER_STATUS_CHARS:
+            self.status.drop(
+                "controller_status",
+                f"{len(msg.data)} characters, over the limit of {MAX_CONTROLLER_STATUS_CHARS}",
+            )
+            return
         try:
             data = json.loads(msg.data)
+        except (ValueError, RecursionError) as err:  # RecursionError: deep nesting
+            self.status.drop("controller_status", f"invalid JSON: {type(err).__name__}: {err}")
+            return
+        try:
             run_id, version = data["run_id"], data["policy_version"]
-        except (ValueError, KeyError, TypeError):
+        except (KeyError, TypeError, IndexError):
             return  # a controller without these fields: acknowledgement falls back to a timeout
         if isinstance(run_id, str) and isinstance(version, int):
             with self._ack_cond:
@@ -970,18 +1015,28 @@ class AdaptationNode(Node):
         return future.result()
 
     def _dump(self, path: str, steps: Sequence[Step]) -> None:
-        with open(path, "a", encoding="utf-8") as out:
-            for s in steps:
-                record = {
-                    "stamp_ns": s.stamp_ns,
-                    "episode": s.episode,
-                    "positions": [float(x) for x in s.positions],
-                    "velocities": [float(x) for x in s.velocities],
-                    "action": [float(x) for x in s.action],
-                    "reward": s.reward,
-                    "success": s.success,
-                }
-                out.write(json.dumps(record) + "\n")
+        """Appends the rollout to ``buffer_dump``; a failed write is counted, never fatal."""
+        lines = []
+        for s in steps:
+            record = {
+                "stamp_ns": s.stamp_ns,
+                "episode": s.episode,
+                "positions": [float(x) for x in s.positions],
+                "velocities": [float(x) for x in s.velocities],
+                "action": [float(x) for x in s.action],
+                "reward": s.reward,
+                "success": s.success,
+            }
+            lines.append(json.dumps(record) + "\n")
+        try:
+            # O_NONBLOCK: a FIFO put there since the parameter was checked fails, never blocks.
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644)
+            with open(fd, "a", encoding="utf-8") as out:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise OSError(f"{path} is not a regular file")
+                out.write("".join(lines))
+        except (OSError, ValueError) as err:
+            self.status.drop("buffer_dump", f"rollout not written: {type(err).__name__}: {err}")
 
     def destroy_node(self) -> None:
         """Stops the worker (cancelling any adaptation) before the node goes."""
