@@ -1,7 +1,12 @@
 """Checkpoint codec: round trip, atomic files, and every rejection path."""
 
 import json
+import os
+import signal
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -221,3 +226,42 @@ def test_rejects_a_policy_whose_actions_are_not_finite(tmp_path):
     tiny_std = make_bundle().replace(obs_std=torch.full((14,), 1e-45))  # 1/std overflows
     with pytest.raises(CheckpointError, match="non-finite action on the centre"):
         bundle_from_bytes(bundle_to_bytes(tiny_std))
+
+
+def test_special_files_are_refused_without_reading_them(tmp_path):
+    fifo = tmp_path / "policy.fifo"
+    os.mkfifo(fifo)  # opening it for reading would block until a writer comes
+    for path in ("/dev/zero", fifo, tmp_path):
+        with pytest.raises(CheckpointError, match="not a regular file"):
+            load_bundle(path)
+    big = tmp_path / "big.safetensors"
+    big.write_bytes(bundle_to_bytes(make_bundle()))
+    with pytest.raises(CheckpointError, match="oversized"):
+        load_bundle(big, max_bytes=100)
+
+
+KILLED_MID_WRITE = """
+import os, signal, sys
+import maml_ros.rl.checkpoint as checkpoint
+from test_rl_checkpoint import make_bundle
+os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)  # killed after writing, no cleanup
+checkpoint.save_bundle(sys.argv[1], make_bundle())
+"""
+
+
+def test_a_write_killed_midway_leaves_no_orphan_once_the_file_is_written_again(tmp_path):
+    target = tmp_path / "policy.safetensors"
+    save_bundle(target, make_bundle())
+    before = target.read_bytes()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*sys.path, str(Path(__file__).parent)])}
+    for _ in range(2):
+        proc = subprocess.run(
+            [sys.executable, "-c", KILLED_MID_WRITE, str(target)], env=env, timeout=120
+        )
+        assert proc.returncode == -signal.SIGKILL
+    assert target.read_bytes() == before  # the checkpoint itself is intact
+    # A kill leaves its temporary file; the next write (the second kill's) swept the first.
+    assert len(list(tmp_path.glob(".policy.safetensors.*.tmp"))) == 1
+    save_bundle(target, make_bundle())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy.safetensors"]
+    load_bundle(target)
