@@ -59,7 +59,9 @@ def fast_params_file(**adaptation: Any) -> str:
             # real_time_factor 0 without use_sim_time: sim stamps outrun the wall clock.
             values.update(stamp_tolerance_s=0.0)
         elif name == "adaptation":
-            values.update(rollouts=6, eval_episodes=1, device="cpu", **adaptation)
+            # stamp_tolerance_s 0: as for the controller, the fast sim's stamps outrun the clock.
+            values.update(rollouts=6, eval_episodes=1, device="cpu", stamp_tolerance_s=0.0)
+            values.update(adaptation)
     handle, path = tempfile.mkstemp(prefix="adapt_fast_", suffix=".yaml")
     with os.fdopen(handle, "w") as out:
         yaml.safe_dump(params, out)

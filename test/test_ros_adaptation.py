@@ -280,6 +280,7 @@ class Harness:
             "eval_episodes": 1,
             "step_timeout_s": 2.0,
             "policy_ack_timeout_s": 2.0,
+            "stamp_tolerance_s": 0.0,  # the fake arm's time starts at 1 s and runs 12.5x fast
             **overrides,
         }
         self.arm = FakeArm(self.context)
@@ -499,6 +500,32 @@ def test_one_state_stamped_1_ns_after_a_real_one_does_not_disable_adaptation(
     status = h.wait_for(finished)
     assert status["phase"] in ("done", "rolled_back"), status
     assert status["rollouts_collected"] == 3 and status["rollouts_discarded"] == 0, status
+
+
+def test_inputs_stamped_far_from_the_clock_are_dropped_not_taken_for_a_restart(
+    harness_factory: Callable[..., Harness],
+) -> None:
+    h = harness_factory(stamp_tolerance_s=600.0)  # (drops every state of the fake arm too)
+    joiner = h.node.joiner
+    two_hours = 2 * 3600 * 10**9
+    now = time.time_ns()
+    for stamp in (now + two_hours, now - two_hours):
+        state = JointState(name=list(NAMES), position=[0.0] * 7, velocity=[0.0] * 7)
+        state.header.stamp = ns_to_stamp(stamp)
+        h.node._on_joint_state(state)
+        h.node._on_action(action_to_msg(stamp, NAMES, np.zeros(7)))
+        h.node._on_reward(reward_to_msg(stamp, -1.0, False, 99))
+    assert joiner._newest_state_ns is None and joiner.generation == 0
+    assert joiner.last_episode is None and not joiner._pending
+    status = h.status()
+    assert status["dropped"]["actions"] >= 2 and status["dropped"]["reward"] >= 2
+    assert (
+        "from the node's clock (stamp_tolerance_s 600.0)" in (status["last_drop_reason"]["reward"])
+    )
+    state = JointState(name=list(NAMES), position=[0.0] * 7, velocity=[0.0] * 7)
+    state.header.stamp = ns_to_stamp(time.time_ns())
+    h.node._on_joint_state(state)  # a state stamped now is taken
+    assert joiner._newest_state_ns is not None
 
 
 def test_an_exploding_update_is_rolled_back(harness_factory: Callable[..., Harness]) -> None:

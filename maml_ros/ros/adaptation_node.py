@@ -63,6 +63,7 @@ from maml_ros.ros.convert import (
     TaskChange,
     action_from_msg,
     active_task_from_msg,
+    check_stamp_near_clock,
     joint_state_to_arrays,
     policy_to_msg,
     reward_from_msg,
@@ -413,6 +414,13 @@ PARAMS = (
         float_range=(0.01, 600.0),
     ),
     ParamSpec(
+        "stamp_tolerance_s",
+        600.0,
+        "Drop joint states, actions and rewards stamped further than this ahead of or behind "
+        "the node's clock (s; 0 = no check)",
+        float_range=(0.0, 1e9),
+    ),
+    ParamSpec(
         "service_timeout_s",
         5.0,
         "How long to wait for the reset and set_exploration services",
@@ -597,6 +605,7 @@ class AdaptationNode(Node):
     def _on_joint_state(self, msg: JointState) -> None:
         try:
             positions, velocities, stamp_ns = joint_state_to_arrays(msg, self.joint_names)
+            self._check_stamp(stamp_ns)
         except ValueError as err:
             self.status.drop("joint_states", str(err))
             return
@@ -605,6 +614,7 @@ class AdaptationNode(Node):
     def _on_action(self, msg: JointState) -> None:
         try:
             stamp_ns, action = action_from_msg(msg, self.joint_names)
+            self._check_stamp(stamp_ns)
         except ValueError as err:
             self.status.drop("actions", str(err))
             return
@@ -613,10 +623,17 @@ class AdaptationNode(Node):
     def _on_reward(self, msg: Vector3Stamped) -> None:
         try:
             stamp_ns, reward, success, episode = reward_from_msg(msg)
+            self._check_stamp(stamp_ns)
         except ValueError as err:
             self.status.drop("reward", str(err))
             return
         self.joiner.add_reward(stamp_ns, reward, success, episode)
+
+    def _check_stamp(self, stamp_ns: int) -> None:
+        """ValueError for a stamp too far from this node's clock (``stamp_tolerance_s``): a
+        future-stamped state would otherwise look like a driver restart to the joiner."""
+        now_ns = self.get_clock().now().nanoseconds
+        check_stamp_near_clock(stamp_ns, now_ns, self.params["stamp_tolerance_s"])
 
     def _on_task(self, change: TaskChange) -> str | None:
         """Takes a task change; the id being adapted to already is acknowledged, no more."""

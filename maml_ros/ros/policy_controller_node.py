@@ -65,6 +65,7 @@ from maml_ros.ros.common import (
 )
 from maml_ros.ros.convert import (
     action_to_msg,
+    check_stamp_near_clock,
     commands_to_msg,
     joint_state_to_arrays,
     policy_from_msg,
@@ -323,13 +324,8 @@ class PolicyControllerNode(Node):
     def _check_stamp(self, stamp_ns: int) -> None:
         """Raises ValueError for a stamp too far from the node's clock or not after the previous
         one; resynchronises on a new, earlier timeline (:data:`RESYNC_STATES` in a row)."""
-        tolerance_s = self.params["stamp_tolerance_s"]
-        now_ns = self.get_clock().now().nanoseconds  # 0: sim time and no /clock yet
-        if tolerance_s > 0 and now_ns > 0 and abs(stamp_ns - now_ns) > tolerance_s * 1e9:
-            raise ValueError(
-                f"stamp {stamp_ns} ns is {(stamp_ns - now_ns) / 1e9:+.3f} s from the node's "
-                f"clock (stamp_tolerance_s {tolerance_s})"
-            )
+        now_ns = self.get_clock().now().nanoseconds
+        check_stamp_near_clock(stamp_ns, now_ns, self.params["stamp_tolerance_s"])
         last = self._last_stamp_ns
         if last is not None and stamp_ns <= last:
             consecutive = self._behind_ns is not None and stamp_ns > self._behind_ns
