@@ -24,7 +24,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from ros_harness import ROS_BUILTIN_PARAMETERS, Ros, wait_until
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64MultiArray, UInt8MultiArray
+from std_msgs.msg import Float64MultiArray, String, UInt8MultiArray
 from std_srvs.srv import SetBool
 
 from maml_ros.meta import InnerConfig
@@ -531,3 +531,52 @@ def test_a_clock_going_backwards_is_resynchronised_and_reported(ros: Ros) -> Non
     status = ctl.status.snapshot()
     assert status["clock_resyncs"] == 1 and "resynchronised" in status["last_resync"]
     assert status["dropped"]["joint_state"] == 2 + RESYNC_STATES - 1
+
+
+def test_executable_survives_a_latched_policy_whose_actions_are_not_finite(ros: Ros) -> None:
+    node = ros.add(Node("adaptation_stand_in", **ros.kwargs()))
+    policies = node.create_publisher(UInt8MultiArray, "policy", LATCHED_QOS)
+    policies.publish(policy_to_msg(overflowing_bundle(version=1)))  # latched before it starts
+    statuses: list[dict] = []
+    node.create_subscription(
+        String, "policy_controller/status", lambda m: statuses.append(json.loads(m.data)), 10
+    )
+    states = node.create_publisher(JointState, "joint_states", JOINT_STATES_QOS)
+    actions: list[JointState] = []
+    node.create_subscription(JointState, "arm_controller/actions", actions.append, 100)
+    proc = subprocess.Popen(
+        [
+            _executable("policy_controller_node"),
+            "--ros-args",
+            "-r",
+            f"__ns:={ros.namespace}",
+            "-p",
+            "explore:=false",
+        ],
+        env=os.environ.copy(),
+    )
+    stamp = time.time_ns()
+
+    def answered() -> bool:
+        nonlocal stamp
+        assert proc.poll() is None, f"the controller exited with {proc.returncode}"
+        stamp += 25_000_000
+        far = np.full(7, 2.0)  # where the bad policy's first layer computes inf - inf
+        states.publish(arrays_to_joint_state(stamp, JOINTS, far, np.zeros(7)))
+        time.sleep(0.05)
+        return bool(actions)
+
+    try:
+        wait_until(
+            lambda: answered() is False and any(s["dropped"].get("policy") for s in statuses),
+            timeout=30.0,
+        )
+        assert "policy probe" in statuses[-1]["last_drop_reason"]["policy"]
+        assert statuses[-1]["has_policy"] is False and actions == []
+        policies.publish(policy_to_msg(constant_bundle(BIAS_A, version=2)))
+        wait_until(answered, timeout=30.0)
+        np.testing.assert_allclose(actions[-1].velocity, BIAS_A, atol=1e-6)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=15)
+    assert code == 0
