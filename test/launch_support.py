@@ -55,8 +55,13 @@ def fast_params_file(**adaptation: Any) -> str:
         values = section["ros__parameters"]
         if name == "sim_arm":
             values.update(real_time_factor=0.0, command_wait_s=0.5)
+        elif name == "policy_controller":
+            # real_time_factor 0 without use_sim_time: sim stamps outrun the wall clock.
+            values.update(stamp_tolerance_s=0.0)
         elif name == "adaptation":
-            values.update(rollouts=6, eval_episodes=1, device="cpu", **adaptation)
+            # stamp_tolerance_s 0: as for the controller, the fast sim's stamps outrun the clock.
+            values.update(rollouts=6, eval_episodes=1, device="cpu", stamp_tolerance_s=0.0)
+            values.update(adaptation)
     handle, path = tempfile.mkstemp(prefix="adapt_fast_", suffix=".yaml")
     with os.fdopen(handle, "w") as out:
         yaml.safe_dump(params, out)

@@ -387,7 +387,11 @@ def _values_like(default: Any) -> st.SearchStrategy[Any]:
     if isinstance(default, float):
         return any_float
     if isinstance(default, str):
-        return st.text(max_size=40) | st.sampled_from(["", "/", "\0", "a\0b", "/nonexistent/x"])
+        long_name = "/tmp/" + "x" * 300
+        special = ["", "/", "\0", "a\0b", "/nonexistent/x", "/tmp", "/dev/null", long_name]
+        return st.text(max_size=40) | st.sampled_from(
+            [*special, long_name + "/y", "/" + "d/" * 3000 + "y"]
+        )
     if isinstance(default, list | tuple):
         return st.lists(st.text(max_size=10), max_size=10)
     raise AssertionError(f"no strategy for a parameter of type {type(default).__name__}")

@@ -1,7 +1,12 @@
 """Checkpoint codec: round trip, atomic files, and every rejection path."""
 
 import json
+import os
+import signal
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -195,3 +200,70 @@ def test_encode_validates_too():
 def test_saved_files_are_world_readable(tmp_path):
     path = save_bundle(tmp_path / "p.safetensors", make_bundle())
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def overflowing_bundle() -> PolicyBundle:
+    """Every tensor finite, but the first layer computes inf - inf away from the centre."""
+    bundle = make_bundle()
+    weight = torch.zeros_like(bundle.params["mlp.0.weight"])
+    weight[0, 0], weight[0, 1] = 3e38, -3e38
+    return bundle.replace(
+        params={**bundle.params, "mlp.0.weight": weight},
+        obs_mean=torch.zeros(14),
+        obs_std=torch.ones(14),
+    )
+
+
+def test_rejects_a_policy_whose_actions_are_not_finite(tmp_path):
+    bundle = overflowing_bundle()
+    data = bundle_to_bytes(bundle)  # the tensor checks pass
+    with pytest.raises(
+        CheckpointError, match=r"policy probe: non-finite action on probe observation"
+    ):
+        bundle_from_bytes(data)
+    path = tmp_path / "overflow.safetensors"
+    path.write_bytes(data)
+    with pytest.raises(CheckpointError, match="non-finite action"):
+        load_bundle(path)
+    tiny_std = make_bundle().replace(obs_std=torch.full((14,), 1e-45))  # 1/std overflows
+    with pytest.raises(CheckpointError, match="1 / obs_std overflows"):
+        bundle_from_bytes(bundle_to_bytes(tiny_std))
+
+
+def test_special_files_are_refused_without_reading_them(tmp_path):
+    fifo = tmp_path / "policy.fifo"
+    os.mkfifo(fifo)  # opening it for reading would block until a writer comes
+    for path in ("/dev/zero", fifo, tmp_path):
+        with pytest.raises(CheckpointError, match="not a regular file"):
+            load_bundle(path)
+    big = tmp_path / "big.safetensors"
+    big.write_bytes(bundle_to_bytes(make_bundle()))
+    with pytest.raises(CheckpointError, match="oversized"):
+        load_bundle(big, max_bytes=100)
+
+
+KILLED_MID_WRITE = """
+import os, signal, sys
+import maml_ros.rl.checkpoint as checkpoint
+from test_rl_checkpoint import make_bundle
+os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)  # killed after writing, no cleanup
+checkpoint.save_bundle(sys.argv[1], make_bundle())
+"""
+
+
+def test_a_write_killed_midway_leaves_no_orphan_once_the_file_is_written_again(tmp_path):
+    target = tmp_path / "policy.safetensors"
+    save_bundle(target, make_bundle())
+    before = target.read_bytes()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*sys.path, str(Path(__file__).parent)])}
+    for _ in range(2):
+        proc = subprocess.run(
+            [sys.executable, "-c", KILLED_MID_WRITE, str(target)], env=env, timeout=120
+        )
+        assert proc.returncode == -signal.SIGKILL
+    assert target.read_bytes() == before  # the checkpoint itself is intact
+    # A kill leaves its temporary file; the next write (the second kill's) swept the first.
+    assert len(list(tmp_path.glob(".policy.safetensors.*.tmp"))) == 1
+    save_bundle(target, make_bundle())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy.safetensors"]
+    load_bundle(target)

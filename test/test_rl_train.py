@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import maml_ros.rl.trainer as trainer_module
-from maml_ros.rl.checkpoint import load_bundle
+from maml_ros.rl.checkpoint import CheckpointError, load_bundle
 from maml_ros.rl.config import ConfigError, config_from_dict, load_config
 from maml_ros.rl.envs import make_env, make_task_source
 from maml_ros.rl.train import main, train
@@ -174,3 +174,22 @@ def test_cli_rejects_a_bad_config(tmp_path, capsys):
     bad.write_text("iterations: 3\nwings: 2\n")
     assert main(["--config", str(bad), "--out", str(tmp_path / "out")]) == 2
     assert "unknown key" in capsys.readouterr().err
+
+
+def test_resume_from_a_truncated_state_is_a_clear_error(tmp_path, capsys):
+    cfg = config_from_dict({**TOY, "iterations": 2})
+
+    def factory(c):
+        return make_env("point", c.env.num_envs, 1, c.env.horizon), make_task_source(
+            "point", c.env.families, c.env.family_weights
+        )
+
+    out = tmp_path / "run"
+    train(cfg, out, env_factory=factory, show_progress=False)
+    state = out / "state.safetensors"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"cannot resume from .*state\.safetensors"):
+        train(cfg, out, resume=True, env_factory=factory, show_progress=False)
+    argv = ["--config", str(out / "config.yaml"), "--out", str(out), "--resume", "--no-progress"]
+    assert main(argv) == 2
+    assert "cannot resume from" in capsys.readouterr().err

@@ -8,6 +8,7 @@ the policy the adaptation node publishes, so a working inner update measurably i
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -115,6 +116,23 @@ def test_joiner_is_bounded_and_detects_a_driver_restart() -> None:
     assert step is not None and step.generation == 1 and step.episode == 0
     joiner.add_action(5, np.zeros(7))
     assert "late or duplicate action" in drops[-1][1]
+
+
+def test_joiner_period_is_a_median_that_one_stray_stamp_cannot_poison() -> None:
+    joiner = StepJoiner(8, lambda kind, reason: None)
+    assert joiner.period_ns is None
+    period = 25_000_000
+    stamp = 1_000_000_000
+    for i in range(10):
+        stamp += period
+        joiner.add_state(stamp, np.zeros(7), np.zeros(7))
+        if i == 3:
+            joiner.add_state(stamp + 1, np.zeros(7), np.zeros(7))  # a duplicated driver
+        if i == 5:
+            stamp += 3 * period  # two lost states
+    assert joiner.period_ns == period
+    joiner.add_state(stamp + 60 * 10**9, np.zeros(7), np.zeros(7))  # a minute's pause
+    assert joiner.period_ns == period
 
 
 def test_reset_message_episode_and_update_checks() -> None:
@@ -262,6 +280,7 @@ class Harness:
             "eval_episodes": 1,
             "step_timeout_s": 2.0,
             "policy_ack_timeout_s": 2.0,
+            "stamp_tolerance_s": 0.0,  # the fake arm's time starts at 1 s and runs 12.5x fast
             **overrides,
         }
         self.arm = FakeArm(self.context)
@@ -470,6 +489,50 @@ def test_a_rollout_with_a_missing_step_is_discarded(
         assert np.diff(episode).tolist() == [period] * 19
 
 
+def test_one_state_stamped_1_ns_after_a_real_one_does_not_disable_adaptation(
+    harness_factory: Callable[..., Harness],
+) -> None:
+    h = harness_factory(rollouts=3)
+    h.wait_for_first_policy()
+    h.wait_for(lambda _: h.arm.ticks > 5, 10.0)
+    with h.arm.lock:  # right after a real state, before the next one
+        stray = JointState(name=list(NAMES), position=[0.0] * 7, velocity=[0.0] * 7)
+        stray.header.stamp = ns_to_stamp(h.arm.stamp_ns + 1)
+        h.arm.state_pub.publish(stray)
+    h.wait_for(lambda _: h.arm.ticks > 10, 10.0)
+    assert h.node.joiner.period_ns == int(DT * 1e9)
+    h.send_task()
+    status = h.wait_for(finished)
+    assert status["phase"] in ("done", "rolled_back"), status
+    assert status["rollouts_collected"] == 3 and status["rollouts_discarded"] == 0, status
+
+
+def test_inputs_stamped_far_from_the_clock_are_dropped_not_taken_for_a_restart(
+    harness_factory: Callable[..., Harness],
+) -> None:
+    h = harness_factory(stamp_tolerance_s=600.0)  # (drops every state of the fake arm too)
+    joiner = h.node.joiner
+    two_hours = 2 * 3600 * 10**9
+    now = time.time_ns()
+    for stamp in (now + two_hours, now - two_hours):
+        state = JointState(name=list(NAMES), position=[0.0] * 7, velocity=[0.0] * 7)
+        state.header.stamp = ns_to_stamp(stamp)
+        h.node._on_joint_state(state)
+        h.node._on_action(action_to_msg(stamp, NAMES, np.zeros(7)))
+        h.node._on_reward(reward_to_msg(stamp, -1.0, False, 99))
+    assert joiner._newest_state_ns is None and joiner.generation == 0
+    assert joiner.last_episode is None and not joiner._pending
+    status = h.status()
+    assert status["dropped"]["actions"] >= 2 and status["dropped"]["reward"] >= 2
+    assert (
+        "from the node's clock (stamp_tolerance_s 600.0)" in (status["last_drop_reason"]["reward"])
+    )
+    state = JointState(name=list(NAMES), position=[0.0] * 7, velocity=[0.0] * 7)
+    state.header.stamp = ns_to_stamp(time.time_ns())
+    h.node._on_joint_state(state)  # a state stamped now is taken
+    assert joiner._newest_state_ns is not None
+
+
 def test_an_exploding_update_is_rolled_back(harness_factory: Callable[..., Harness]) -> None:
     h = harness_factory(make_bundle(lr=1e4), rollouts=3)
     h.wait_for_first_policy()
@@ -511,6 +574,41 @@ def test_bad_messages_are_dropped_and_counted(harness_factory: Callable[..., Har
     h.arm.reward_pub.publish(bad_reward)
     h.wait_for(lambda s: {"task", "joint_states", "reward"} <= set(s["dropped"]), 10.0)
     assert h.status()["phase"] == "idle"
+
+
+def test_hostile_controller_status_and_unusable_buffer_dump_paths_are_refused(
+    harness_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    h = harness_factory()
+    h.node._on_controller_status(String(data="[" * 100000))  # over the size limit
+    h.node._on_controller_status(String(data="[" * 50000))  # RecursionError in the parser
+    status = h.status()
+    assert status["dropped"]["controller_status"] == 2
+    assert "RecursionError" in status["last_drop_reason"]["controller_status"]
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    unusable = {
+        str(tmp_path): "is a directory",
+        str(tmp_path / ("x" * 300)): "longer than the file system allows (255 bytes)",
+        str(tmp_path / ("x" * 300) / "dump.jsonl"): "longer than the file system allows",
+        "/" + "d/" * 3000 + "dump.jsonl": "path is longer than the file system allows",
+        str(fifo): "not a regular file",
+        str(tmp_path / "missing" / "dump.jsonl"): "does not exist",
+    }
+    for value, why in unusable.items():
+        result = h.node.set_parameters([Parameter("buffer_dump", value=value)])[0]
+        assert not result.successful and why in result.reason, (value[:60], result.reason)
+        with pytest.raises(ValueError, match="buffer_dump"):
+            AdaptationNode(
+                context=h.context,
+                parameter_overrides=[
+                    Parameter("checkpoint", value=str(h.checkpoint)),
+                    Parameter("buffer_dump", value=value),
+                ],
+            )
+    good = h.node.set_parameters([Parameter("buffer_dump", value=str(tmp_path / "d.jsonl"))])
+    assert good[0].successful
+    assert h.node.status.dropped("buffer_dump") == 0
 
 
 def test_invalid_parameters_are_rejected(
@@ -577,3 +675,22 @@ def test_deactivate_cancels_keeps_the_good_policy_and_refuses_tasks(
     assert h.node._on_task(TaskChange("while-inactive", REACH_TASK[0])) is not None
     h.node.trigger_activate()
     assert h.node._on_task(TaskChange("active-again", REACH_TASK[0])) is None
+
+
+def test_a_checkpoint_whose_actions_are_not_finite_is_refused(tmp_path: Path) -> None:
+    bundle = make_bundle()
+    weight = torch.zeros_like(bundle.params["mlp.0.weight"])
+    weight[0, 0], weight[0, 1] = 3e38, -3e38  # finite weights, inf - inf in the first layer
+    path = save_bundle(
+        tmp_path / "overflow.safetensors",
+        bundle.replace(params={**bundle.params, "mlp.0.weight": weight}),
+    )
+    context = Context()
+    rclpy.init(context=context)
+    try:
+        with pytest.raises(ValueError, match=r"cannot load checkpoint.*policy probe"):
+            AdaptationNode(
+                context=context, parameter_overrides=[Parameter("checkpoint", value=str(path))]
+            )
+    finally:
+        rclpy.try_shutdown(context=context)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -24,18 +25,19 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from ros_harness import ROS_BUILTIN_PARAMETERS, Ros, wait_until
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64MultiArray, UInt8MultiArray
+from std_msgs.msg import Float64MultiArray, String, UInt8MultiArray
 from std_srvs.srv import SetBool
 
 from maml_ros.meta import InnerConfig
 from maml_ros.rl.checkpoint import PolicyBundle, bundle_to_bytes, save_bundle
-from maml_ros.rl.policy import GaussianMLPPolicy, PolicySpec
+from maml_ros.rl.policy import GaussianMLPPolicy, PolicySpec, numpy_policy
 from maml_ros.ros.common import stamp_to_ns
 from maml_ros.ros.convert import arrays_to_joint_state, command_stamp_ns, policy_to_msg
 from maml_ros.ros.interfaces import COMMAND_QOS, JOINT_STATES_QOS, LATCHED_QOS
 from maml_ros.ros.policy_controller_node import (
     DEFAULT_ACTION_SCALE,
     DEFAULT_JOINT_NAMES,
+    RESYNC_STATES,
     PolicyControllerNode,
 )
 from maml_ros.sim import ArmEnv
@@ -43,7 +45,8 @@ from maml_ros.sim import ArmEnv
 JOINTS = DEFAULT_JOINT_NAMES
 BIAS_A = np.array([2.0, -2.0, 0.5, -0.3, 0.0, 0.9, -1.2], dtype=np.float32)
 BIAS_B = np.array([-0.1, 0.2, -0.3, 0.4, -0.5, 0.6, -0.7], dtype=np.float32)
-START_NS = 1_000_000_000_000
+START_NS = time.time_ns()
+"""Stamps near the wall clock, as a driver stamping with its own clock sends them."""
 
 
 def constant_bundle(
@@ -64,6 +67,32 @@ def constant_bundle(
         version=version,
         run_id=run_id,
         metadata={"joint_names": JOINTS},
+    )
+
+
+def overflowing_bundle(version: int = 2, run_id: str = "run-a") -> PolicyBundle:
+    """Every tensor finite, but the first layer computes inf - inf for large observations,
+    so every action away from the centre is NaN."""
+    bundle = constant_bundle(BIAS_B, version=version, run_id=run_id)
+    weight = torch.zeros_like(bundle.params["mlp.0.weight"])
+    weight[0, 0], weight[0, 1] = 3e38, -3e38
+    return bundle.replace(params={**bundle.params, "mlp.0.weight": weight})
+
+
+class ListPublisher:
+    """Stands in for a publisher: keeps what is published."""
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+
+    def publish(self, msg: Any) -> None:
+        self.sent.append(msg)
+
+
+def install(ctl: PolicyControllerNode, bundle: PolicyBundle) -> None:
+    """Swaps ``bundle`` in as the decoder would, past its checks (the probe included)."""
+    ctl._install(
+        SimpleNamespace(policy=numpy_policy(bundle), version=bundle.version, run_id=bundle.run_id)
     )
 
 
@@ -91,7 +120,7 @@ class Rig:
             Float64MultiArray, "arm_controller/commands", self._command, COMMAND_QOS
         )
         self.node.create_subscription(JointState, "arm_controller/actions", self._action, 100)
-        self.stamp_ns = START_NS
+        self.stamp_ns = time.time_ns()
         wait_until(
             lambda: (
                 self.states.get_subscription_count()
@@ -230,7 +259,7 @@ def test_stale_joint_states_hold_position(ros: Ros) -> None:
     holds = [(c, stamp) for t, c, stamp in rig.commands if t > stopped + 0.3]
     assert all((c == 0.0).all() and stamp == 0 for c, stamp in holds), holds
     # A restarted driver's clock may start lower: it is accepted after going stale.
-    rig.stamp_ns = START_NS // 2
+    rig.stamp_ns -= 60 * 10**9
     _, action = rig.tick()
     np.testing.assert_allclose(action, BIAS_A, atol=1e-6)
     # Keep the states coming (they would go stale again after stale_timeout_s).
@@ -264,6 +293,8 @@ def test_rejects_invalid_runtime_parameters(ros: Ros) -> None:
         Parameter("max_velocity", value=[float("inf")]),
         Parameter("action_scale", value=float("nan")),
         Parameter("stale_timeout_s", value=0.0),
+        Parameter("stamp_tolerance_s", value=-1.0),
+        Parameter("stamp_tolerance_s", value=float("nan")),
         Parameter("hold_rate_hz", value=-5.0),
         Parameter("policy_max_bytes", value=10),
         Parameter("seed", value=-1),
@@ -303,7 +334,7 @@ def test_executable_runs_an_initial_policy(ros: Ros, tmp_path) -> None:
         states = node.create_publisher(JointState, "joint_states", JOINT_STATES_QOS)
         actions: list[JointState] = []
         node.create_subscription(JointState, "arm_controller/actions", actions.append, 100)
-        stamp = START_NS
+        stamp = time.time_ns()
 
         def answered() -> bool:
             nonlocal stamp
@@ -421,7 +452,7 @@ def test_the_tick_waits_for_no_lock_the_decoder_or_the_status_holds(ros: Ros) ->
 
     ctl = ros.add(PolicyControllerNode(**ros.kwargs()))
     assert ctl.handle_policy(policy_to_msg(constant_bundle(BIAS_A)))
-    state = arrays_to_joint_state(10**9, JOINTS, np.zeros(7), np.zeros(7))
+    state = arrays_to_joint_state(time.time_ns(), JOINTS, np.zeros(7), np.zeros(7))
     with ctl.status._lock, ctl._policy_cond:
         tick = threading.Thread(target=ctl._on_joint_state, args=(state,), daemon=True)
         tick.start()
@@ -483,3 +514,160 @@ def test_a_configure_that_fails_keeps_the_node_unconfigured_with_the_reason(
         status["lifecycle"] == "unconfigured"
         and "missing.safetensors" in status["lifecycle_reason"]
     )
+
+
+def test_a_non_finite_action_is_never_sent_and_the_last_good_policy_takes_over(ros: Ros) -> None:
+    quiet = [Parameter("explore", value=False), Parameter("stale_timeout_s", value=60.0)]
+    ctl = ros.add(PolicyControllerNode(**ros.kwargs(), parameter_overrides=quiet))
+    ctl._commands_pub, ctl._actions_pub = commands, actions = ListPublisher(), ListPublisher()
+    install(ctl, constant_bundle(BIAS_A, version=1))
+    # Installed directly, past the probe: as a policy that passes it and still overflows on
+    # some real state would be.
+    install(ctl, overflowing_bundle(version=2))
+    far = np.full(7, 2.0)  # 3e38 * 2 overflows float32
+    ctl._on_joint_state(arrays_to_joint_state(START_NS, JOINTS, far, np.zeros(7)))
+    assert actions.sent == [] and len(commands.sent) == 1
+    assert list(commands.sent[0].data) == [0.0] * 7  # held position, answering that state
+    assert command_stamp_ns(commands.sent[0]) == START_NS
+    status = ctl.status.snapshot()
+    assert status["policy_version"] == 1 and status["policy_fallbacks"] == 1
+    assert "non-finite action from version 2" in status["last_drop_reason"]["policy"]
+    ctl._on_joint_state(arrays_to_joint_state(START_NS + 1, JOINTS, far, np.zeros(7)))
+    np.testing.assert_allclose(actions.sent[-1].velocity, BIAS_A, atol=1e-6)
+    # The refused version is not taken again, and a probe stops it at the door anyway.
+    assert not ctl.handle_policy(policy_to_msg(overflowing_bundle(version=2)))
+    assert ctl.status.snapshot()["policy_version"] == 1
+    # With no earlier policy to fall back to, nothing at all is sent after the hold.
+    lone = ros.add(PolicyControllerNode(**ros.kwargs(), parameter_overrides=quiet))
+    lone._commands_pub, lone._actions_pub = ListPublisher(), ListPublisher()
+    install(lone, overflowing_bundle(version=5))
+    for stamp in (START_NS, START_NS + 1):
+        lone._on_joint_state(arrays_to_joint_state(stamp, JOINTS, far, np.zeros(7)))
+    assert len(lone._commands_pub.sent) == 1 and lone._actions_pub.sent == []
+    assert lone.status.snapshot()["has_policy"] is False
+
+
+def test_every_way_in_probes_the_policy(ros: Ros, tmp_path) -> None:
+    ctl = ros.add(PolicyControllerNode(**ros.kwargs()))
+    assert not ctl.handle_policy(policy_to_msg(overflowing_bundle()))
+    assert "policy probe: non-finite action" in ctl.status.snapshot()["last_drop_reason"]["policy"]
+    assert ctl.status.snapshot()["has_policy"] is False
+    checkpoint = save_bundle(tmp_path / "overflow.safetensors", overflowing_bundle())
+    with pytest.raises(ValueError, match="policy probe: non-finite action"):
+        PolicyControllerNode(
+            **ros.kwargs(),
+            parameter_overrides=[Parameter("initial_policy", value=str(checkpoint))],
+        )
+
+
+def _quiet_controller(ros: Ros, **params: Any) -> PolicyControllerNode:
+    """A controller with a policy, driven by direct calls; what it publishes is kept."""
+    values = {"explore": False, "stale_timeout_s": 60.0, **params}
+    overrides = [Parameter(k, value=v) for k, v in values.items()]
+    ctl = ros.add(PolicyControllerNode(**ros.kwargs(), parameter_overrides=overrides))
+    ctl._commands_pub, ctl._actions_pub = ListPublisher(), ListPublisher()
+    install(ctl, constant_bundle(BIAS_A))
+    return ctl
+
+
+def _answered(ctl: PolicyControllerNode) -> set[int]:
+    return {stamp_to_ns(a.header.stamp) for a in ctl._actions_pub.sent}
+
+
+def _state(stamp_ns: int) -> JointState:
+    return arrays_to_joint_state(stamp_ns, JOINTS, np.zeros(7), np.zeros(7))
+
+
+def test_future_stamped_states_are_dropped_and_cannot_silence_the_controller(ros: Ros) -> None:
+    ctl = _quiet_controller(ros)
+    hours = 3600 * 10**9
+    stamp = time.time_ns()
+    ctl._on_joint_state(_state(stamp + hours))  # one state an hour ahead
+    real, fake = [], []
+    for i in range(40):  # 40 Hz real states, 10 Hz states two hours ahead between them
+        stamp += 25_000_000
+        real.append(stamp)
+        ctl._on_joint_state(_state(stamp))
+        if i % 4 == 0:
+            fake.append(stamp + 2 * hours)
+            ctl._on_joint_state(_state(fake[-1]))
+    assert _answered(ctl) == set(real)
+    assert ctl.status.dropped("joint_state") == 1 + len(fake)
+    reason = ctl.status.snapshot()["last_drop_reason"]["joint_state"]
+    assert "from the node's clock (stamp_tolerance_s 600.0)" in reason, reason
+    # Far behind is dropped too; 0 turns the check off.
+    ctl._on_joint_state(_state(stamp - 2 * hours))
+    assert ctl.status.dropped("joint_state") == 2 + len(fake)
+    assert ctl.set_parameters([Parameter("stamp_tolerance_s", value=0.0)])[0].successful
+    ctl._on_joint_state(_state(stamp + 2 * hours))
+    assert stamp + 2 * hours in _answered(ctl)
+
+
+def test_a_clock_going_backwards_is_resynchronised_and_reported(ros: Ros) -> None:
+    ctl = _quiet_controller(ros)
+    stamp = time.time_ns()
+    for _ in range(5):
+        stamp += 25_000_000
+        ctl._on_joint_state(_state(stamp))
+    ctl._on_joint_state(_state(stamp))  # a repeated stamp is only out of order
+    ctl._on_joint_state(_state(stamp - 10**9))  # so is one late state
+    ctl._on_joint_state(_state(stamp + 25_000_000))
+    assert ctl.status.snapshot()["clock_resyncs"] == 0
+    assert ctl.status.dropped("joint_state") == 2
+    restarted = [stamp - 30 * 10**9 + i * 25_000_000 for i in range(10)]  # the driver restarted
+    for s in restarted:
+        ctl._on_joint_state(_state(s))
+    assert _answered(ctl) >= set(restarted[RESYNC_STATES - 1 :])
+    assert not _answered(ctl) & set(restarted[: RESYNC_STATES - 1])
+    status = ctl.status.snapshot()
+    assert status["clock_resyncs"] == 1 and "resynchronised" in status["last_resync"]
+    assert status["dropped"]["joint_state"] == 2 + RESYNC_STATES - 1
+
+
+def test_executable_survives_a_latched_policy_whose_actions_are_not_finite(ros: Ros) -> None:
+    node = ros.add(Node("adaptation_stand_in", **ros.kwargs()))
+    policies = node.create_publisher(UInt8MultiArray, "policy", LATCHED_QOS)
+    policies.publish(policy_to_msg(overflowing_bundle(version=1)))  # latched before it starts
+    statuses: list[dict] = []
+    node.create_subscription(
+        String, "policy_controller/status", lambda m: statuses.append(json.loads(m.data)), 10
+    )
+    states = node.create_publisher(JointState, "joint_states", JOINT_STATES_QOS)
+    actions: list[JointState] = []
+    node.create_subscription(JointState, "arm_controller/actions", actions.append, 100)
+    proc = subprocess.Popen(
+        [
+            _executable("policy_controller_node"),
+            "--ros-args",
+            "-r",
+            f"__ns:={ros.namespace}",
+            "-p",
+            "explore:=false",
+        ],
+        env=os.environ.copy(),
+    )
+    stamp = time.time_ns()
+
+    def answered() -> bool:
+        nonlocal stamp
+        assert proc.poll() is None, f"the controller exited with {proc.returncode}"
+        stamp += 25_000_000
+        far = np.full(7, 2.0)  # where the bad policy's first layer computes inf - inf
+        states.publish(arrays_to_joint_state(stamp, JOINTS, far, np.zeros(7)))
+        time.sleep(0.05)
+        return bool(actions)
+
+    try:
+        wait_until(
+            lambda: answered() is False and any(s["dropped"].get("policy") for s in statuses),
+            timeout=30.0,
+        )
+        assert "policy probe" in statuses[-1]["last_drop_reason"]["policy"]
+        assert statuses[-1]["has_policy"] is False and actions == []
+        policies.publish(policy_to_msg(constant_bundle(BIAS_A, version=2)))
+        wait_until(answered, timeout=30.0)
+        np.testing.assert_allclose(actions[-1].velocity, BIAS_A, atol=1e-6)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=15)
+    assert code == 0

@@ -80,6 +80,18 @@ def test_joint_state_rejects_malformed(names, positions, velocities, reason):
         convert.joint_state_to_arrays(joint_state(names, positions, velocities), JOINTS)
 
 
+def test_stamps_far_from_the_clock_are_rejected():
+    check = convert.check_stamp_near_clock
+    now = STAMP_NS
+    check(now + 10**9, now, 1.0)
+    check(now - 10**9, now, 1.0)
+    for stamp in (now + 10**9 + 1, now - 10**9 - 1):
+        with pytest.raises(ValueError, match="from the node's clock"):
+            check(stamp, now, 1.0)
+    check(now + 10**18, now, 0.0)  # 0: no check
+    check(now + 10**18, 0, 1.0)  # sim time before the first /clock: no check
+
+
 def test_joint_state_rejects_bad_stamps():
     msg = joint_state(JOINTS, [0.0] * 7, [0.0] * 7, stamp_ns=STAMP_NS)
     with pytest.raises(ValueError, match="not after"):

@@ -2,8 +2,9 @@
 
 The same bytes are a checkpoint file (``models/arm_maml.safetensors``) and the payload of the
 ROS ``policy`` topic (std_msgs/UInt8MultiArray). Decoding validates everything (size, parse,
-format version, required metadata, architecture, shapes, dtype, finiteness, obs_std > 0) and
-raises :class:`CheckpointError` with the reason. No pickle anywhere.
+format version, required metadata, architecture, shapes, dtype, finiteness, obs_std > 0, finite
+actions on probe observations: :func:`check_runs`) and raises :class:`CheckpointError` with
+the reason. No pickle anywhere.
 
 Tensor names: ``params/<name>`` (policy parameters, ``log_std`` included), ``obs_mean``,
 ``obs_std`` and, with Meta-SGD, ``lrs/<name>``. Header metadata (all strings, JSON inside):
@@ -12,10 +13,12 @@ Tensor names: ``params/<name>`` (policy parameters, ``log_std`` included), ``obs
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import stat
 import struct
 import tempfile
 from dataclasses import dataclass, field
@@ -27,7 +30,7 @@ import torch
 
 from maml_ros.meta import InnerConfig
 from maml_ros.rl.pg import PGConfig
-from maml_ros.rl.policy import Params
+from maml_ros.rl.policy import Params, probe_problem
 from maml_ros.runtime.policy import PolicySpec, PolicySpecError
 
 FORMAT_NAME = "maml_ros.policy"
@@ -145,6 +148,14 @@ def validate_bundle(bundle: PolicyBundle) -> None:
         raise CheckpointError("run_id must be a string of at most 256 characters")
 
 
+def check_runs(bundle: PolicyBundle) -> None:
+    """Raise CheckpointError unless the policy's actions and std are finite on the probe
+    observations (:func:`maml_ros.rl.policy.probe_problem`); every decoded bundle is probed."""
+    problem = probe_problem(bundle)
+    if problem is not None:
+        raise CheckpointError(problem)
+
+
 # ---------------------------------------------------------------------------------------------
 # Codec.
 
@@ -193,6 +204,19 @@ def _read_header(data: bytes) -> dict[str, Any]:
     if not isinstance(header, dict):
         raise CheckpointError("corrupted safetensors header: not a JSON object")
     return header
+
+
+def read_safetensors(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, header metadata) of safetensors bytes; raises CheckpointError, e.g. when
+    truncated."""
+    metadata = _read_header(data).get("__metadata__") or {}
+    if not isinstance(metadata, dict):
+        raise CheckpointError("corrupted safetensors header: __metadata__ is not an object")
+    try:
+        tensors = safetensors.torch.load(data)
+    except Exception as exc:  # the Rust parser raises SafetensorError and others
+        raise CheckpointError(f"corrupted safetensors data: {exc}") from exc
+    return tensors, metadata
 
 
 def _json_field(metadata: dict[str, str], key: str) -> Any:
@@ -266,6 +290,7 @@ def bundle_from_bytes(
         metadata=extra,
     )
     validate_bundle(bundle)
+    check_runs(bundle)
     return bundle
 
 
@@ -274,27 +299,87 @@ def save_bundle(path: str | os.PathLike[str], bundle: PolicyBundle) -> Path:
     return atomic_write_bytes(path, bundle_to_bytes(bundle))
 
 
-def load_bundle(path: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_BYTES) -> PolicyBundle:
-    """Read and validate a bundle file; raises CheckpointError (also for unreadable files)."""
+def read_regular_file(path: str | os.PathLike[str], max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``; raises CheckpointError otherwise.
+
+    The file is checked with ``os.stat`` before it is opened (a device such as /dev/zero, a
+    FIFO or a directory is refused, never read), opened non-blocking (a FIFO swapped in after
+    the check cannot hang the caller) and read up to ``max_bytes + 1`` bytes at most."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise CheckpointError(f"{path}: oversized: {size} bytes exceeds the limit {max_bytes}")
-        data = path.read_bytes()
-    except OSError as exc:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise CheckpointError(
+                f"{path}: not a regular file (a device, FIFO, socket or directory); not read"
+            )
+        if info.st_size > max_bytes:
+            raise CheckpointError(
+                f"{path}: oversized: {info.st_size} bytes exceeds the limit {max_bytes}"
+            )
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with open(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise CheckpointError(f"{path}: not a regular file; not read")
+            data = handle.read(max_bytes + 1)
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    if len(data) > max_bytes:
+        raise CheckpointError(f"{path}: oversized: more than the limit of {max_bytes} bytes")
+    return data
+
+
+def load_bundle(path: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_BYTES) -> PolicyBundle:
+    """Read (:func:`read_regular_file`) and validate a bundle file; raises CheckpointError."""
+    path = Path(path)
+    data = read_regular_file(path, max_bytes)
     try:
         return bundle_from_bytes(data, max_bytes=max_bytes)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
 
 
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (True when that cannot be told)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # PermissionError: it exists, someone else's
+        return True
+    return True
+
+
+def _remove_orphans(path: Path) -> None:
+    """Deletes the temporary files of ``path`` (``.<name>.<pid>.*.tmp``) whose writer process
+    is gone: a process killed mid-write (SIGKILL, or SIGTERM without a handler) runs no cleanup,
+    so the next write of the same file sweeps up after it. A live writer's file is kept."""
+    prefix = f".{path.name}."
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        pid = name[len(prefix) :].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                os.unlink(path.parent / name)
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, os.replace."""
+    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, os.replace.
+
+    The temp file is removed on any exception (KeyboardInterrupt included); one left by a
+    killed process is removed by the next write of ``path`` (:func:`_remove_orphans`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _remove_orphans(path)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent
+    )
     try:
         os.fchmod(fd, 0o644)  # mkstemp creates 0600; a checkpoint is an ordinary shared file
         with os.fdopen(fd, "wb") as handle:
@@ -350,10 +435,13 @@ __all__ = [
     "atomic_write_bytes",
     "bundle_from_bytes",
     "bundle_to_bytes",
+    "check_runs",
     "clone_params",
     "find_shipped_model",
     "inner_config_from_dict",
     "load_bundle",
+    "read_regular_file",
+    "read_safetensors",
     "save_bundle",
     "validate_bundle",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -22,6 +23,7 @@ from maml_ros.runtime.policy import (
     NumpyPolicy,
     PolicySpec,
 )
+from maml_ros.runtime.policy import probe_problem as runtime_probe_problem
 
 if TYPE_CHECKING:
     from maml_ros.rl.checkpoint import PolicyBundle
@@ -114,3 +116,13 @@ def numpy_policy(bundle: PolicyBundle) -> NumpyPolicy:
     return NumpyPolicy(
         bundle.spec, params, to_np(bundle.obs_mean), to_np(bundle.obs_std), bundle.version
     )
+
+
+def probe_problem(bundle: PolicyBundle) -> str | None:
+    """Why ``bundle``'s policy may produce a non-finite action, or None: the controller's own
+    check (:func:`maml_ros.runtime.probe_problem`: probe observations and a layer bound), so
+    every loader refuses what the controller would. Finite weights can still compute inf - inf;
+    this catches what the tensor checks cannot."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        problem = runtime_probe_problem(numpy_policy(bundle))
+    return None if problem is None else f"policy probe: {problem}"

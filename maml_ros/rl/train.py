@@ -27,11 +27,19 @@ import safetensors.torch
 import torch
 import yaml
 
-from maml_ros.rl.checkpoint import atomic_write_bytes, save_bundle
+from maml_ros.rl.checkpoint import (
+    CheckpointError,
+    atomic_write_bytes,
+    read_regular_file,
+    read_safetensors,
+    save_bundle,
+)
 from maml_ros.rl.config import ConfigError, TrainConfig, load_config
 from maml_ros.rl.envs import BatchEnv, TaskSource, make_env, make_task_source
 from maml_ros.rl.trainer import MetaTrainer, smoothed
 
+STATE_MAX_BYTES = 1 << 30
+"""Largest resumable state file read (bytes)."""
 EnvFactory = Callable[[TrainConfig], tuple[BatchEnv, TaskSource]]
 SCALARS = (
     "pre_return",
@@ -135,11 +143,15 @@ class Run:
         """Load saved state if there is any; True when resumed."""
         if not self.state_path.exists():
             return False
-        tensors = safetensors.torch.load_file(self.state_path)
-        with safetensors.safe_open(self.state_path, "pt") as handle:
-            metadata = handle.metadata()
-        self.trainer.load_state(tensors, metadata)
-        self.best_score = float(metadata.get("best_score", "-inf"))
+        data = read_regular_file(self.state_path, STATE_MAX_BYTES)
+        try:
+            tensors, metadata = read_safetensors(data)
+            self.trainer.load_state(tensors, metadata)
+            self.best_score = float(metadata.get("best_score", "-inf"))
+        except (CheckpointError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"cannot resume from {self.state_path}: {type(exc).__name__}: {exc}"
+            ) from exc
         return True
 
     def _metadata(self, extra: dict[str, Any]) -> dict[str, Any]:
@@ -325,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         summary = train(cfg, Path(args.out), resume=args.resume, show_progress=not args.no_progress)
-    except FileExistsError as exc:
+    except (FileExistsError, CheckpointError) as exc:
         print(f"maml-ros-train: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -22,7 +22,7 @@ last rollout step to the controller reporting the adapted version, and
 ``task_to_policy_active_ms``), ``inner_device``, ``policy_version``,
 ``run_id``, ``reason`` (why a rollback or failure happened), ``cancellations``, ``ready``
 (the warm-up update is done) and the drop counters by kind (joint_states, actions, reward,
-task, step, rollout).
+task, step, rollout, controller_status, buffer_dump).
 
 Each adaptation starts from the meta-trained weights (``reset_to_meta``, MAML's protocol): if an
 adapted policy is active, the meta weights are republished first as a new version.
@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import stat
 import threading
 import time
 import uuid
@@ -56,6 +58,7 @@ from std_srvs.srv import SetBool, Trigger
 
 from maml_ros.rl.checkpoint import CheckpointError, PolicyBundle, load_bundle
 from maml_ros.rl.pg import Rollouts, adapt_policy, warm_up
+from maml_ros.rl.policy import probe_problem
 from maml_ros.ros.common import (
     AUTOSTART,
     ManagedNode,
@@ -69,6 +72,7 @@ from maml_ros.ros.convert import (
     TaskChange,
     action_from_msg,
     active_task_from_msg,
+    check_stamp_near_clock,
     joint_state_to_arrays,
     policy_to_msg,
     reward_from_msg,
@@ -135,6 +139,14 @@ class Step:
     """Driver generation: increases whenever the joint-state stamps go backwards (restart)."""
 
 
+MAX_CONTROLLER_STATUS_CHARS = 64 * 1024
+"""Longer controller status messages are dropped before parsing."""
+PERIOD_WINDOW = 64
+"""The control period is the median of the last this many joint-state stamp deltas."""
+PERIOD_BOUNDS_NS = (100_000, 10_000_000_000)
+"""Stamp deltas outside [0.1 ms, 10 s] are not control periods (a stray or duplicated state,
+a pause) and never enter the estimate."""
+
 CLEARED_RESULTS = {
     "rollouts_collected": 0,
     "rollouts_discarded": 0,
@@ -159,7 +171,9 @@ class StepJoiner:
     are still incomplete then can never complete (each stream is FIFO) and are dropped through
     ``on_drop("step", reason)``. Completed steps wait in a bounded queue for :meth:`wait_step`.
     Joint-state stamps that go backwards mean the driver restarted: pending parts are discarded
-    and ``generation`` increases.
+    and ``generation`` increases. The control period (:attr:`period_ns`) is the median of the
+    recent stamp deltas within :data:`PERIOD_BOUNDS_NS`, so one state stamped 1 ns after
+    another cannot poison it.
     """
 
     def __init__(self, capacity: int, on_drop: Callable[[str, str], None]) -> None:
@@ -173,8 +187,7 @@ class StepJoiner:
         self._newest_state_ns: int | None = None
         self._last_completed_ns: int | None = None
         self.generation = 0
-        self.period_ns: int | None = None
-        """Control period: the smallest step between consecutive joint-state stamps seen."""
+        self._deltas: deque[int] = deque(maxlen=PERIOD_WINDOW)
         self.last_episode: int | None = None
         self.steps_joined = 0
 
@@ -187,9 +200,18 @@ class StepJoiner:
                 self._last_completed_ns = None
             elif self._newest_state_ns is not None and stamp_ns > self._newest_state_ns:
                 delta = stamp_ns - self._newest_state_ns
-                self.period_ns = delta if self.period_ns is None else min(self.period_ns, delta)
+                if PERIOD_BOUNDS_NS[0] <= delta <= PERIOD_BOUNDS_NS[1]:
+                    self._deltas.append(delta)
             self._newest_state_ns = stamp_ns
             self._add(stamp_ns, "state", (positions, velocities))
+
+    @property
+    def period_ns(self) -> int | None:
+        """Control period: the median of the last :data:`PERIOD_WINDOW` stamp deltas within
+        :data:`PERIOD_BOUNDS_NS` (None before the first)."""
+        with self._cond:
+            deltas = sorted(self._deltas)
+        return deltas[(len(deltas) - 1) // 2] if deltas else None
 
     def add_action(self, stamp_ns: int, action: np.ndarray) -> None:
         """Buffers the action taken from the state of ``stamp_ns``."""
@@ -328,9 +350,40 @@ def _check_joint_names(value: Any) -> str | None:
     return None
 
 
+def _fs_limits(folder: Path) -> tuple[int, int]:
+    """(PATH_MAX, NAME_MAX) of the file system holding ``folder`` (Linux's when unknown)."""
+    try:
+        return os.pathconf(folder, "PC_PATH_MAX"), os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 4096, 255
+
+
 def _check_dump(value: Any) -> str | None:
-    if value and not Path(value).parent.is_dir():
-        return f"buffer_dump folder {Path(value).parent} does not exist"
+    """Why ``value`` cannot be the buffer_dump file: longer than the file system allows, a
+    directory, a special file (a FIFO would block the worker), a missing or unwritable folder.
+    Never raises."""
+    if not value:
+        return None
+    if "\0" in value:
+        return "buffer_dump must not contain a NUL character"
+    path = Path(value)
+    try:
+        path_max, name_max = _fs_limits(path.parent)
+        if len(os.fsencode(os.path.abspath(path))) >= path_max:
+            return f"buffer_dump path is longer than the file system allows ({path_max} bytes)"
+        if any(len(os.fsencode(part)) > name_max for part in path.parts):
+            return f"a name in buffer_dump is longer than the file system allows ({name_max} bytes)"
+        if path.is_dir():
+            return f"buffer_dump {value!r:.120} is a directory, not a file"
+        if not path.parent.is_dir():
+            return f"buffer_dump folder {str(path.parent)!r:.120} does not exist"
+        if path.exists() and not path.is_file():
+            return f"buffer_dump {value!r:.120} exists and is not a regular file"
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            return f"buffer_dump folder {str(path.parent)!r:.120} is not writable"
+    except (OSError, ValueError) as err:  # ELOOP, EACCES, an embedded NUL ...
+        why = getattr(err, "strerror", None) or str(err)
+        return f"buffer_dump {value!r:.120} is not usable: {type(err).__name__}: {why}"
     return None
 
 
@@ -373,6 +426,13 @@ PARAMS = (
         2.0,
         "A rollout is discarded when no complete control step arrives for this long",
         float_range=(0.01, 600.0),
+    ),
+    ParamSpec(
+        "stamp_tolerance_s",
+        600.0,
+        "Drop joint states, actions and rewards stamped further than this ahead of or behind "
+        "the node's clock (s; 0 = no check)",
+        float_range=(0.0, 1e9),
     ),
     ParamSpec(
         "service_timeout_s",
@@ -599,6 +659,7 @@ class AdaptationNode(ManagedNode):
     def _on_joint_state(self, msg: JointState) -> None:
         try:
             positions, velocities, stamp_ns = joint_state_to_arrays(msg, self.joint_names)
+            self._check_stamp(stamp_ns)
         except ValueError as err:
             self.status.drop("joint_states", str(err))
             return
@@ -607,6 +668,7 @@ class AdaptationNode(ManagedNode):
     def _on_action(self, msg: JointState) -> None:
         try:
             stamp_ns, action = action_from_msg(msg, self.joint_names)
+            self._check_stamp(stamp_ns)
         except ValueError as err:
             self.status.drop("actions", str(err))
             return
@@ -615,10 +677,17 @@ class AdaptationNode(ManagedNode):
     def _on_reward(self, msg: Vector3Stamped) -> None:
         try:
             stamp_ns, reward, success, episode = reward_from_msg(msg)
+            self._check_stamp(stamp_ns)
         except ValueError as err:
             self.status.drop("reward", str(err))
             return
         self.joiner.add_reward(stamp_ns, reward, success, episode)
+
+    def _check_stamp(self, stamp_ns: int) -> None:
+        """ValueError for a stamp too far from this node's clock (``stamp_tolerance_s``): a
+        future-stamped state would otherwise look like a driver restart to the joiner."""
+        now_ns = self.get_clock().now().nanoseconds
+        check_stamp_near_clock(stamp_ns, now_ns, self.params["stamp_tolerance_s"])
 
     def _on_task(self, change: TaskChange) -> str | None:
         """Takes a task change; the id being adapted to already is acknowledged, no more."""
@@ -645,10 +714,20 @@ class AdaptationNode(ManagedNode):
             self._active_cond.notify_all()
 
     def _on_controller_status(self, msg: String) -> None:
+        if len(msg.data) > MAX_CONTROLLER_STATUS_CHARS:
+            self.status.drop(
+                "controller_status",
+                f"{len(msg.data)} characters, over the limit of {MAX_CONTROLLER_STATUS_CHARS}",
+            )
+            return
         try:
             data = json.loads(msg.data)
+        except (ValueError, RecursionError) as err:  # RecursionError: deep nesting
+            self.status.drop("controller_status", f"invalid JSON: {type(err).__name__}: {err}")
+            return
+        try:
             run_id, version = data["run_id"], data["policy_version"]
-        except (ValueError, KeyError, TypeError):
+        except (KeyError, TypeError, IndexError):
             return  # a controller without these fields: acknowledgement falls back to a timeout
         if isinstance(run_id, str) and isinstance(version, int):
             with self._ack_cond:
@@ -830,6 +909,7 @@ class AdaptationNode(ManagedNode):
         try:
             adapted, info = adapt_policy(start, rollouts, cfg["inner_steps"], cfg["device"])
             problem = update_problem(start.params, adapted.params, cfg["max_update_ratio"])
+            problem = problem or probe_problem(adapted)
             if problem is None and not math.isfinite(info["inner_loss"]):
                 problem = f"non-finite inner loss {info['inner_loss']}"
         except (ValueError, RuntimeError) as err:  # NonFiniteError, RolloutError, ...
@@ -1029,18 +1109,28 @@ class AdaptationNode(ManagedNode):
         return future.result()
 
     def _dump(self, path: str, steps: Sequence[Step]) -> None:
-        with open(path, "a", encoding="utf-8") as out:
-            for s in steps:
-                record = {
-                    "stamp_ns": s.stamp_ns,
-                    "episode": s.episode,
-                    "positions": [float(x) for x in s.positions],
-                    "velocities": [float(x) for x in s.velocities],
-                    "action": [float(x) for x in s.action],
-                    "reward": s.reward,
-                    "success": s.success,
-                }
-                out.write(json.dumps(record) + "\n")
+        """Appends the rollout to ``buffer_dump``; a failed write is counted, never fatal."""
+        lines = []
+        for s in steps:
+            record = {
+                "stamp_ns": s.stamp_ns,
+                "episode": s.episode,
+                "positions": [float(x) for x in s.positions],
+                "velocities": [float(x) for x in s.velocities],
+                "action": [float(x) for x in s.action],
+                "reward": s.reward,
+                "success": s.success,
+            }
+            lines.append(json.dumps(record) + "\n")
+        try:
+            # O_NONBLOCK: a FIFO put there since the parameter was checked fails, never blocks.
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644)
+            with open(fd, "a", encoding="utf-8") as out:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise OSError(f"{path} is not a regular file")
+                out.write("".join(lines))
+        except (OSError, ValueError) as err:
+            self.status.drop("buffer_dump", f"rollout not written: {type(err).__name__}: {err}")
 
     def destroy_node(self) -> None:
         """Stops the worker (cancelling any adaptation) before the node goes."""

@@ -66,6 +66,17 @@ def stamp_ns_of(stamp: Time) -> int:
     return ns
 
 
+def check_stamp_near_clock(stamp_ns: int, now_ns: int, tolerance_s: float) -> None:
+    """Raises ValueError when ``stamp_ns`` is more than ``tolerance_s`` ahead of or behind
+    ``now_ns`` (a node's clock). No check when ``tolerance_s`` is 0 or the clock reads 0 (sim
+    time before the first /clock message)."""
+    if tolerance_s > 0 and now_ns > 0 and abs(stamp_ns - now_ns) > tolerance_s * _NS_PER_S:
+        raise ValueError(
+            f"stamp {stamp_ns} ns is {(stamp_ns - now_ns) / _NS_PER_S:+.3f} s from the node's "
+            f"clock (stamp_tolerance_s {tolerance_s})"
+        )
+
+
 def as_stamp(stamp: Time | int) -> Time:
     """A Time from a Time or from positive integer nanoseconds."""
     if isinstance(stamp, Time):
@@ -448,6 +459,7 @@ __all__ = [
     "action_to_msg",
     "arrays_to_joint_state",
     "as_stamp",
+    "check_stamp_near_clock",
     "command_stamp_ns",
     "commands_from_msg",
     "commands_to_msg",

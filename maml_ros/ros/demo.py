@@ -230,12 +230,15 @@ def node_commands(args: argparse.Namespace, params_file: Path) -> dict[str, list
         adaptation += ["-p", f"checkpoint:={args.checkpoint}"]
     if args.rollouts is not None:
         adaptation += ["-p", f"rollouts:={args.rollouts}"]
-    sim_arm = []
+    sim_arm, controller = [], []
     if args.real_time_factor is not None:
         sim_arm = ["-p", f"real_time_factor:={args.real_time_factor}"]
+        if args.real_time_factor != 1.0:  # sim stamps drift away from the wall clock
+            controller = ["-p", "stamp_tolerance_s:=0.0"]
+            adaptation += controller
     return {
         "sim_arm": [find_executable("sim_arm_node"), *common, *sim_arm],
-        "policy_controller": [find_executable("policy_controller_node"), *common],
+        "policy_controller": [find_executable("policy_controller_node"), *common, *controller],
         "adaptation": [find_executable("adaptation_node"), *common, *adaptation],
     }
 

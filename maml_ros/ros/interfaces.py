@@ -51,7 +51,10 @@ Conventions:
   (see :mod:`maml_ros.rl.checkpoint`). Its metadata also holds ``run_id`` (one per
   adaptation-node process) and ``version``: a controller accepts a policy whose ``run_id``
   differs from its current one, or whose ``version`` is higher; a rollback is published as a
-  new, higher version carrying the previous weights.
+  new, higher version carrying the previous weights. Every policy is also run on probe
+  observations when decoded and refused unless its actions are finite; one that still computes
+  a non-finite action is dropped, its (``run_id``, ``version``) refused from then on, and the
+  controller goes back to the policy it ran before.
 """
 
 from __future__ import annotations

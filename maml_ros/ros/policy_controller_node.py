@@ -23,6 +23,16 @@ higher ``version``. It then replaces the current one between ticks: one referenc
 which the tick reads without a lock (as realtime_tools' RealtimeBuffer swaps a pointer), so the
 tick never waits for the decoder or the status. A bad update is dropped and counted; the last
 good policy keeps running. The node imports no torch, pybullet or gymnasium.
+A policy that still computes a non-finite action on a real state never has it sent: that state
+is answered with zero velocities (hold position), the policy is dropped (counted, and its run
+and version refused from then on) and the policy before it runs again (``policy_fallbacks``).
+
+Stamps: a joint state stamped more than ``stamp_tolerance_s`` ahead of or behind the node's
+clock is dropped (counted), so a stream of future-stamped states cannot shut the real ones out;
+one stamped at or before the previous stamp is dropped as out of order, unless
+:data:`RESYNC_STATES` states in a row, each after the one before, are all before it: a clock that
+went backwards (a restarted driver, a sim time reset). The controller then accepts the new
+timeline and says so in its status (``clock_resyncs``, ``last_resync``).
 
 Watchdog: when no valid joint state arrived for ``stale_timeout_s`` (wall time) while a policy
 is loaded, the controller holds position: it publishes zero velocities at ``hold_rate_hz``
@@ -57,6 +67,7 @@ from maml_ros.ros.common import (
 )
 from maml_ros.ros.convert import (
     action_to_msg,
+    check_stamp_near_clock,
     commands_to_msg,
     joint_state_to_arrays,
     policy_data_from_msg,
@@ -88,6 +99,11 @@ DEFAULT_ACTION_SCALE = 1.5
 WATCHDOG_PERIOD_S = 0.02
 POLICY_TIMING_WINDOW = 1000
 """``policy_us_p50`` in the status is the median policy compute of the last this many ticks."""
+DEFAULT_STAMP_TOLERANCE_S = 600.0
+"""Joint states stamped further than this from the node's clock are dropped (s)."""
+RESYNC_STATES = 3
+"""This many consecutive, increasing joint states all stamped before the previous stamp are a
+new timeline (a restarted driver, a sim time reset): the controller resynchronises on it."""
 
 
 def _joint_names_problem(value: Any) -> str | None:
@@ -143,6 +159,14 @@ PARAMS = (
         float_range=(0.01, 60.0),
     ),
     ParamSpec(
+        "stamp_tolerance_s",
+        DEFAULT_STAMP_TOLERANCE_S,
+        "Drop joint states stamped further than this ahead of or behind the node's "
+        "clock (s; 0 = no check). With real_time_factor 0 and no use_sim_time the "
+        "simulated arm's stamps run ahead of the wall clock: use use_sim_time or 0",
+        float_range=(0.0, 1e9),
+    ),
+    ParamSpec(
         "hold_rate_hz",
         10.0,
         "Rate of the zero-velocity commands while joint states are stale",
@@ -191,6 +215,10 @@ class PolicyControllerNode(ManagedNode):
         self._policy_ns = np.zeros(POLICY_TIMING_WINDOW, dtype=np.int64)  # ring, per tick
         self.status = NodeStatus(self, refresh=self._tick_fields)
         self._active: _ActivePolicy | None = None
+        self._swap_lock = threading.Lock()  # between the decoder's and a fallback's swaps
+        self._fallback: _ActivePolicy | None = None  # the last good one before the active one
+        self._refused: tuple[str, int] | None = None  # (run_id, version) that went non-finite
+        self._fallbacks = 0
         self._rng = np.random.default_rng(self.params["seed"])
         self._limits = np.empty(n)
         self._set_limits(self.params["max_velocity"])
@@ -198,6 +226,10 @@ class PolicyControllerNode(ManagedNode):
         self._command = np.empty(n)
         self._zeros = np.zeros(n)
         self._last_stamp_ns: int | None = None
+        self._behind_ns: int | None = None  # the last of the states stamped before it, in a row
+        self._behind_count = 0
+        self._resyncs = 0
+        self.status.set(clock_resyncs=0, last_resync=None)
         self._last_valid = time.monotonic()
         self._last_hold = -math.inf
         self._stale = False
@@ -305,10 +337,9 @@ class PolicyControllerNode(ManagedNode):
 
     def _on_joint_state(self, msg: JointState) -> None:
         try:
-            positions, velocities, stamp_ns = joint_state_to_arrays(
-                msg, self.joint_names, last_stamp_ns=self._last_stamp_ns
-            )
+            positions, velocities, stamp_ns = joint_state_to_arrays(msg, self.joint_names)
             obs = observation_from_joint_state(positions, velocities)
+            self._check_stamp(stamp_ns)
         except ValueError as exc:
             self.status.drop("joint_state", str(exc))
             return
@@ -324,12 +355,62 @@ class PolicyControllerNode(ManagedNode):
         started = time.perf_counter_ns()
         action = active.policy.act(obs, self.params["explore"], self._rng, out=self._action)
         self._policy_ns[self._ticks % POLICY_TIMING_WINDOW] = time.perf_counter_ns() - started
+        if not np.isfinite(action).all():  # np.clip lets NaN through: never send one
+            self._hold_and_fall_back(active, msg)
+            return
         np.clip(action, -1.0, 1.0, out=self._command)
         np.multiply(self._command, self.params["action_scale"], out=self._command)
         np.clip(self._command, -self._limits, self._limits, out=self._command)
         self._commands_pub.publish(commands_to_msg(self._command, stamp=msg.header.stamp))
         self._actions_pub.publish(action_to_msg(msg.header.stamp, self.joint_names, action))
         self._ticks += 1  # the status reads it when it publishes
+
+    def _check_stamp(self, stamp_ns: int) -> None:
+        """Raises ValueError for a stamp too far from the node's clock or not after the previous
+        one; resynchronises on a new, earlier timeline (:data:`RESYNC_STATES` in a row)."""
+        now_ns = self.get_clock().now().nanoseconds
+        check_stamp_near_clock(stamp_ns, now_ns, self.params["stamp_tolerance_s"])
+        last = self._last_stamp_ns
+        if last is not None and stamp_ns <= last:
+            consecutive = self._behind_ns is not None and stamp_ns > self._behind_ns
+            self._behind_count = self._behind_count + 1 if consecutive else 1
+            self._behind_ns = stamp_ns
+            if self._behind_count < RESYNC_STATES:
+                raise ValueError(f"stamp {stamp_ns} ns is not after the previous stamp {last} ns")
+            self._resyncs += 1
+            reason = (
+                f"joint-state stamps went back from {last} ns to {stamp_ns} ns for "
+                f"{RESYNC_STATES} states in a row (a restarted driver or a sim time reset): "
+                "resynchronised on the new timeline"
+            )
+            self.status.set(clock_resyncs=self._resyncs, last_resync=reason)
+            self.get_logger().warning(reason)
+            self.status.publish()
+        self._behind_ns, self._behind_count = None, 0
+
+    def _hold_and_fall_back(self, bad: _ActivePolicy, msg: JointState) -> None:
+        """The active policy computed a non-finite action: this state is answered with zero
+        velocities (hold position), the policy is dropped (its run and version are refused from
+        now on) and the last good policy before it runs again, if there is one."""
+        self._commands_pub.publish(commands_to_msg(self._zeros, stamp=msg.header.stamp))
+        with self._swap_lock:
+            fallback = self._fallback if self._active is bad else self._active
+            self._active, self._fallback = fallback, None
+        self._refused = (bad.run_id, bad.version)
+        self._fallbacks += 1
+        back_to = (
+            f"back to version {fallback.version} of run {fallback.run_id!r}"
+            if fallback
+            else "no earlier policy: publishing nothing (the driver holds the arm)"
+        )
+        self.status.drop(
+            "policy",
+            f"non-finite action from version {bad.version} of run {bad.run_id!r}: "
+            f"held position, policy dropped, {back_to}",
+        )
+        self.get_logger().error(f"policy produced a non-finite action; {back_to}")
+        self._update_status()
+        self.status.publish()
 
     def _watchdog(self) -> None:
         now = time.monotonic()
@@ -418,6 +499,11 @@ class PolicyControllerNode(ManagedNode):
     def _not_newer(self, bundle: PolicyData) -> str | None:
         """Why ``bundle`` does not replace the current policy (the version rule), or None."""
         active = self._active
+        if (bundle.run_id, bundle.version) == self._refused:
+            return (
+                f"refused: version {bundle.version} of run {bundle.run_id!r} computed a "
+                "non-finite action"
+            )
         if active is None or bundle.run_id != active.run_id or bundle.version > active.version:
             return None
         return (
@@ -426,7 +512,9 @@ class PolicyControllerNode(ManagedNode):
         )
 
     def _install(self, bundle: PolicyData) -> None:
-        self._active = _ActivePolicy(bundle.policy, bundle.version, bundle.run_id)  # the swap
+        active = _ActivePolicy(bundle.policy, bundle.version, bundle.run_id)
+        with self._swap_lock:  # held for the swap alone; the tick reads without it
+            self._active, self._fallback = active, self._active or self._fallback
         self._updates += 1
         self._update_status()
         self.status.publish()
@@ -457,6 +545,7 @@ class PolicyControllerNode(ManagedNode):
             run_id=active.run_id if active else None,
             has_policy=active is not None,
             policy_updates=self._updates,
+            policy_fallbacks=self._fallbacks,
             exploring=self.params["explore"],
             stale=self._stale,
         )

@@ -264,7 +264,7 @@ def checked_policy(
     policy = NumpyPolicy(spec, params, obs_mean, obs_std, version=version)
     problem = probe_problem(policy)
     if problem:
-        raise CheckpointError(f"policy refused by the probe: {problem}")
+        raise CheckpointError(f"policy probe: {problem}")
     return policy
 
 
