@@ -6,9 +6,17 @@
 Then deliver a task change (``ros2 run maml_ros maml-ros-task reach --goal 0.5 0.1 0.4``) and
 watch ``adaptation/status``. The driver and the controller respawn when they crash; the
 adaptation node republishes the current policy on a latched topic, so a respawned controller
-gets it back. The launch fails loudly: a ``params_file`` that does not exist, a node that
-cannot start (exit code 2: invalid parameters, an unreadable checkpoint, no CUDA) or a node
-without respawn that dies ends the whole launch with an error and a non-zero exit code.
+gets it back. The controller and the adaptation node are lifecycle nodes (launch_ros
+``LifecycleNode``) that configure and activate themselves as they start (their ``autostart``
+parameter), a respawned one included; ``ros2 lifecycle get /policy_controller`` then says
+``active``, and ``ros2 lifecycle set /policy_controller deactivate`` makes the arm hold position.
+(Driving configure from the launch with ``ChangeState`` events was tried: after a respawn the
+dead process's ``change_state`` service is still discovered, the request is lost, and
+launch_ros waits for its answer until shutdown, leaving the new controller unconfigured.)
+The launch fails loudly: a ``params_file`` that does
+not exist, a node that cannot start or configure (invalid parameters, an unreadable checkpoint,
+no CUDA) or a node without respawn that dies ends the whole launch with an error and a
+non-zero exit code.
 Importing this file has no side effects: everything happens in generate_launch_description().
 """
 
@@ -21,7 +29,7 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction, RegisterEventH
 from launch.event_handlers import OnProcessExit
 from launch.events.process import ProcessExited
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
 from launch_ros.parameter_descriptions import ParameterValue
 
 PACKAGE = "maml_ros"
@@ -54,8 +62,10 @@ def _nodes(context: LaunchContext) -> list:
         raise LaunchFailure(f"params_file:={params_file} does not exist (or is not a file)")
     use_sim_time = ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)
 
-    def node(executable: str, name: str, overrides: dict, respawn: bool) -> list:
-        action = Node(
+    def node(
+        executable: str, name: str, overrides: dict, respawn: bool, lifecycle: bool = True
+    ) -> list:
+        action = (LifecycleNode if lifecycle else Node)(
             package=PACKAGE,
             executable=executable,
             name=name,
@@ -70,7 +80,13 @@ def _nodes(context: LaunchContext) -> list:
         return [action, RegisterEventHandler(OnProcessExit(target_action=action, on_exit=on_exit))]
 
     return [
-        *node("sim_arm_node", "sim_arm", {"publish_clock": use_sim_time}, respawn=True),
+        *node(
+            "sim_arm_node",
+            "sim_arm",
+            {"publish_clock": use_sim_time},
+            respawn=True,
+            lifecycle=False,
+        ),
         *node("policy_controller_node", "policy_controller", {}, respawn=True),
         *node(
             "adaptation_node",

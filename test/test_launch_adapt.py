@@ -5,7 +5,9 @@ respawns with the latched policy; every node exits 0 on the launch's SIGINT."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
 import unittest
 
 import pytest
@@ -27,6 +29,21 @@ from launch.actions import IncludeLaunchDescription  # noqa: E402
 from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
 
 NAMESPACE = "/robot1"
+
+
+def lifecycle(verb: str, node: str, *args: str) -> str:
+    """``ros2 lifecycle VERB /robot1/NODE ARGS``: the state label it prints (get) or its output."""
+    ros2 = shutil.which("ros2")
+    done = subprocess.run(
+        [ros2, "lifecycle", verb, f"{NAMESPACE}/{node}", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout.split()[0] if verb == "get" else done.stdout
+
+
 SYSTEM_TOPICS = {"/rosout", "/parameter_events"}
 
 
@@ -109,6 +126,20 @@ class TestAdaptInANamespace(unittest.TestCase):
             "the respawned controller did not get the latched policy",
         )
         self.assertEqual(controller["run_id"], self.client.status["adaptation"]["run_id"])
+        self.assertEqual(lifecycle("get", "policy_controller"), "active")  # the launch did it
+
+    def test_5_ros2_lifecycle_reports_and_changes_the_states(self) -> None:
+        for name in ("policy_controller", "adaptation"):
+            self.assertEqual(lifecycle("get", name), "active")
+        lifecycle("set", "policy_controller", "deactivate")
+        self.client.spin_until(
+            lambda: self.client.status["policy_controller"].get("lifecycle") == "inactive",
+            20.0,
+            "the controller did not deactivate",
+        )
+        self.assertEqual(lifecycle("get", "policy_controller"), "inactive")
+        lifecycle("set", "policy_controller", "activate")
+        self.assertEqual(lifecycle("get", "policy_controller"), "active")
 
 
 @launch_testing.post_shutdown_test()

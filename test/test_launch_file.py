@@ -13,6 +13,7 @@ require_launch_stack()
 
 from launch import LaunchContext  # noqa: E402
 from launch.actions import DeclareLaunchArgument, OpaqueFunction, RegisterEventHandler  # noqa: E402
+from launch_ros.actions import LifecycleNode  # noqa: E402
 from launch_ros.actions import Node as LaunchNode  # noqa: E402
 
 LAUNCH_FILE = Path(__file__).resolve().parents[1] / "launch" / "adapt.launch.py"
@@ -40,7 +41,9 @@ def test_arguments_nodes_and_exit_handlers() -> None:
         "policy_controller_node",
         "sim_arm_node",
     ]
-    assert len([a for a in actions if isinstance(a, RegisterEventHandler)]) == 3
+    assert len([a for a in actions if isinstance(a, RegisterEventHandler)]) == 3  # exits
+    lifecycle = sorted(n.node_executable for n in nodes if isinstance(n, LifecycleNode))
+    assert lifecycle == ["adaptation_node", "policy_controller_node"]
 
 
 def test_a_missing_params_file_is_refused_before_any_node_starts(tmp_path: Path) -> None:
