@@ -306,15 +306,18 @@ def test_03_a_restarted_controller_gets_the_current_policy(cluster: Cluster) -> 
     assert cluster.get("policy_controller")["run_id"] == cluster.get("adaptation")["run_id"]
 
 
-def test_04_a_driver_restart_mid_collection_discards_the_partial_rollout(
+def test_04_a_driver_restart_mid_collection_fails_without_mixing_tasks(
     cluster: Cluster,
 ) -> None:
+    """The restarted driver runs its initial task under a new session (active_task): the
+    adaptation ends failed, no step of the new session is used, the policy stays as it was."""
     # A long step timeout, so the new driver is up before the rollout times out: the node
-    # must notice the restart from the episode counter, not from silence.
+    # must notice the restart from the driver's confirmation, not from silence.
     cluster.set_adaptation_parameter("step_timeout_s", 30.0)
     n = cluster.next_id()
     cluster.send_task(REACH[1])
     cluster.wait_collecting(n, rollouts=1)
+    adaptations = cluster.status["adaptation"]["adaptations"]
     time.sleep(0.2)  # into the next rollout (HORIZON steps at 40 Hz take 0.5 s)
     cluster.must_live = {"adaptation", "policy_controller"}
     assert cluster.stop("sim_arm", signal.SIGKILL) != 0
@@ -322,15 +325,9 @@ def test_04_a_driver_restart_mid_collection_discards_the_partial_rollout(
     cluster.must_live = {"adaptation", "policy_controller", "sim_arm"}
     status = cluster.wait_adaptation(n, timeout_s=120.0)
     cluster.set_adaptation_parameter("step_timeout_s", 2.0)
-    assert status["phase"] in ("done", "rolled_back"), status
-    assert status["rollouts_discarded"] >= 1, status
-    assert "driver restart" in status["last_drop_reason"]["rollout"], status
-    assert status["rollouts_collected"] == 4
-    dumped = read_jsonl(cluster.tmp / "buffer.jsonl")
-    sizes: dict[int, int] = {}
-    for record in dumped[-4 * HORIZON :]:
-        sizes[record["episode"]] = sizes.get(record["episode"], 0) + 1
-    assert all(size == HORIZON for size in sizes.values()), sizes
+    assert status["phase"] == "failed", status
+    assert "switched from task" in status["reason"] and "session" in status["reason"], status
+    assert status["rollouts_collected"] < 4 and status["adaptations"] == adaptations, status
 
 
 def test_05_nodes_exit_cleanly_on_sigint(cluster: Cluster) -> None:

@@ -54,7 +54,16 @@ class TestSimTime(unittest.TestCase):
         ros2 = shutil.which("ros2")
         for name in StatusClient.NODES:
             got = subprocess.run(
-                [ros2, "param", "get", f"/{name}", "use_sim_time", "--no-daemon"],
+                [
+                    ros2,
+                    "param",
+                    "get",
+                    f"/{name}",
+                    "use_sim_time",
+                    "--no-daemon",
+                    "--spin-time",
+                    "5",
+                ],
                 capture_output=True,
                 text=True,
                 timeout=60,
