@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 import unittest
 
 import pytest
@@ -34,12 +35,16 @@ NAMESPACE = "/robot1"
 def lifecycle(verb: str, node: str, *args: str) -> str:
     """``ros2 lifecycle VERB /robot1/NODE ARGS``: the state label it prints (get) or its output."""
     ros2 = shutil.which("ros2")
-    done = subprocess.run(
-        [ros2, "lifecycle", verb, f"{NAMESPACE}/{node}", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    for _ in range(5):  # a loaded machine may not have discovered the node yet
+        done = subprocess.run(
+            [ros2, "lifecycle", verb, f"{NAMESPACE}/{node}", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if done.returncode == 0:
+            break
+        time.sleep(2.0)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout.split()[0] if verb == "get" else done.stdout
 
