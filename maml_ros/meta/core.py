@@ -151,13 +151,11 @@ def adapt_batched_with_status(
     if cfg.steps == 0:
         same = {k: p.unsqueeze(0).expand(num_tasks, *p.shape) for k, p in params.items()}
         return same, torch.ones(num_tasks, dtype=torch.bool, device=device)
-    adapted, finite = _vmapped_adapt(loss_fn, params, batches, lrs, cfg)
-    task_ok = finite.all(dim=1)
-    if bool(task_ok.all()):
-        return adapted, task_ok
-    if cfg.on_nonfinite == "raise":
-        raise NonFiniteError(f"non-finite inner loss or gradient: {_describe_bad(finite)}")
-    return _rollback(loss_fn, params, batches, lrs, cfg, task_ok), task_ok
+
+    def run(subset: Any) -> tuple[Params, torch.Tensor]:
+        return _vmapped_adapt(loss_fn, params, subset, lrs, cfg)
+
+    return _settle_batched(run, params, batches, cfg)
 
 
 def meta_loss(
@@ -297,14 +295,26 @@ def _vmapped_adapt(
     return vmap(one_task)(batches)
 
 
-def _rollback(
-    loss_fn: LossFn,
-    params: Params,
-    batches: Any,
-    lrs: Params | None,
-    cfg: InnerConfig,
-    task_ok: torch.Tensor,
-) -> Params:
+BatchedAdapt = Callable[[Any], tuple[Params, torch.Tensor]]
+"""Adapts a meta-batch (a pytree, task dimension first): params [T, ...], finite flags
+[T, steps]."""
+
+
+def _settle_batched(
+    run: BatchedAdapt, params: Params, batches: Any, cfg: InnerConfig
+) -> tuple[Params, torch.Tensor]:
+    """``run(batches)`` with its non-finite tasks handled as ``cfg.on_nonfinite`` says: the
+    adapted params and a bool tensor [tasks], False where a task was rolled back."""
+    adapted, finite = run(batches)
+    task_ok = finite.all(dim=1)
+    if bool(task_ok.all()):
+        return adapted, task_ok
+    if cfg.on_nonfinite == "raise":
+        raise NonFiniteError(f"non-finite inner loss or gradient: {_describe_bad(finite)}")
+    return _rollback(run, params, batches, task_ok), task_ok
+
+
+def _rollback(run: BatchedAdapt, params: Params, batches: Any, task_ok: torch.Tensor) -> Params:
     """theta for the flagged tasks, a clean re-adaptation for the others."""
     num_tasks = task_ok.shape[0]
     out = {k: p.unsqueeze(0).expand(num_tasks, *p.shape) for k, p in params.items()}
@@ -312,7 +322,7 @@ def _rollback(
     if ok_index.numel() == 0:
         return out
     subset = tree_map(lambda x: x[ok_index.to(x.device)], batches)
-    adapted, finite = _vmapped_adapt(loss_fn, params, subset, lrs, cfg)
+    adapted, finite = run(subset)
     if not bool(finite.all()):
         raise NonFiniteError(
             "inner loss became non-finite on re-adaptation of tasks that were finite before "
