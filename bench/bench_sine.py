@@ -139,8 +139,9 @@ def measure_speed(rounds: int, fast_iters: int, loop_iters: int) -> dict[str, fl
         for name, g in grads.items()
     }
 
-    def rate(path, iterations: int) -> float:
-        start = time.perf_counter()
+    def rate(path, iterations: int) -> tuple[float, float]:
+        """Iterations per second of wall time and of this thread's CPU time."""
+        start, start_cpu = time.perf_counter(), time.thread_time()
         for _ in range(iterations):
             tasks = SineTasks.sample(25, generator)
             support, query = tasks.points(10, generator), tasks.points(10, generator)
@@ -148,16 +149,21 @@ def measure_speed(rounds: int, fast_iters: int, loop_iters: int) -> dict[str, fl
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        return iterations / (time.perf_counter() - start)
+        wall, cpu = time.perf_counter() - start, time.thread_time() - start_cpu
+        return iterations / wall, iterations / cpu
 
     iterations = {"mlp": fast_iters, "vmap": fast_iters // 2}
     for path in paths.values():
         rate(path, 2)  # warm-up
     rates: dict[str, list[float]] = {name: [] for name in paths}
+    cpu_rates: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(rounds):
         for name, path in paths.items():
-            rates[name].append(rate(path, iterations.get(name, loop_iters)))
+            wall, cpu = rate(path, iterations.get(name, loop_iters))
+            rates[name].append(wall)
+            cpu_rates[name].append(cpu)
     median = {name: statistics.median(values) for name, values in rates.items()}
+    cpu_median = {name: statistics.median(values) for name, values in cpu_rates.items()}
     return {
         "vmap_meta_it_per_s": median["vmap"],
         "loop_meta_it_per_s": median["loop"],
@@ -173,6 +179,10 @@ def measure_speed(rounds: int, fast_iters: int, loop_iters: int) -> dict[str, fl
         "meta_grad_max_abs_diff_vs_per_task_loop": max(
             v for k, v in grad_diff.items() if k != "per_task_loop"
         ),
+        # The same by thread CPU time (the machine is shared: its load inflates wall time).
+        "mlp_meta_it_per_thread_s": cpu_median["mlp"],
+        "per_task_loop_meta_it_per_thread_s": cpu_median["per_task_loop"],
+        "speedup_vs_per_task_loop_thread_time": cpu_median["mlp"] / cpu_median["per_task_loop"],
         "speed_rounds": rounds,
     }
 
