@@ -343,12 +343,13 @@ def pg_grad_and_value(
     """
 
     def grad_and_value(params: Params, batch: Batch) -> tuple[Params, torch.Tensor]:
-        logp, vjp = log_prob_vjp(params, obs_norm, batch["actions"])
+        ratio_needed = "logp_old" in batch
+        logp, vjp = log_prob_vjp(params, obs_norm, batch["actions"], ratio_needed)
         mask = batch["mask"]
-        weights = batch["advantages"] * mask / mask.sum()
-        if "logp_old" in batch:
-            weights = torch.exp(logp - batch["logp_old"]) * weights
-        return vjp(-weights), -weights.sum()
+        minus_weights = batch["advantages"] * mask / -mask.sum()  # d loss / d log-prob
+        if ratio_needed:
+            minus_weights = torch.exp(logp - batch["logp_old"]) * minus_weights
+        return vjp(minus_weights), minus_weights.sum()
 
     return grad_and_value
 

@@ -183,8 +183,8 @@ _tanh_backward = torch.ops.aten.tanh_backward.default
 
 
 def log_prob_vjp(
-    params: Params, obs_norm: torch.Tensor, actions: torch.Tensor
-) -> tuple[torch.Tensor, Callable[[torch.Tensor], Params]]:
+    params: Params, obs_norm: torch.Tensor, actions: torch.Tensor, with_log_prob: bool = True
+) -> tuple[torch.Tensor | None, Callable[[torch.Tensor], Params]]:
     """:func:`log_prob` of normalised observations (:func:`normalize_obs`) and, in closed
     form, its vector-Jacobian product: ``vjp(w)`` is the gradient w.r.t. ``params`` of
     ``sum(w * log_prob)`` (``w`` shaped like the log-probs).
@@ -193,7 +193,8 @@ def log_prob_vjp(
     with matmuls: no autograd graph, no ``nn.Module``. It equals autograd's gradient (up to
     float rounding; ``test_rl_policy`` checks it), including the clamp of ``log_std`` (no
     gradient outside :data:`LOG_STD_RANGE`). It is not itself differentiable w.r.t. ``params``
-    (first order only).
+    (first order only). ``with_log_prob=False`` skips the log-probs (None) when only the
+    gradient is needed.
     """
     n_layers = sum(1 for name in params if name.endswith(".weight"))
     weights = [params[f"mlp.{i}.weight"] for i in range(n_layers)]
@@ -209,7 +210,9 @@ def log_prob_vjp(
     log_std = raw_log_std.clamp(*LOG_STD_RANGE)
     inv_std = torch.exp(-log_std)
     z = (actions.reshape(mean.shape) - mean) * inv_std
-    logp = (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2.0 * math.pi)).sum(-1).reshape(lead)
+    logp = None
+    if with_log_prob:
+        logp = (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2.0 * math.pi)).sum(-1).reshape(lead)
     low, high = LOG_STD_RANGE
 
     def vjp(w: torch.Tensor) -> Params:
