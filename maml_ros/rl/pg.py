@@ -434,13 +434,12 @@ def adapt_policy(
     else:
         params = {k: _plain(v) for k, v in bundle.params.items()}
         lrs = None if bundle.lrs is None else {k: _plain(v) for k, v in bundle.lrs.items()}
+        obs_mean, obs_std = _plain(bundle.obs_mean), _plain(bundle.obs_std)
         new_params, loss_before, finite = inner_update(
-            params, lrs, data, bundle.pg, cfg, bundle.obs_mean.float(), bundle.obs_std.float()
+            params, lrs, data, bundle.pg, cfg, obs_mean, obs_std
         )
     new_params = settle_nonfinite(bundle.params, new_params, finite, cfg)
-    new_params = {
-        k: v.detach().to("cpu", torch.float32).contiguous() for k, v in new_params.items()
-    }
+    new_params = {k: _plain_cpu(v) for k, v in new_params.items()}
     new_bundle = bundle.replace(
         params=new_params,
         version=bundle.version + 1,
@@ -462,6 +461,14 @@ def _plain(value: torch.Tensor) -> torch.Tensor:
     """``value`` as float32 outside any autograd graph (itself when it already is)."""
     value = value.detach() if value.requires_grad else value
     return value if value.dtype == torch.float32 else value.float()
+
+
+def _plain_cpu(value: torch.Tensor) -> torch.Tensor:
+    """``value`` as a contiguous float32 CPU tensor outside any graph (itself if it is one)."""
+    value = _plain(value)
+    if value.device.type == "cpu" and value.is_contiguous():
+        return value
+    return value.to("cpu").contiguous()
 
 
 def _loss_after(bundle: PolicyBundle, new_params: Params, data: Rollouts) -> float:
