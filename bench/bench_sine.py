@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     started = time.perf_counter()
 
-    speed = measure_speed(*((3, 60, 5) if args.quick else (7, 300, 30)))
+    speed = measure_speed(*((3, 100, 5) if args.quick else (7, 300, 30)))
     print(
         f"speed: batched MLP {speed['mlp_meta_it_per_s']:.1f} it/s, per-task model copy "
         f"(learn2learn's way) {speed['per_task_loop_meta_it_per_s']:.1f} it/s "

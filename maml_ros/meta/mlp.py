@@ -128,8 +128,8 @@ def mlp_mse_meta_loss(
     _check_same_tasks(support, query)
     adapted, _ = mlp_mse_adapt_batched_with_status(mlp, params, support, cfg, lrs)
     query_x, query_y = _check_task(mlp, params, query)
-    # Tasks are the same size: the mean over all points is the mean of the per-task means.
-    return torch.nn.functional.mse_loss(mlp_forward(mlp, adapted, query_x), query_y)
+    diff = mlp_forward(mlp, adapted, query_x) - query_y
+    return (diff * diff).mean()  # tasks are the same size: the mean of the per-task means
 
 
 # --------------------------------------------------------------------------- internals
