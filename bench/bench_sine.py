@@ -4,7 +4,10 @@
 Meta-trains MAML and Meta-SGD at 5, 10 and 20 shots (1-40-40-1 ReLU net, meta-batch 25,
 one inner step at alpha=0.01, Adam 1e-3, K-shot support and query), evaluates each on 600
 held-out tasks with 100 query points after 1 and 10 inner steps, and measures meta-iterations/s
-of the vmapped meta-loss against the per-task reference loop on the same CPU, one thread.
+of maml_ros's meta-loss (the batched-MLP fast path meta_train uses, and the generic vmapped
+one) against per-task loops on the same CPU, one thread, interleaved: the reference loop, a
+plain autograd loop, and learn2learn's way (a per-task copy of the model); the headline
+``speedup_vs_per_task_loop`` is the fast path's rate over the last one's.
 
     python bench/bench_sine.py [--quick] [--iterations N]
 
@@ -23,10 +26,12 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working tree, not an install
 
-from maml_ros.meta import InnerConfig, meta_loss, meta_loss_loop
+from maml_ros.meta import MLP, InnerConfig, meta_loss, meta_loss_loop, mlp_mse_meta_loss
 from maml_ros.meta.sine import (
     SineTasks,
     SineTrainConfig,
@@ -55,43 +60,130 @@ def plain_autograd_loop(inner_loss_fn, outer_loss_fn, params, support, query, cf
     return torch.stack(losses).mean()
 
 
-def measure_speed(rounds: int, vmapped_iters: int, loop_iters: int) -> dict[str, float]:
+def clone_module(module: nn.Module, params: dict[str, torch.Tensor], prefix: str = "") -> nn.Module:
+    """learn2learn's ``clone_module``: a copy of ``module`` whose parameters are differentiable
+    clones (here of the tensors in ``params``, the leaves the optimiser updates)."""
+    clone = module.__new__(type(module))
+    clone.__dict__ = module.__dict__.copy()
+    clone._parameters = {k: params[prefix + k].clone() for k in module._parameters}
+    clone._buffers = dict(module._buffers)
+    clone._modules = {
+        name: clone_module(child, params, f"{prefix}{name}.")
+        for name, child in module._modules.items()
+    }
+    return clone
+
+
+def update_module(module: nn.Module, updates: dict[nn.Module, dict[str, torch.Tensor]]) -> None:
+    """learn2learn's ``update_module``: ``p <- p + update`` in every (sub)module, in place."""
+    for name in module._parameters:
+        module._parameters[name] = module._parameters[name] + updates[module][name]
+    for child in module._modules.values():
+        update_module(child, updates)
+
+
+def per_task_copy_loop(model, params, support, query, cfg):
+    """The meta-loss as learn2learn's MAML computes it (``MAML.clone()`` then ``adapt()`` per
+    task): a per-task copy of the model, ``autograd.grad(create_graph=True)``, an update of
+    the copy's parameters, its forward on the query set; a Python loop over tasks."""
+    losses = []
+    for i in range(support[0].shape[0]):
+        learner = clone_module(model, params)
+        inner = F.mse_loss(learner(support[0][i]), support[1][i])
+        owners = [(m, n) for m in learner.modules() for n in m._parameters]
+        grads = torch.autograd.grad(
+            inner, [m._parameters[n] for m, n in owners], create_graph=not cfg.first_order
+        )
+        updates: dict[nn.Module, dict[str, torch.Tensor]] = {m: {} for m, _ in owners}
+        for (m, n), g in zip(owners, grads, strict=True):
+            updates[m][n] = -cfg.lr * g
+        update_module(learner, updates)
+        losses.append(F.mse_loss(learner(query[0][i]), query[1][i]))
+    return torch.stack(losses).mean()
+
+
+def measure_speed(rounds: int, fast_iters: int, loop_iters: int) -> dict[str, float]:
     """Meta-iterations/s (sample, meta-loss, backward, Adam step) of each path, interleaved.
 
-    MAML, 10 shots, meta-batch 25, one second-order inner step: the vmapped ``meta_loss``, the
-    reference ``meta_loss_loop`` and a plain per-task autograd loop.
+    MAML, 10 shots, meta-batch 25, one second-order inner step, float32, one thread:
+    maml_ros's closed-form batched-MLP ``mlp_mse_meta_loss`` (what ``meta_train`` runs), the
+    generic vmapped ``meta_loss``, its reference ``meta_loss_loop``, a plain per-task
+    autograd loop, and the per-task model copy learn2learn uses. Their meta-gradients on one
+    meta-batch are compared first (max |difference| to the per-task copy's).
     """
     model, params = make_sine_model(seed=123)
     optimizer = torch.optim.Adam(params.values(), lr=1e-3)
     loss_fn = mse_loss_fn(model)
+    mlp = MLP.from_sequential(model)
     generator = torch.Generator().manual_seed(123)
     cfg = InnerConfig()
 
-    def rate(path, iterations: int) -> float:
-        start = time.perf_counter()
+    paths = {
+        "mlp": lambda s, q: mlp_mse_meta_loss(mlp, params, s, q, cfg),
+        "vmap": lambda s, q: meta_loss(loss_fn, loss_fn, params, s, q, cfg),
+        "loop": lambda s, q: meta_loss_loop(loss_fn, loss_fn, params, s, q, cfg),
+        "plain_autograd_loop": lambda s, q: plain_autograd_loop(
+            loss_fn, loss_fn, params, s, q, cfg
+        ),
+        "per_task_loop": lambda s, q: per_task_copy_loop(model, params, s, q, cfg),
+    }
+    tasks = SineTasks.sample(25, generator)
+    support, query = tasks.points(10, generator), tasks.points(10, generator)
+    grads = {
+        name: torch.autograd.grad(path(support, query), list(params.values()))
+        for name, path in paths.items()
+    }
+    reference = grads["per_task_loop"]
+    grad_diff = {
+        name: max(float((a - b).abs().max()) for a, b in zip(g, reference, strict=True))
+        for name, g in grads.items()
+    }
+
+    def rate(path, iterations: int) -> tuple[float, float]:
+        """Iterations per second of wall time and of this thread's CPU time."""
+        start, start_cpu = time.perf_counter(), time.thread_time()
         for _ in range(iterations):
             tasks = SineTasks.sample(25, generator)
             support, query = tasks.points(10, generator), tasks.points(10, generator)
-            loss = path(loss_fn, loss_fn, params, support, query, cfg)
+            loss = path(support, query)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        return iterations / (time.perf_counter() - start)
+        wall, cpu = time.perf_counter() - start, time.thread_time() - start_cpu
+        return iterations / wall, iterations / cpu
 
-    paths = {"vmap": meta_loss, "loop": meta_loss_loop, "plain_autograd_loop": plain_autograd_loop}
+    iterations = {"mlp": fast_iters, "vmap": fast_iters // 2}
     for path in paths.values():
         rate(path, 2)  # warm-up
     rates: dict[str, list[float]] = {name: [] for name in paths}
+    cpu_rates: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(rounds):
         for name, path in paths.items():
-            rates[name].append(rate(path, vmapped_iters if name == "vmap" else loop_iters))
+            wall, cpu = rate(path, iterations.get(name, loop_iters))
+            rates[name].append(wall)
+            cpu_rates[name].append(cpu)
     median = {name: statistics.median(values) for name, values in rates.items()}
+    cpu_median = {name: statistics.median(values) for name, values in cpu_rates.items()}
     return {
         "vmap_meta_it_per_s": median["vmap"],
         "loop_meta_it_per_s": median["loop"],
         "plain_autograd_loop_meta_it_per_s": median["plain_autograd_loop"],
         "vmap_speedup_vs_loop": median["vmap"] / median["loop"],
         "vmap_speedup_vs_plain_autograd_loop": median["vmap"] / median["plain_autograd_loop"],
+        "mlp_meta_it_per_s": median["mlp"],
+        "per_task_loop_meta_it_per_s": median["per_task_loop"],
+        "speedup_vs_per_task_loop": median["mlp"] / median["per_task_loop"],
+        "mlp_speedup_vs_plain_autograd_loop": median["mlp"] / median["plain_autograd_loop"],
+        "mlp_speedup_vs_vmap": median["mlp"] / median["vmap"],
+        "vmap_speedup_vs_per_task_loop": median["vmap"] / median["per_task_loop"],
+        "meta_grad_max_abs_diff_vs_per_task_loop": max(
+            v for k, v in grad_diff.items() if k != "per_task_loop"
+        ),
+        # The same by thread CPU time (the machine is shared: its load inflates wall time).
+        "mlp_meta_it_per_thread_s": cpu_median["mlp"],
+        "per_task_loop_meta_it_per_thread_s": cpu_median["per_task_loop"],
+        "speedup_vs_per_task_loop_thread_time": cpu_median["mlp"] / cpu_median["per_task_loop"],
+        "speed_rounds": rounds,
     }
 
 
@@ -112,9 +204,12 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     started = time.perf_counter()
 
-    speed = measure_speed(*((2, 20, 5) if args.quick else (3, 150, 30)))
+    speed = measure_speed(*((3, 100, 5) if args.quick else (7, 300, 30)))
     print(
-        f"speed: vmapped {speed['vmap_meta_it_per_s']:.1f} it/s, "
+        f"speed: batched MLP {speed['mlp_meta_it_per_s']:.1f} it/s, per-task model copy "
+        f"(learn2learn's way) {speed['per_task_loop_meta_it_per_s']:.1f} it/s "
+        f"(speed-up {speed['speedup_vs_per_task_loop']:.2f}x), "
+        f"vmapped {speed['vmap_meta_it_per_s']:.1f} it/s, "
         f"reference loop {speed['loop_meta_it_per_s']:.1f} it/s "
         f"(speed-up {speed['vmap_speedup_vs_loop']:.2f}x), "
         f"plain autograd loop {speed['plain_autograd_loop_meta_it_per_s']:.1f} it/s "

@@ -84,4 +84,8 @@ def test_quick_benchmark_prints_the_json_report(capsys: pytest.CaptureFixture[st
                 assert name in report
             assert report[key] > 0 and report[key + "_ci95"] > 0
     assert report["vmap_speedup_vs_loop"] > 1
+    # The fast path against learn2learn's per-task model copy: same meta-gradient, faster.
+    assert report["speedup_vs_per_task_loop"] > 1
+    assert report["mlp_meta_it_per_s"] > report["per_task_loop_meta_it_per_s"] > 0
+    assert report["meta_grad_max_abs_diff_vs_per_task_loop"] < 1e-5
     assert report["meta_iterations"] == 20

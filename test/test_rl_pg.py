@@ -20,10 +20,11 @@ from maml_ros.rl.pg import (
     gae_advantages,
     inner_loss_fn,
     make_pg_batch,
+    pg_grad_and_value,
     pg_loss,
     warm_up,
 )
-from maml_ros.rl.policy import GaussianMLPPolicy, PolicySpec, log_prob
+from maml_ros.rl.policy import GaussianMLPPolicy, PolicySpec, log_prob, normalize_obs
 
 
 def reference_gae(rewards, values, mask, gamma, lam):
@@ -181,6 +182,23 @@ def test_second_order_meta_gradient_matches_finite_differences():
         loss_fn(adapt(loss_fn, first, support, fo_cfg), query), list(first.values())
     )
     assert (torch.cat([g.flatten() for g in fo]) - numeric).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("at_sampling_params", [True, False])
+def test_closed_form_pg_gradient_equals_autograd(at_sampling_params):
+    policy, params, support, _ = tiny_problem()
+    if at_sampling_params:
+        support = {k: v for k, v in support.items() if k != "logp_old"}
+    else:  # away from the sampling params: ratios differ from 1
+        params = {k: v + 0.2 for k, v in params.items()}
+    obs_norm = normalize_obs(support["obs"], policy.obs_mean, policy.obs_std)
+    grads, loss = pg_grad_and_value(obs_norm)(params, support)
+    leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    expected_loss = pg_loss(policy, leaves, support)
+    expected = torch.autograd.grad(expected_loss, list(leaves.values()))
+    torch.testing.assert_close(loss, expected_loss.detach(), rtol=1e-12, atol=1e-14)
+    for name, grad in zip(leaves, expected, strict=True):
+        torch.testing.assert_close(grads[name], grad, rtol=1e-10, atol=1e-12)
 
 
 def make_bundle(lrs=None) -> PolicyBundle:

@@ -14,7 +14,9 @@ from maml_ros.rl.policy import (
     action_mean,
     gaussian_kl,
     log_prob,
+    log_prob_vjp,
     make_policy,
+    normalize_obs,
     numpy_policy,
 )
 from maml_ros.runtime import PolicySpecError
@@ -72,6 +74,33 @@ def test_log_prob_matches_torch_distributions():
     dist = torch.distributions.Normal(mean, bundle.params["log_std"].exp())
     expected = dist.log_prob(actions).sum(-1)
     torch.testing.assert_close(log_prob(policy, bundle.params, obs, actions), expected)
+
+
+@pytest.mark.parametrize("hidden", [(5,), (6, 4), (3, 5, 4)])
+def test_closed_form_log_prob_vjp_equals_autograd(hidden):
+    spec = PolicySpec(obs_dim=3, act_dim=2, hidden=hidden)
+    gen = torch.Generator().manual_seed(1)
+    policy = GaussianMLPPolicy(spec, torch.randn(3, generator=gen), torch.rand(3, generator=gen))
+    policy.double()
+    params = {k: v.double() + 0.3 * torch.randn(v.shape, generator=gen, dtype=torch.float64)
+              for k, v in policy.params().items()}  # fmt: skip
+    # One log_std below the clamp's range: no gradient reaches it, as with autograd.
+    params["log_std"] = torch.tensor([-0.4, -7.0], dtype=torch.float64)
+    obs = 3 * torch.randn(4, 6, 3, generator=gen, dtype=torch.float64)
+    actions = torch.randn(4, 6, 2, generator=gen, dtype=torch.float64)
+    weights = torch.randn(4, 6, generator=gen, dtype=torch.float64)
+    obs_norm = normalize_obs(obs, policy.obs_mean, policy.obs_std)
+    logp, vjp = log_prob_vjp(params, obs_norm, actions)
+    torch.testing.assert_close(logp, log_prob(policy, params, obs, actions), rtol=0, atol=1e-12)
+    leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    expected = torch.autograd.grad(
+        (weights * log_prob(policy, leaves, obs, actions)).sum(), list(leaves.values())
+    )
+    got = vjp(weights)
+    assert set(got) == set(params)
+    for name, grad in zip(leaves, expected, strict=True):
+        torch.testing.assert_close(got[name], grad, rtol=1e-10, atol=1e-12)
+    assert got["log_std"][1] == 0
 
 
 def test_gaussian_kl_matches_torch():

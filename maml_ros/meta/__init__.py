@@ -14,8 +14,15 @@ from maml_ros.meta.core import (
     meta_loss_loop,
     settle_nonfinite,
 )
+from maml_ros.meta.mlp import (
+    MLP,
+    mlp_forward,
+    mlp_mse_adapt_batched_with_status,
+    mlp_mse_meta_loss,
+)
 
 __all__ = [
+    "MLP",
     "InnerConfig",
     "LossFn",
     "NonFiniteError",
@@ -27,5 +34,8 @@ __all__ = [
     "init_meta_sgd_lrs",
     "meta_loss",
     "meta_loss_loop",
+    "mlp_forward",
+    "mlp_mse_adapt_batched_with_status",
+    "mlp_mse_meta_loss",
     "settle_nonfinite",
 ]

@@ -11,7 +11,9 @@ MLP, MSE loss. Usable without ROS::
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch.func import functional_call
@@ -24,6 +26,7 @@ from maml_ros.meta.core import (
     init_meta_sgd_lrs,
     meta_loss,
 )
+from maml_ros.meta.mlp import MLP, mlp_mse_meta_loss
 
 AMPLITUDE_RANGE = (0.1, 5.0)
 PHASE_RANGE = (0.0, math.pi)
@@ -93,6 +96,21 @@ def mse_loss_fn(model: torch.nn.Module) -> LossFn:
     return loss
 
 
+def sine_meta_loss(model: torch.nn.Module) -> Callable[..., torch.Tensor]:
+    """``meta_loss_fn(params, support, query, cfg, lrs)``: the MSE meta-loss of ``model``.
+
+    For a plain MLP (as :func:`make_sine_model` builds) it is the closed-form batched path,
+    :func:`~maml_ros.meta.mlp.mlp_mse_meta_loss`; for any other model, the generic vmapped
+    :func:`~maml_ros.meta.core.meta_loss`. Both give the same value and meta-gradient.
+    """
+    try:
+        mlp = MLP.from_sequential(model)
+    except ValueError:
+        loss_fn = mse_loss_fn(model)
+        return partial(meta_loss, loss_fn, loss_fn)
+    return partial(mlp_mse_meta_loss, mlp)
+
+
 @dataclass(frozen=True)
 class SineTrainConfig:
     """Meta-training set-up; defaults follow Finn et al. 2017 (sinusoid)."""
@@ -130,13 +148,13 @@ def meta_train(model: torch.nn.Module, params: Params, cfg: SineTrainConfig) -> 
     lrs = init_meta_sgd_lrs(params, cfg.inner.lr) if cfg.meta_sgd else None
     trainable = list(params.values()) + (list(lrs.values()) if lrs else [])
     optimizer = torch.optim.Adam(trainable, lr=cfg.outer_lr)
-    loss_fn = mse_loss_fn(model)
+    meta_loss_fn = sine_meta_loss(model)
     losses = []
     for _ in range(cfg.iterations):
         tasks = SineTasks.sample(cfg.meta_batch, generator, dtype)
         support = tasks.points(cfg.shots, generator)
         query = tasks.points(cfg.shots, generator)
-        loss = meta_loss(loss_fn, loss_fn, params, support, query, cfg.inner, lrs)
+        loss = meta_loss_fn(params, support, query, cfg.inner, lrs)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

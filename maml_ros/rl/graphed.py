@@ -25,7 +25,7 @@ import torch
 
 from maml_ros.meta import InnerConfig
 from maml_ros.rl.pg import PGConfig, Rollouts, inner_update
-from maml_ros.rl.policy import GaussianMLPPolicy, Params, PolicySpec
+from maml_ros.rl.policy import Params, PolicySpec
 
 if TYPE_CHECKING:
     from maml_ros.rl.checkpoint import PolicyBundle
@@ -98,10 +98,6 @@ class GraphedInnerUpdate:
         outputs |= {"inner_loss": (), "finite": (inner.steps,)}
         self._in = PackedBuffer(inputs, device)
         self._out = PackedBuffer(outputs, device)
-        self._policy = GaussianMLPPolicy(spec).to(device)
-        # The policy normalises with views of the input buffer, refreshed on every call.
-        self._policy.obs_mean = self._in.device_views["obs_mean"]
-        self._policy.obs_std = self._in.device_views["obs_std"]
         self._lock = threading.Lock()
         self._graph: torch.cuda.CUDAGraph | None = None
         if device.type == "cuda":
@@ -140,7 +136,14 @@ class GraphedInnerUpdate:
         lrs = None if self.lr_names is None else {n: views[f"lr/{n}"] for n in self.lr_names}
         data = Rollouts(views["obs"], views["actions"], views["rewards"], views["mask"])
         adapted, loss, finite = inner_update(
-            self._policy, params, lrs, data, self.pg, self.inner, solver="cholesky"
+            params,
+            lrs,
+            data,
+            self.pg,
+            self.inner,
+            views["obs_mean"],
+            views["obs_std"],
+            solver="cholesky",
         )
         out = self._out.device_views
         for name in self.param_shapes:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any, Literal
@@ -21,7 +22,14 @@ import numpy as np
 import torch
 
 from maml_ros.meta import InnerConfig, adapt_with_flags, settle_nonfinite
-from maml_ros.rl.policy import GaussianMLPPolicy, Params, PolicySpec, log_prob
+from maml_ros.rl.policy import (
+    GaussianMLPPolicy,
+    Params,
+    PolicySpec,
+    log_prob,
+    log_prob_vjp,
+    normalize_obs,
+)
 
 if TYPE_CHECKING:
     from maml_ros.rl.checkpoint import PolicyBundle
@@ -117,6 +125,15 @@ class Rollouts:
         mask = torch.ones(k, t) if self.mask is None else self.mask.float()
         if tuple(mask.shape) != (k, t):
             raise RolloutError(f"mask must be [{k}, {t}], got {tuple(mask.shape)}")
+        # Every value check at once, one host synchronisation (x * 0 == 0: x is finite);
+        # the checks below only run to name the problem.
+        values = torch.cat([obs.reshape(-1), actions.reshape(-1), rewards.reshape(-1)])
+        ok = (values * 0 == 0).all()
+        if self.mask is not None:  # 0/1, 1 first, never 0 then 1: a prefix of ones
+            ok &= ((mask == 0) | (mask == 1)).all() & (mask[:, 0] == 1).all()
+            ok &= (mask[:, 1:] <= mask[:, :-1]).all()
+        if bool(ok):
+            return Rollouts(obs, actions, rewards, mask)
         if not bool(((mask == 0) | (mask == 1)).all()):
             raise RolloutError("mask must hold only 0 and 1")
         if not bool((mask[:, 0] == 1).all()):
@@ -126,7 +143,7 @@ class Rollouts:
         for name, value in (("obs", obs), ("actions", actions), ("rewards", rewards)):
             if not bool(torch.isfinite(value).all()):
                 raise RolloutError(f"{name} contain NaN or infinite values")
-        return Rollouts(obs, actions, rewards, mask)
+        raise AssertionError("unreachable: a value check failed but none names a problem")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,13 +168,18 @@ def discounted_cumsum(x: torch.Tensor, factor: float) -> torch.Tensor:
     return x @ discount_matrix(x.shape[-1], factor, x.dtype, x.device).T
 
 
+@lru_cache(maxsize=32)
+def _time_features(horizon: int, dtype: torch.dtype, device: Any) -> torch.Tensor:
+    """``[t, t^2, t^3, 1]`` (t = step/100) for every step: ``[horizon, 4]``, read-only."""
+    t = (torch.arange(horizon, dtype=dtype, device=device) / 100.0).unsqueeze(-1)
+    return torch.cat([t, t * t, t**3, torch.ones_like(t)], dim=-1)
+
+
 def baseline_features(obs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """rllab linear-baseline features ``[o, o^2, t, t^2, t^3, 1]`` (t = step/100), masked."""
     o = obs.clamp(-10.0, 10.0)
-    steps = torch.arange(obs.shape[-2], dtype=obs.dtype, device=obs.device) / 100.0
-    t = steps.expand(obs.shape[:-1]).unsqueeze(-1)
-    feats = torch.cat([o, o * o, t, t * t, t**3, torch.ones_like(t)], dim=-1)
-    return feats * mask.unsqueeze(-1)
+    t = _time_features(obs.shape[-2], obs.dtype, obs.device).expand(*obs.shape[:-1], 4)
+    return torch.cat([o, o * o, t], dim=-1) * mask.unsqueeze(-1)
 
 
 def fit_linear_baseline(
@@ -180,14 +202,14 @@ def fit_linear_baseline(
     n_feat = feats.shape[-1]
     x = feats.reshape(*lead, -1, n_feat).double()
     y = (returns * mask).reshape(*lead, -1, 1).double()
-    eye = torch.eye(n_feat, dtype=x.dtype, device=x.device)
+    eye = _eye(n_feat, x.dtype, x.device)
     if solver == "lstsq":
         x_aug = torch.cat([x, math.sqrt(reg) * eye.expand(*lead, n_feat, n_feat)], dim=-2)
         y_aug = torch.cat([y, y.new_zeros(*lead, n_feat, 1)], dim=-2)
         # The ridge rows make the system full rank, so QR ("gels") is safe.
         weights = torch.linalg.lstsq(x_aug, y_aug, driver="gels").solution
     elif solver == "cholesky":
-        factor, _ = torch.linalg.cholesky_ex(x.mT @ x + reg * eye)
+        factor, _ = torch.linalg.cholesky_ex(torch.add(x.mT @ x, eye, alpha=reg))
         weights = torch.cholesky_solve(x.mT @ y, factor)
     else:
         raise ValueError(f"solver must be 'lstsq' or 'cholesky', got {solver!r}")
@@ -195,13 +217,18 @@ def fit_linear_baseline(
     return values.to(obs.dtype) * mask
 
 
+@lru_cache(maxsize=8)
+def _eye(n: int, dtype: torch.dtype, device: Any) -> torch.Tensor:
+    return torch.eye(n, dtype=dtype, device=device)
+
+
 def gae_advantages(
     rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
 ) -> torch.Tensor:
     """GAE(gamma, lambda) ``[..., K, T]``; the value after an episode's last step is 0."""
     values = values * mask
-    next_values = torch.cat([values[..., 1:], torch.zeros_like(values[..., :1])], dim=-1)
-    deltas = (rewards + gamma * next_values - values) * mask
+    next_values = torch.nn.functional.pad(values[..., 1:], (0, 1))
+    deltas = (torch.add(rewards, next_values, alpha=gamma) - values) * mask
     return discounted_cumsum(deltas, gamma * lam) * mask
 
 
@@ -223,7 +250,9 @@ def compute_advantages(
     """Advantages for ``[..., K, T]`` rollouts: rewards to ``reward_power``, baseline refit on
     this batch, GAE, per-task normalisation if configured."""
     with torch.no_grad():
-        if cfg.reward_power != 1.0:
+        if cfg.reward_power == 2.0:
+            rewards = rewards * rewards.abs()  # the same, bit for bit, in two ops fewer
+        elif cfg.reward_power != 1.0:
             rewards = rewards.sign() * rewards.abs().pow(cfg.reward_power)
         returns = discounted_cumsum(rewards * mask, cfg.gamma) * mask
         values = fit_linear_baseline(obs, returns, mask, cfg.baseline_reg, solver)
@@ -301,36 +330,76 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
+def pg_grad_and_value(
+    obs_norm: torch.Tensor,
+) -> Callable[[Params, Batch], tuple[Params, torch.Tensor]]:
+    """``grad_and_value(params, batch)``: :func:`pg_loss`'s gradient and value in closed form
+    (:func:`~maml_ros.rl.policy.log_prob_vjp`), for ``batch``'s observations normalised
+    once, ``obs_norm``. First order: for ``adapt_with_flags(..., grad_and_value=...)``.
+
+    ``loss = -sum(ratio * A * mask) / sum(mask)`` with ``ratio = exp(logp - logp_old)``, so its
+    gradient is the vector-Jacobian product of the log-probs with ``-ratio * A * mask / n``.
+    Without ``logp_old`` the batch is at the sampling params: every ratio is 1.
+    """
+
+    def grad_and_value(params: Params, batch: Batch) -> tuple[Params, torch.Tensor]:
+        ratio_needed = "logp_old" in batch
+        logp, vjp = log_prob_vjp(params, obs_norm, batch["actions"], ratio_needed)
+        mask = batch["mask"]
+        minus_weights = batch["advantages"] * mask / -mask.sum()  # d loss / d log-prob
+        if ratio_needed:
+            minus_weights = torch.exp(logp - batch["logp_old"]) * minus_weights
+        return vjp(minus_weights), minus_weights.sum()
+
+    return grad_and_value
+
+
 def inner_update(
-    policy: GaussianMLPPolicy,
     params: Params,
     lrs: Params | None,
     data: Rollouts,
     pg: PGConfig,
     inner: InnerConfig,
-    solver: BaselineSolver = "lstsq",
+    obs_mean: torch.Tensor,
+    obs_std: torch.Tensor,
+    solver: BaselineSolver = "cholesky",
 ) -> tuple[Params, torch.Tensor, torch.Tensor]:
     """The on-robot update of ``params`` on validated rollouts, with no host synchronisation
-    (so a CUDA graph can capture it with ``solver="cholesky"``).
+    (so a CUDA graph can capture it; ``solver="lstsq"`` syncs), first order.
 
-    Returns the adapted params, the inner loss before the update (0-d) and the per-step
-    finite flags of :func:`maml_ros.meta.adapt_with_flags`.
+    The training inner step (:func:`make_pg_batch`, :func:`pg_loss`, ``adapt``) with the
+    gradient in closed form (:func:`pg_grad_and_value`) instead of autograd: no module, no
+    graph. Returns the adapted params, the inner loss before the update (0-d) and the
+    per-step finite flags of :func:`maml_ros.meta.adapt_with_flags`.
     """
-    # One step evaluates the loss only at the sampling params: no log pi_old forward needed.
-    batch = make_pg_batch(
-        policy,
-        params,
-        data.obs,
-        data.actions,
-        data.rewards,
-        data.mask,
-        pg,
-        with_logp_old=inner.steps > 1,
-        solver=solver,
-    )
+    obs_norm = normalize_obs(data.obs, obs_mean, obs_std)
+    batch = {
+        "actions": data.actions,
+        "advantages": compute_advantages(data.obs, data.rewards, data.mask, pg, solver),
+        "mask": data.mask,
+    }
+    # One step evaluates the loss only at the sampling params: no log pi_old needed.
+    if inner.steps > 1:
+        batch["logp_old"] = log_prob_vjp(params, obs_norm, data.actions)[0]
     loss_before = pg_loss_at_sampling_policy(batch)
-    adapted, finite = adapt_with_flags(inner_loss_fn(policy), params, batch, inner, lrs)
+    cfg = dataclasses.replace(inner, first_order=True) if not inner.first_order else inner
+    if inner.steps == 1:
+        grad_and_value = pg_grad_and_value(obs_norm)
+        loss_fn = lambda p, b: grad_and_value(p, b)[1]  # noqa: E731
+        adapted, finite = adapt_with_flags(loss_fn, params, batch, cfg, lrs, grad_and_value)
+    else:
+        # Several steps: the ratio to pi_old compounds rounding; autograd on the same
+        # forward keeps the result equal to the training step's to float32 tolerance.
+        adapted, finite = adapt_with_flags(partial(_pg_loss_of, obs_norm), params, batch, cfg, lrs)
     return adapted, loss_before, finite
+
+
+def _pg_loss_of(obs_norm: torch.Tensor, params: Params, batch: Batch) -> torch.Tensor:
+    """:func:`pg_loss` on normalised observations, without a module."""
+    logp = log_prob_vjp(params, obs_norm, batch["actions"])[0]
+    ratio = torch.exp(logp - batch["logp_old"])
+    mask = batch["mask"]
+    return -(ratio * batch["advantages"] * mask).sum() / mask.sum()
 
 
 def adapt_policy(
@@ -363,14 +432,14 @@ def adapt_policy(
 
         new_params, loss_before, finite = graphed_inner_update(bundle, data, cfg, dev)
     else:
-        policy = GaussianMLPPolicy(bundle.spec, bundle.obs_mean, bundle.obs_std)
-        params = {k: v.detach().float() for k, v in bundle.params.items()}
-        lrs = None if bundle.lrs is None else {k: v.float() for k, v in bundle.lrs.items()}
-        new_params, loss_before, finite = inner_update(policy, params, lrs, data, bundle.pg, cfg)
+        params = {k: _plain(v) for k, v in bundle.params.items()}
+        lrs = None if bundle.lrs is None else {k: _plain(v) for k, v in bundle.lrs.items()}
+        obs_mean, obs_std = _plain(bundle.obs_mean), _plain(bundle.obs_std)
+        new_params, loss_before, finite = inner_update(
+            params, lrs, data, bundle.pg, cfg, obs_mean, obs_std
+        )
     new_params = settle_nonfinite(bundle.params, new_params, finite, cfg)
-    new_params = {
-        k: v.detach().to("cpu", torch.float32).contiguous() for k, v in new_params.items()
-    }
+    new_params = {k: _plain_cpu(v) for k, v in new_params.items()}
     new_bundle = bundle.replace(
         params=new_params,
         version=bundle.version + 1,
@@ -386,6 +455,20 @@ def adapt_policy(
     if loss_after:
         info["inner_loss_after"] = _loss_after(bundle, new_params, data)
     return new_bundle, info
+
+
+def _plain(value: torch.Tensor) -> torch.Tensor:
+    """``value`` as float32 outside any autograd graph (itself when it already is)."""
+    value = value.detach() if value.requires_grad else value
+    return value if value.dtype == torch.float32 else value.float()
+
+
+def _plain_cpu(value: torch.Tensor) -> torch.Tensor:
+    """``value`` as a contiguous float32 CPU tensor outside any graph (itself if it is one)."""
+    value = _plain(value)
+    if value.device.type == "cpu" and value.is_contiguous():
+        return value
+    return value.to("cpu").contiguous()
 
 
 def _loss_after(bundle: PolicyBundle, new_params: Params, data: Rollouts) -> float:
@@ -436,6 +519,7 @@ __all__ = [
     "inner_update",
     "make_pg_batch",
     "normalize_per_task",
+    "pg_grad_and_value",
     "pg_loss",
     "resolve_device",
     "warm_up",

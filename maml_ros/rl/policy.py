@@ -10,6 +10,7 @@ the weights in a :class:`~maml_ros.rl.checkpoint.PolicyBundle`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -89,6 +90,65 @@ def log_prob(
     log_std = log_std_of(params)
     z = (actions - mean) * torch.exp(-log_std)
     return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2.0 * math.pi)).sum(-1)
+
+
+def normalize_obs(obs: torch.Tensor, obs_mean: torch.Tensor, obs_std: torch.Tensor) -> torch.Tensor:
+    """Observations as the policy's first layer sees them (what ``forward`` computes first)."""
+    return ((obs - obs_mean) / obs_std).clamp(-OBS_CLIP, OBS_CLIP)
+
+
+_tanh_backward = torch.ops.aten.tanh_backward.default
+
+
+def log_prob_vjp(
+    params: Params, obs_norm: torch.Tensor, actions: torch.Tensor, with_log_prob: bool = True
+) -> tuple[torch.Tensor | None, Callable[[torch.Tensor], Params]]:
+    """:func:`log_prob` of normalised observations (:func:`normalize_obs`) and, in closed
+    form, its vector-Jacobian product: ``vjp(w)`` is the gradient w.r.t. ``params`` of
+    ``sum(w * log_prob)`` (``w`` shaped like the log-probs).
+
+    The textbook backward pass of the tanh MLP and the Gaussian log-density, written out
+    with matmuls: no autograd graph, no ``nn.Module``. It equals autograd's gradient (up to
+    float rounding; ``test_rl_policy`` checks it), including the clamp of ``log_std`` (no
+    gradient outside :data:`LOG_STD_RANGE`). It is not itself differentiable w.r.t. ``params``
+    (first order only). ``with_log_prob=False`` skips the log-probs (None) when only the
+    gradient is needed.
+    """
+    n_layers = sum(1 for name in params if name.endswith(".weight"))
+    weights = [params[f"mlp.{i}.weight"] for i in range(n_layers)]
+    biases = [params[f"mlp.{i}.bias"] for i in range(n_layers)]
+    lead = obs_norm.shape[:-1]
+    h = obs_norm.reshape(-1, obs_norm.shape[-1])
+    inputs = [h]
+    for w, b in zip(weights[:-1], biases[:-1], strict=True):
+        h = torch.tanh(torch.addmm(b, h, w.t()))
+        inputs.append(h)
+    mean = torch.addmm(biases[-1], h, weights[-1].t())
+    raw_log_std = params["log_std"]
+    log_std = raw_log_std.clamp(*LOG_STD_RANGE)
+    inv_std = torch.exp(-log_std)
+    z = (actions.reshape(mean.shape) - mean) * inv_std
+    logp = None
+    if with_log_prob:
+        logp = (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2.0 * math.pi)).sum(-1).reshape(lead)
+    low, high = LOG_STD_RANGE
+
+    def vjp(w: torch.Tensor) -> Params:
+        wz = w.reshape(-1, 1) * z
+        # d log p / d mean = z / std; d log p / d log_std = z^2 - 1 (inside the clamp's range).
+        grads = {
+            "log_std": ((wz * z).sum(0) - w.sum()) * ((raw_log_std >= low) & (raw_log_std <= high))
+        }
+        g = wz * inv_std
+        for i in range(n_layers - 1, -1, -1):
+            a = inputs[i]
+            grads[f"mlp.{i}.weight"] = g.t() @ a
+            grads[f"mlp.{i}.bias"] = g.sum(0)
+            if i > 0:
+                g = _tanh_backward(g @ weights[i], a)  # g * (1 - a^2), one kernel
+        return grads
+
+    return logp, vjp
 
 
 def gaussian_kl(
