@@ -18,7 +18,8 @@ first epoch's meta-gradient, over all iterations and worker counts (target <= 1e
 episodes per second per worker, the learner's share of an iteration (everything but the
 time spent waiting on env.reset / env.step: inference, GAE, the inner step, the outer epochs)
 and, from it, an iteration time extrapolated to 64 workers, the resident memory and CPU time of
-every Ray actor, and the scaling table.
+every Ray actor (CPU share: its CPU seconds over the wall time while the trainers iterate),
+and the scaling table.
 
     python bench/bench_ray.py [--iterations 3] [--workers-max 2] [--threads 1]
 
@@ -100,9 +101,13 @@ def run_workers(cfg: TrainConfig, workers: int, iterations: int) -> dict[str, An
     live: dict[str, tuple[MetaTrainer, TimedEnv]] = {}
 
     def start(name: str) -> None:
+        nonlocal actors_at_start, ray_started
         t0 = time.perf_counter()
         live[name] = make_trainer(cfg, name)
         start_s[name] = time.perf_counter() - t0
+        if name == "ray":  # CPU time of the actors from here (not building their envs)
+            actors_at_start = live[name][1].env.vec.actor_info()
+            ray_started = time.perf_counter()
 
     def stop(name: str) -> None:
         nonlocal actors, local_worker_rss
@@ -111,8 +116,8 @@ def run_workers(cfg: TrainConfig, workers: int, iterations: int) -> dict[str, An
             if name == "ray":
                 actors = timed.env.vec.actor_info()
                 wall = time.perf_counter() - ray_started
-                for a in actors:
-                    a["cpu_share_while_running"] = a["cpu_s"] / wall
+                for a, first in zip(actors, actors_at_start, strict=True):
+                    a["cpu_share_while_running"] = (a["cpu_s"] - first["cpu_s"]) / wall
             else:
                 vec = getattr(timed.env, "vec", None)
                 if vec is not None:
@@ -142,11 +147,11 @@ def run_workers(cfg: TrainConfig, workers: int, iterations: int) -> dict[str, An
     # an env, 7 GB for 200) would hold two such sets at once: then one backend after the other.
     together = workers > 1
     ray_started = 0.0
+    actors_at_start: list[dict[str, Any]] = []
     try:
         if together:
             start("local")
             start("ray")
-            ray_started = time.perf_counter()
             for i in range(iterations):
                 for name in ("local", "ray") if i % 2 == 0 else ("ray", "local"):
                     iterate(name, i)
@@ -155,7 +160,6 @@ def run_workers(cfg: TrainConfig, workers: int, iterations: int) -> dict[str, An
         else:
             for name in ("local", "ray"):
                 start(name)
-                ray_started = time.perf_counter()
                 for i in range(iterations):
                     iterate(name, i)
                 stop(name)
@@ -196,7 +200,7 @@ def run_workers(cfg: TrainConfig, workers: int, iterations: int) -> dict[str, An
         {
             "rss_mb": round(a["rss_bytes"] / 2**20, 1),
             "n_envs": a["n_envs"],
-            "cpu_s": round(a["cpu_s"], 2),
+            "cpu_s_total": round(a["cpu_s"], 2),
             "cpu_share_while_running": round(a["cpu_share_while_running"], 3),
         }
         for a in actors
@@ -246,6 +250,14 @@ def main() -> None:
     sim_work = top["ray"]["env_s_per_iteration"] * top["workers"]
     target = args.target_workers
     extrapolated = learner + sim_work / target
+    # Lock-step calls an iteration (pre + post sampling, a reset and `horizon` steps a wave) and
+    # what each costs on Ray beyond the local pipes, measured here: kept as a fixed cost.
+    waves = -(-cfg.outer.meta_batch * cfg.outer.rollouts_per_task // cfg.env.num_envs)
+    calls = 2 * waves * ((cfg.env.horizon or 50) + 1)
+    per_call = max(
+        0.0, (top["ray"]["env_s_per_iteration"] - top["local"]["env_s_per_iteration"]) / calls
+    )
+    with_calls = extrapolated + calls * per_call
     iterations = cfg.iterations
     result: dict[str, Any] = {
         "bench": "ray",
@@ -270,10 +282,17 @@ def main() -> None:
         f"extrapolated_make_train_meta_min_{target}_workers": round(
             iterations * extrapolated / 60, 1
         ),
+        "env_calls_per_iteration": calls,
+        "ray_extra_ms_per_env_call": round(1e3 * per_call, 3),
+        f"extrapolated_s_per_iteration_{target}_workers_with_call_overhead": round(with_calls, 3),
+        f"extrapolated_make_train_meta_min_{target}_workers_with_call_overhead": round(
+            iterations * with_calls / 60, 1
+        ),
         "extrapolation": (
             f"learner_s + env_s x {top['workers']} / {target}: the learner's share stays on "
-            "the driver, the simulation divides over the actors (Ray's per-step round trip "
-            f"is inside env_s); {iterations} iterations of config/train.yaml"
+            "the driver, the simulation divides over the actors; _with_call_overhead adds, "
+            "per lock-step env call, Ray's extra cost over the local pipes measured here "
+            f"(assumed not to grow with the actors); {iterations} iterations of the config"
         ),
         "ray_actor_rss_mb": [a["rss_mb"] for a in top["ray_actors"]],
         "ray_actor_envs": [a["n_envs"] for a in top["ray_actors"]],
