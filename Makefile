@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.deps-installed
 PKG_STAMP := $(VENV)/.pkg-installed
 TOOLS_STAMP := $(VENV)/.tools-installed
+RAY_STAMP := $(VENV)/.ray-installed
+# The Ray backend (requirements-ray.txt); WITH_RAY=0: not installed, and its tests skip.
+WITH_RAY ?= 1
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 # The launch stack and `ros2` CLI as wheels (no registry carries them): the project's shared
 # folder has them; a ROS 2 install (/opt/ros/<distro>) has them already. Empty: not installed,
@@ -15,11 +18,11 @@ LARK := $(shell sed -n 's/^lark==//p' requirements-tools.txt)
 SOURCES := $(shell find maml_ros launch config models resource -type f -not -name '*.pyc' 2>/dev/null) setup.py setup.cfg package.xml
 ENV := source tools/env.sh &&
 
-BENCHES := $(addprefix bench-,sine sim adapt control e2e train load reach delivery)
+BENCHES := $(addprefix bench-,sine sim adapt control e2e train load reach delivery ray)
 
 .PHONY: setup shell test lint params demo train eval clean $(BENCHES)
 
-setup: $(PKG_STAMP) $(if $(LAUNCH_WHEELS),$(TOOLS_STAMP))
+setup: $(PKG_STAMP) $(if $(LAUNCH_WHEELS),$(TOOLS_STAMP)) $(if $(filter 1,$(WITH_RAY)),$(RAY_STAMP))
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PY_BOOT) -m venv $(VENV)
@@ -34,6 +37,10 @@ $(TOOLS_STAMP): $(STAMP) requirements-tools.txt $(wildcard $(LAUNCH_WHEELS)/*.wh
 	$(PIP) -r requirements-tools.txt
 	$(PIP) --no-deps --no-index $(LAUNCH_WHEELS)/*.whl
 	$(PIP) --no-deps --force-reinstall lark==$(LARK)
+	touch $@
+
+$(RAY_STAMP): $(STAMP) requirements-ray.txt
+	$(PIP) -r requirements-ray.txt
 	touch $@
 
 # The package is installed for real (not editable) so that share/maml_ros and
@@ -62,10 +69,10 @@ demo: setup
 	$(ENV) tools/isolated.sh maml-ros-demo --out out/demo
 
 train: setup
-	$(ENV) maml-ros-train --config config/train.yaml --out runs/train
+	$(ENV) maml-ros-train --config config/train.yaml --out runs/train $(TRAIN_ARGS)
 
 eval: setup
-	$(ENV) maml-ros-eval --out out/eval
+	$(ENV) maml-ros-eval --out out/eval $(EVAL_ARGS)
 
 $(BENCHES): bench-%: setup
 	$(ENV) tools/isolated.sh python bench/bench_$*.py $(BENCH_ARGS)

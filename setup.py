@@ -23,7 +23,7 @@ setup(
     maintainer_email="maintainers@maml-ros.invalid",
     description="On-robot fast adaptation of an arm policy with MAML, for ROS 2.",
     license="Apache-2.0",
-    extras_require={"test": ["pytest", "hypothesis"]},
+    extras_require={"test": ["pytest", "hypothesis"], "ray": ["ray==2.60.0"]},
     entry_points={
         "console_scripts": [
             "sim_arm_node = maml_ros.ros.sim_arm_node:main",

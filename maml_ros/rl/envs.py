@@ -16,8 +16,19 @@ from typing import Any, Protocol
 import numpy as np
 
 
+class EpisodesLost(RuntimeError):
+    """A :class:`BatchEnv` lost running episodes (a simulation worker died and was replaced).
+
+    The env is usable again from the next ``reset``; the caller re-samples the episodes.
+    """
+
+
 class BatchEnv(Protocol):
-    """``num_envs`` environments stepped together, one task each."""
+    """``num_envs`` environments stepped together, one task each.
+
+    ``reset`` and ``step`` may raise :class:`EpisodesLost`: the episodes since the last reset
+    are gone, the env is whole again, and the caller starts them over.
+    """
 
     num_envs: int
     obs_dim: int
@@ -234,43 +245,97 @@ class ArmBatchEnv:
 
 
 class VecArmBatchEnv:
-    """The sim's multi-process ``VecArmEnv`` seen through the :class:`BatchEnv` protocol."""
+    """The sim's multi-process ``VecArmEnv`` (or, with ``backend="ray"``, its Ray-actor twin
+    :class:`maml_ros.sim.ray_env.RayArmEnv`) seen through the :class:`BatchEnv` protocol."""
 
-    def __init__(self, num_envs: int, workers: int) -> None:
-        from maml_ros.sim import ArmEnv, VecArmEnv
+    def __init__(
+        self,
+        num_envs: int,
+        workers: int,
+        env_kwargs: dict[str, Any] | None = None,
+        backend: str = "local",
+        ray_address: str | None = None,
+    ) -> None:
+        from maml_ros.sim import ArmEnv
 
-        probe = ArmEnv()
+        probe = ArmEnv(**(env_kwargs or {}))
         self.obs_dim = int(probe.observation_space.shape[0])
         self.act_dim = int(probe.action_space.shape[0])
         self.horizon = int(probe.horizon)
         probe.close()
-        self.vec = VecArmEnv(num_envs, workers)
+        self._lost: tuple[type[Exception], ...] = ()
+        if backend == "ray":
+            from maml_ros.sim.ray_env import ActorsLost, RayArmEnv
+
+            self._lost = (ActorsLost,)
+
+            # One world per actor as VecArmEnv's workers have; one world per env with a single
+            # worker, as the in-process ArmBatchEnv has: the same numbers as the local backend.
+            self.vec = RayArmEnv(
+                num_envs, workers, env_kwargs, shared_world=workers > 1, address=ray_address
+            )
+        else:
+            from maml_ros.sim import VecArmEnv
+
+            self.vec = VecArmEnv(num_envs, workers, env_kwargs)
         self.num_envs = num_envs
 
     def reset(self, tasks: Sequence[Any], seeds: Sequence[int]) -> np.ndarray:
-        return np.asarray(self.vec.reset(list(tasks), list(seeds)), dtype=np.float32)
+        try:
+            return np.asarray(self.vec.reset(list(tasks), list(seeds)), dtype=np.float32)
+        except self._lost as exc:
+            raise EpisodesLost(str(exc)) from exc
 
     def step(self, actions: np.ndarray):
-        return self.vec.step(np.ascontiguousarray(actions, dtype=np.float32))
+        try:
+            return self.vec.step(np.ascontiguousarray(actions, dtype=np.float32))
+        except self._lost as exc:
+            raise EpisodesLost(str(exc)) from exc
 
     def close(self) -> None:
         self.vec.close()
 
 
-def make_env(name: str, num_envs: int, workers: int, horizon: int | None = None) -> BatchEnv:
-    """``"arm"``: the sim's VecArmEnv (workers > 1) or in-process ArmEnvs; ``"point"``: toy."""
+BACKENDS = ("local", "ray")
+"""Where the arm's envs run: ``local`` (VecArmEnv worker processes, or in-process for one
+worker), ``ray`` (Ray actors on this host or a cluster)."""
+
+
+def make_env(
+    name: str,
+    num_envs: int,
+    workers: int,
+    horizon: int | None = None,
+    backend: str = "local",
+    ray_address: str | None = None,
+) -> BatchEnv:
+    """``"arm"``: the sim's VecArmEnv (workers > 1) or in-process ArmEnvs; ``"point"``: toy.
+
+    ``backend="ray"`` puts the arm's envs in ``workers`` Ray actors instead (a local Ray, or
+    the cluster at ``ray_address``; ``"auto"``: the one ``ray start`` runs); ``horizon``
+    (None: the arm's default of 50 steps) sets the arm's episode length.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    if backend != "ray" and ray_address is not None:
+        raise ValueError("ray_address needs backend='ray'")
     if name == "point":
+        if backend == "ray":
+            raise ValueError("the ray backend simulates the arm; the point toy runs in-process")
         return PointNavEnv(num_envs, horizon=horizon or 20)
     if name == "arm":
+        kwargs = {} if horizon is None else {"horizon": int(horizon)}
+        if backend == "ray":
+            return VecArmBatchEnv(num_envs, workers, kwargs, "ray", ray_address)
         env: BatchEnv
         try:
             from maml_ros.sim import VecArmEnv  # noqa: F401
         except ImportError:
             workers = 1
-        env = VecArmBatchEnv(num_envs, workers) if workers > 1 else ArmBatchEnv(num_envs)
-        if horizon is not None and horizon != env.horizon:
-            env.close()
-            raise ValueError(f"the arm env's horizon is {env.horizon}, config asks {horizon}")
+        if workers > 1:
+            env = VecArmBatchEnv(num_envs, workers, kwargs)
+        else:
+            env = ArmBatchEnv(num_envs, **kwargs)
         return env
     raise ValueError(f"unknown env {name!r}; expected 'arm' or 'point'")
 

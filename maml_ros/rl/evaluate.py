@@ -49,6 +49,7 @@ from maml_ros.rl.envs import BatchEnv, make_env, make_task_source
 from maml_ros.rl.pg import Rollouts, adapt_policy
 from maml_ros.rl.policy import GaussianMLPPolicy
 from maml_ros.rl.sampling import RolloutBatch, sample_rollouts
+from maml_ros.rl.train import add_backend_arguments, check_backend_arguments
 from maml_ros.rl.trainer import MetaTrainer
 
 SUMMARY_KEYS = (
@@ -372,13 +373,21 @@ def run_eval(
     cfg: EvalConfig,
     out: Path,
     env_name: str = "arm",
+    backend: str = "local",
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
-    """The whole protocol; writes eval.json and eval.png; returns the summary."""
+    """The whole protocol; writes eval.json and eval.png; returns the summary.
+
+    ``backend="ray"`` runs the episodes of all tasks in ``cfg.workers`` Ray actors (the
+    per-task oracle's small PPO runs stay in-process).
+    """
     t0 = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     task_source = make_task_source(env_name, ["reach", "dynamics"], [1.0, 1.0])
     n_tasks = cfg.n_reach + cfg.n_dynamics
-    env = make_env(env_name, n_tasks * cfg.eval_episodes, cfg.workers)
+    env = make_env(
+        env_name, n_tasks * cfg.eval_episodes, cfg.workers, backend=backend, ray_address=ray_address
+    )
     results: list[TaskResult] = []
     per_lr: dict[str, dict[float, list[float]]] = {}
     try:
@@ -450,9 +459,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke-test sized protocol")
     parser.add_argument("--k", type=int, help="adaptation episodes per step (default 20)")
     parser.add_argument("--seeds", type=int, help="number of seeds (default 3)")
-    parser.add_argument("--workers", type=int, help="sim worker processes (default 2)")
+    parser.add_argument(
+        "--workers", type=int, help="sim worker processes or Ray actors (default 2)"
+    )
     parser.add_argument("--env", default="arm", choices=["arm", "point"], help=argparse.SUPPRESS)
+    add_backend_arguments(parser)
     args = parser.parse_args(argv)
+    check_backend_arguments(parser, args)
     torch.set_num_threads(1)
     cfg = EvalConfig.quick() if args.quick else EvalConfig()
     for name, value in (("k", args.k), ("workers", args.workers)):
@@ -480,7 +493,15 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, FileNotFoundError) as exc:
         print(f"maml-ros-eval: {exc}", file=sys.stderr)
         return 2
-    summary = run_eval(meta, multitask, cfg, Path(args.out), env_name=args.env)
+    summary = run_eval(
+        meta,
+        multitask,
+        cfg,
+        Path(args.out),
+        env_name=args.env,
+        backend=args.backend,
+        ray_address=args.ray_address,
+    )
     line = {}
     for key in SUMMARY_KEYS:
         line[key] = summary.get(key)

@@ -7,6 +7,7 @@ simulate.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,8 +16,12 @@ import numpy as np
 import torch
 from torch.func import vmap
 
-from maml_ros.rl.envs import BatchEnv
+from maml_ros.rl.envs import BatchEnv, EpisodesLost
 from maml_ros.rl.policy import GaussianMLPPolicy, Params, action_mean, log_std_of
+
+log = logging.getLogger("maml_ros.sampling")
+MAX_WAVE_RETRIES = 3
+"""How many times one wave is re-sampled after its env lost episodes, before giving up."""
 
 
 @dataclass
@@ -48,6 +53,44 @@ def per_task_params(params: Params, num_tasks: int) -> Params:
     return {k: v.unsqueeze(0).expand(num_tasks, *v.shape) for k, v in params.items()}
 
 
+def _run_wave(
+    env: BatchEnv,
+    mean_fn: Any,
+    env_params: Params,
+    std: torch.Tensor,
+    wave_tasks: list[Any],
+    seeds: list[int],
+    gen: torch.Generator,
+    explore: bool,
+    ids: slice,
+    real: int,
+    buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+) -> torch.Tensor:
+    """One wave of ``env.num_envs`` episodes into ``buffers[ids]``; returns their success."""
+    obs, actions, rewards, mask = buffers
+    n_envs = env.num_envs
+    o = torch.from_numpy(env.reset(wave_tasks, seeds)).float()
+    alive = torch.ones(n_envs, dtype=torch.bool)
+    wave_success = torch.zeros(n_envs, dtype=torch.bool)
+    for buffer in buffers:  # a re-sampled wave starts from zeros, as the first attempt did
+        buffer[ids] = 0.0
+    for t in range(env.horizon):
+        mean = mean_fn(env_params, o)
+        a = mean + std * torch.randn(mean.shape, generator=gen) if explore else mean
+        obs[ids, t] = o[:real]
+        actions[ids, t] = a[:real]
+        mask[ids, t] = alive[:real].float()
+        o_next, r, terminated, truncated, succ = env.step(a.numpy().astype(np.float32))
+        r_t = torch.as_tensor(np.asarray(r, dtype=np.float32))
+        rewards[ids, t] = r_t[:real] * alive[:real].float()
+        wave_success |= torch.as_tensor(np.asarray(succ, dtype=bool)) & alive
+        alive &= ~torch.as_tensor(np.asarray(terminated) | np.asarray(truncated), dtype=torch.bool)
+        o = torch.from_numpy(np.asarray(o_next, dtype=np.float32))
+        if not bool(alive.any()):
+            break
+    return wave_success
+
+
 def sample_rollouts(
     env: BatchEnv,
     policy: GaussianMLPPolicy,
@@ -62,7 +105,9 @@ def sample_rollouts(
 
     Episodes are laid out task-major over waves of ``env.num_envs`` envs; a last partial wave
     is padded with repeats whose results are dropped. Actions are stored as the policy sampled
-    them (before the env clips). Deterministic given ``seed``.
+    them (before the env clips). Deterministic given ``seed``. A wave whose episodes the env
+    lost (:class:`EpisodesLost`: a simulation worker died) is sampled again with the same
+    seeds and exploration noise, up to :data:`MAX_WAVE_RETRIES` times.
     """
     n_tasks, k = len(tasks), episodes_per_task
     if n_tasks < 1 or k < 1:
@@ -88,26 +133,37 @@ def sample_rollouts(
             env_params = {name: v[task_ids] for name, v in params.items()}
             std = torch.exp(log_std_of(env_params))
             seeds = seed_rng.integers(0, 2**31 - 1, size=n_envs).tolist()
-            o = torch.from_numpy(env.reset([tasks[int(t)] for t in task_ids], seeds)).float()
-            alive = torch.ones(n_envs, dtype=torch.bool)
-            wave_success = torch.zeros(n_envs, dtype=torch.bool)
-            for t in range(horizon):
-                mean = mean_fn(env_params, o)
-                a = mean + std * torch.randn(mean.shape, generator=gen) if explore else mean
-                ids = slice(start, start + real)
-                obs[ids, t] = o[:real]
-                actions[ids, t] = a[:real]
-                mask[ids, t] = alive[:real].float()
-                o_next, r, terminated, truncated, succ = env.step(a.numpy().astype(np.float32))
-                r_t = torch.as_tensor(np.asarray(r, dtype=np.float32))
-                rewards[ids, t] = r_t[:real] * alive[:real].float()
-                wave_success |= torch.as_tensor(np.asarray(succ, dtype=bool)) & alive
-                alive &= ~torch.as_tensor(
-                    np.asarray(terminated) | np.asarray(truncated), dtype=torch.bool
-                )
-                o = torch.from_numpy(np.asarray(o_next, dtype=np.float32))
-                if not bool(alive.any()):
+            wave_tasks = [tasks[int(t)] for t in task_ids]
+            noise_state = gen.get_state()
+            for attempt in range(MAX_WAVE_RETRIES + 1):
+                try:
+                    wave_success = _run_wave(
+                        env,
+                        mean_fn,
+                        env_params,
+                        std,
+                        wave_tasks,
+                        seeds,
+                        gen,
+                        explore,
+                        slice(start, start + real),
+                        real,
+                        (obs, actions, rewards, mask),
+                    )
                     break
+                except EpisodesLost as exc:
+                    if attempt == MAX_WAVE_RETRIES:
+                        raise
+                    # The same seeds and the same exploration noise: the same episodes.
+                    gen.set_state(noise_state)
+                    log.warning(
+                        "sampling: %s; re-sampling episodes %d-%d (attempt %d of %d)",
+                        exc,
+                        start,
+                        start + real - 1,
+                        attempt + 2,
+                        MAX_WAVE_RETRIES + 1,
+                    )
             success[start : start + real] = wave_success[:real]
     shape = (n_tasks, k)
     return RolloutBatch(

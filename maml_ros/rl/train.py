@@ -35,7 +35,7 @@ from maml_ros.rl.checkpoint import (
     save_bundle,
 )
 from maml_ros.rl.config import ConfigError, TrainConfig, load_config
-from maml_ros.rl.envs import BatchEnv, TaskSource, make_env, make_task_source
+from maml_ros.rl.envs import BACKENDS, BatchEnv, TaskSource, make_env, make_task_source
 from maml_ros.rl.trainer import MetaTrainer, smoothed
 
 STATE_MAX_BYTES = 1 << 30
@@ -56,10 +56,48 @@ SCALARS = (
 )
 
 
-def default_env_factory(cfg: TrainConfig) -> tuple[BatchEnv, TaskSource]:
-    """The env and task source named by the config."""
-    env = make_env(cfg.env.name, cfg.env.num_envs, cfg.env.workers, cfg.env.horizon)
+def default_env_factory(
+    cfg: TrainConfig, backend: str = "local", ray_address: str | None = None
+) -> tuple[BatchEnv, TaskSource]:
+    """The env and task source named by the config, on ``backend`` (``local`` or ``ray``)."""
+    env = make_env(
+        cfg.env.name, cfg.env.num_envs, cfg.env.workers, cfg.env.horizon, backend, ray_address
+    )
     return env, make_task_source(cfg.env.name, cfg.env.families, cfg.env.family_weights)
+
+
+def backend_env_factory(backend: str, ray_address: str | None = None) -> EnvFactory:
+    """An :data:`EnvFactory` that builds the config's env on ``backend``."""
+    return lambda cfg: default_env_factory(cfg, backend, ray_address)
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--backend``, ``--ray-address`` and ``--workers`` (shared by train and eval)."""
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="local",
+        help="where the arm's envs run: local worker processes, or Ray actors (pip install "
+        "-r requirements-ray.txt)",
+    )
+    parser.add_argument(
+        "--ray-address",
+        help="with --backend ray: join this Ray cluster ('auto': the one `ray start` runs "
+        "here; default: start a local Ray)",
+    )
+
+
+def check_backend_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Reject --ray-address without --backend ray, and a missing ray package, early."""
+    if args.ray_address is not None and args.backend != "ray":
+        parser.error("--ray-address needs --backend ray")
+    if args.backend == "ray":
+        from maml_ros.sim.ray_env import import_ray
+
+        try:
+            import_ray()
+        except ImportError as exc:
+            parser.exit(2, f"{parser.prog}: {exc}\n")
 
 
 def git_commit() -> str:
@@ -324,19 +362,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, help="override the config's iterations")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in the main process")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_backend_arguments(parser)
+    parser.add_argument(
+        "--workers", type=int, help="override env.workers (sim processes or Ray actors)"
+    )
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error("--threads must be >= 1")
+    check_backend_arguments(parser, args)
     torch.set_num_threads(args.threads)
     try:
         cfg = load_config(args.config)
         if args.iterations is not None:
             cfg = dataclasses.replace(cfg, iterations=args.iterations).validate()
+        if args.workers is not None:
+            env = dataclasses.replace(cfg.env, workers=args.workers)
+            cfg = dataclasses.replace(cfg, env=env).validate()
     except ConfigError as exc:
         print(f"maml-ros-train: {exc}", file=sys.stderr)
         return 2
     try:
-        summary = train(cfg, Path(args.out), resume=args.resume, show_progress=not args.no_progress)
+        summary = train(
+            cfg,
+            Path(args.out),
+            resume=args.resume,
+            env_factory=backend_env_factory(args.backend, args.ray_address),
+            show_progress=not args.no_progress,
+        )
     except (FileExistsError, CheckpointError) as exc:
         print(f"maml-ros-train: {exc}", file=sys.stderr)
         return 2

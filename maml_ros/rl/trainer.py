@@ -100,6 +100,8 @@ class MetaTrainer:
         self.iteration = 0
         self.history: list[dict[str, float]] = []
         self.normalized = False
+        self.last_meta_grad: torch.Tensor | None = None
+        """The first epoch's gradient of the last iteration, flat over params then lrs."""
 
     # -- observation normalisation ------------------------------------------------------------
 
@@ -211,6 +213,13 @@ class MetaTrainer:
             leaves = list(self.params.values()) + (
                 [] if self.lrs is None else list(self.lrs.values())
             )
+            if epoch == 0:  # the meta-gradient at theta (before clipping and any step)
+                self.last_meta_grad = torch.cat(
+                    [
+                        torch.zeros(leaf.numel()) if leaf.grad is None else leaf.grad.flatten()
+                        for leaf in leaves
+                    ]
+                ).detach()
             grad_norm = torch.nn.utils.clip_grad_norm_(leaves, cfg.outer.max_grad_norm)
             self.optimizer.step()
         t_opt = time.perf_counter()

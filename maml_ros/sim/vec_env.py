@@ -53,8 +53,77 @@ def _row(obs: np.ndarray, reward: float, terminated: bool, truncated: bool, info
     ]
 
 
-def _serve(conn: Connection, envs: list[ArmEnv], world: PhysicsWorld | None) -> None:
-    out = np.zeros((len(envs), ROW), dtype=np.float32)
+class EnvGroup:
+    """A worker's contiguous group of ArmEnvs (one physics world for all with ``shared_world``).
+
+    What a worker process (or a Ray actor, :mod:`maml_ros.sim.ray_env`) owns: ``reset`` and
+    ``step`` return one float32 row per env in the wire layout (:data:`ROW` columns).
+    """
+
+    def __init__(self, n_envs: int, env_kwargs: dict[str, Any], shared_world: bool) -> None:
+        kwargs = dict(env_kwargs)
+        self.world: PhysicsWorld | None = None
+        self.envs: list[ArmEnv] = []
+        try:
+            if shared_world:
+                self.world = PhysicsWorld(kwargs.pop("physics_hz", 240))
+            self.envs = [ArmEnv(world=self.world, **kwargs) for _ in range(n_envs)]
+        except BaseException:
+            self.close()
+            raise
+        self._out = np.zeros((n_envs, ROW), dtype=np.float32)
+
+    def step(self, actions: np.ndarray) -> np.ndarray:
+        """One control step of every env of the group: rows ``[n_envs, ROW]`` (reused buffer)."""
+        envs, out, world = self.envs, self._out, self.world
+        actions = np.asarray(actions, dtype=np.float32).reshape(len(envs), ACT_DIM)
+        if world is None:
+            for i, (env, action) in enumerate(zip(envs, actions, strict=True)):
+                out[i] = _row(*env.step(action))
+        else:  # one world for the whole group: command all, step once, read all
+            clipped = [env._command_action(a) for env, a in zip(envs, actions, strict=True)]
+            world.step(envs[0].substeps)
+            for i, (env, action) in enumerate(zip(envs, clipped, strict=True)):
+                out[i] = _row(*env._finish_step(action))
+        return out
+
+    def reset(self, tasks_json: Sequence[str | None], seeds: Sequence[int | None]) -> np.ndarray:
+        """Reset env i to ``tasks_json[i]`` (None: keep its task) seeded with ``seeds[i]``."""
+        out = self._out
+        for i, (env, task, seed) in enumerate(zip(self.envs, tasks_json, seeds, strict=True)):
+            options = {"task": TaskSpec.from_json(task)} if task is not None else None
+            obs, info = env.reset(seed=seed, options=options)
+            out[i] = _row(obs, 0.0, False, False, info)
+        return out
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+        self.envs = []
+        if self.world is not None:
+            self.world.close()
+            self.world = None
+
+
+def split_rows(
+    rows: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """obs, rewards, terminated, truncated, success of wire rows ``[n_envs, ROW]``."""
+    return (
+        rows[:, :OBS_DIM].copy(),
+        rows[:, _REWARD].copy(),
+        rows[:, _TERMINATED] > 0.5,
+        rows[:, _TRUNCATED] > 0.5,
+        rows[:, _SUCCESS] > 0.5,
+    )
+
+
+def row_info(rows: np.ndarray) -> dict[str, np.ndarray]:
+    """``distance`` [n_envs] and ``ee_pos`` [n_envs, 3] of wire rows."""
+    return {"distance": rows[:, _DISTANCE].copy(), "ee_pos": rows[:, _EE].copy()}
+
+
+def _serve(conn: Connection, group: EnvGroup) -> None:
     while True:
         try:
             message = conn.recv_bytes()
@@ -65,23 +134,10 @@ def _serve(conn: Connection, envs: list[ArmEnv], world: PhysicsWorld | None) -> 
             return
         try:
             if command == _STEP:
-                actions = np.frombuffer(payload, dtype=np.float32).reshape(len(envs), ACT_DIM)
-                if world is None:
-                    for i, (env, action) in enumerate(zip(envs, actions, strict=True)):
-                        out[i] = _row(*env.step(action))
-                else:  # one world for the whole group: command all, step once, read all
-                    clipped = [env._command_action(a) for env, a in zip(envs, actions, strict=True)]
-                    world.step(envs[0].substeps)
-                    for i, (env, action) in enumerate(zip(envs, clipped, strict=True)):
-                        out[i] = _row(*env._finish_step(action))
+                out = group.step(np.frombuffer(payload, dtype=np.float32))
             elif command == _RESET:
                 request = json.loads(payload.decode("utf-8"))
-                for i, (env, task, seed) in enumerate(
-                    zip(envs, request["tasks"], request["seeds"], strict=True)
-                ):
-                    options = {"task": TaskSpec.from_json(task)} if task is not None else None
-                    obs, info = env.reset(seed=seed, options=options)
-                    out[i] = _row(obs, 0.0, False, False, info)
+                out = group.reset(request["tasks"], request["seeds"])
             else:
                 raise ValueError(f"unknown command {command!r}")
             conn.send_bytes(_OK + out.tobytes())
@@ -91,23 +147,17 @@ def _serve(conn: Connection, envs: list[ArmEnv], world: PhysicsWorld | None) -> 
 
 def _worker(conn: Connection, n_envs: int, env_kwargs_json: str, shared_world: bool) -> None:
     """Worker process entry: build ``n_envs`` envs, then serve commands until told to stop."""
-    envs: list[ArmEnv] = []
-    world: PhysicsWorld | None = None
+    group: EnvGroup | None = None
     try:
-        kwargs = json.loads(env_kwargs_json)
-        if shared_world:
-            world = PhysicsWorld(kwargs.pop("physics_hz", 240))
-        envs = [ArmEnv(world=world, **kwargs) for _ in range(n_envs)]
+        group = EnvGroup(n_envs, json.loads(env_kwargs_json), shared_world)
         conn.send_bytes(_OK)
-        _serve(conn, envs, world)
+        _serve(conn, group)
     except Exception as exc:
         with contextlib.suppress(OSError, ValueError):
             conn.send_bytes(_ERROR + f"{type(exc).__name__}: {exc}".encode())
     finally:
-        for env in envs:
-            env.close()
-        if world is not None:
-            world.close()
+        if group is not None:
+            group.close()
         conn.close()
 
 
@@ -211,14 +261,7 @@ class VecArmEnv:
             raise ValueError("actions hold a non-finite value")
         for index, (lo, hi) in enumerate(self._groups()):
             self._send(index, _STEP + actions[lo:hi].tobytes())
-        rows = self._gather()
-        return (
-            rows[:, :OBS_DIM].copy(),
-            rows[:, _REWARD].copy(),
-            rows[:, _TERMINATED] > 0.5,
-            rows[:, _TRUNCATED] > 0.5,
-            rows[:, _SUCCESS] > 0.5,
-        )
+        return split_rows(self._gather())
 
     def close(self) -> None:
         """Stop the workers (idempotent)."""
@@ -294,5 +337,5 @@ class VecArmEnv:
             self.close()
         if errors:
             raise RuntimeError("; ".join(errors))
-        self.last_info = {"distance": rows[:, _DISTANCE].copy(), "ee_pos": rows[:, _EE].copy()}
+        self.last_info = row_info(rows)
         return rows
