@@ -158,7 +158,7 @@ def run_driver_realtime(priority: int) -> None:
 def adapt_load(seconds: float, k: int = 20, threads: int = 1) -> int:
     """Run ``adapt_policy`` (K rollouts of horizon 50, shipped architecture) back to back for
     ``seconds``, as the adaptation node's inner update loads the CPU; the number of updates."""
-    from maml_ros.rl.pg import adapt_policy
+    from maml_ros.rl.adapt import adapt_policy
 
     torch.set_num_threads(threads)
     bundle, _ = shipped_bundle()

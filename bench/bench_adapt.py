@@ -1,4 +1,4 @@
-"""On-robot inner-update latency: ``maml_ros.rl.pg.adapt_policy`` vs a straightforward version.
+"""On-robot inner-update latency: ``maml_ros.rl.adapt.adapt_policy`` vs a straightforward version.
 
 What is timed (one *inner update*): everything ``adapt_policy`` does on the K rollouts of
 default horizon (50) the robot just collected: rollout validation, returns, the linear
@@ -41,8 +41,9 @@ from _common import arm_rollouts, emit_json, machine_info, shipped_bundle, summa
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from maml_ros.rl.adapt import adapt_policy
 from maml_ros.rl.checkpoint import PolicyBundle
-from maml_ros.rl.pg import Rollouts, adapt_policy
+from maml_ros.rl.pg import Rollouts
 from maml_ros.rl.policy import LOG_STD_RANGE, OBS_CLIP
 
 TARGET_P50_MS = 2.0

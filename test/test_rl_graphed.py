@@ -9,8 +9,9 @@ from test_rl_pg import make_bundle, make_rollouts
 
 from maml_ros.meta import InnerConfig, NonFiniteError
 from maml_ros.rl import graphed
+from maml_ros.rl.adapt import adapt_policy, warm_up
 from maml_ros.rl.graphed import GraphedInnerUpdate, graphed_inner_update
-from maml_ros.rl.pg import Rollouts, adapt_policy, fit_linear_baseline, warm_up
+from maml_ros.rl.pg import Rollouts, fit_linear_baseline
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CPU = torch.device("cpu")

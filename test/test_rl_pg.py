@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from maml_ros.meta import InnerConfig, adapt, adapt_batched
+from maml_ros.rl.adapt import adapt_policy, warm_up
 from maml_ros.rl.checkpoint import PolicyBundle
 from maml_ros.rl.pg import (
     PGConfig,
     RolloutError,
     Rollouts,
-    adapt_policy,
     compute_advantages,
     discounted_cumsum,
     fit_linear_baseline,
@@ -22,7 +22,6 @@ from maml_ros.rl.pg import (
     make_pg_batch,
     pg_grad_and_value,
     pg_loss,
-    warm_up,
 )
 from maml_ros.rl.policy import GaussianMLPPolicy, PolicySpec, log_prob, normalize_obs
 

@@ -3,6 +3,7 @@
 import numpy as np
 import torch
 
+from maml_ros.rl.adapt import adapt_policy
 from maml_ros.rl.checkpoint import (
     SHIPPED_MULTITASK_MODEL,
     bundle_from_bytes,
@@ -11,7 +12,7 @@ from maml_ros.rl.checkpoint import (
     load_bundle,
 )
 from maml_ros.rl.config import config_from_dict
-from maml_ros.rl.pg import Rollouts, adapt_policy
+from maml_ros.rl.pg import Rollouts
 from maml_ros.rl.policy import numpy_policy
 from maml_ros.sim import ACT_DIM, FAMILIES, OBS_DIM, ArmEnv, sample_tasks
 

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from maml_ros.rl.adapt import adapt_policy
 from maml_ros.rl.checkpoint import (
     SHIPPED_MULTITASK_MODEL,
     CheckpointError,
@@ -46,7 +47,7 @@ from maml_ros.rl.checkpoint import (
 )
 from maml_ros.rl.config import config_from_dict
 from maml_ros.rl.envs import BatchEnv, make_env, make_task_source
-from maml_ros.rl.pg import Rollouts, adapt_policy
+from maml_ros.rl.pg import Rollouts
 from maml_ros.rl.policy import GaussianMLPPolicy
 from maml_ros.rl.sampling import RolloutBatch, sample_rollouts
 from maml_ros.rl.train import add_backend_arguments, check_backend_arguments

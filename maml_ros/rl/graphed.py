@@ -174,7 +174,7 @@ def graphed_inner_update(
     bundle: PolicyBundle, data: Rollouts, inner: InnerConfig, device: torch.device
 ) -> tuple[Params, torch.Tensor, torch.Tensor]:
     """The update of ``bundle`` on validated ``data`` from the cached graph of its shape
-    (captured on first use: :func:`~maml_ros.rl.pg.warm_up` does it ahead of time)."""
+    (captured on first use: :func:`~maml_ros.rl.adapt.warm_up` does it ahead of time)."""
     k, horizon = data.obs.shape[:2]
     lr_names = None if bundle.lrs is None else tuple(sorted(bundle.lrs))
     update = _update_for(bundle.spec, bundle.pg, inner, lr_names, k, horizon, device)

@@ -56,8 +56,9 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import String, UInt8MultiArray
 from std_srvs.srv import SetBool, Trigger
 
+from maml_ros.rl.adapt import adapt_policy, warm_up
 from maml_ros.rl.checkpoint import CheckpointError, PolicyBundle, load_bundle
-from maml_ros.rl.pg import Rollouts, adapt_policy, warm_up
+from maml_ros.rl.pg import Rollouts
 from maml_ros.rl.policy import probe_problem
 from maml_ros.ros.common import (
     AUTOSTART,
