@@ -31,16 +31,14 @@ import torch
 from maml_ros.meta import InnerConfig
 from maml_ros.rl.pg import PGConfig
 from maml_ros.rl.policy import Params, probe_problem
-from maml_ros.runtime.policy import PolicySpec, PolicySpecError
-
-FORMAT_NAME = "maml_ros.policy"
-FORMAT_VERSION = 1
-DEFAULT_MAX_BYTES = 16 * 1024 * 1024
-REQUIRED_METADATA = ("format", "format_version", "version", "run_id", "spec", "inner", "pg")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint (file or bytes) is invalid; the message says why."""
+from maml_ros.runtime.policy import PolicySpec
+from maml_ros.runtime.reader import (
+    DEFAULT_MAX_BYTES,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    CheckpointError,
+    policy_from_bytes,
+)
 
 
 @dataclass
@@ -219,79 +217,27 @@ def read_safetensors(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, st
     return tensors, metadata
 
 
-def _json_field(metadata: dict[str, str], key: str) -> Any:
-    try:
-        return json.loads(metadata[key])
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"metadata '{key}' is not valid JSON: {exc}") from exc
-
-
 def bundle_from_bytes(
     data: bytes | bytearray | memoryview, max_bytes: int = DEFAULT_MAX_BYTES
 ) -> PolicyBundle:
-    """Decode and validate safetensors bytes; raises CheckpointError with the reason."""
-    data = bytes(data)
-    if len(data) > max_bytes:
-        raise CheckpointError(f"oversized: {len(data)} bytes exceeds the limit of {max_bytes}")
-    header = _read_header(data)
-    metadata = header.get("__metadata__")
-    if not isinstance(metadata, dict):
-        raise CheckpointError("missing metadata: the safetensors header has no __metadata__")
-    missing = [k for k in REQUIRED_METADATA if k not in metadata]
-    if missing:
-        raise CheckpointError(f"missing metadata keys: {missing}")
-    if metadata["format"] != FORMAT_NAME:
-        raise CheckpointError(f"not a maml_ros policy: format is {metadata['format']!r}")
-    if metadata["format_version"] != str(FORMAT_VERSION):
-        raise CheckpointError(
-            f"unsupported format version {metadata['format_version']!r} "
-            f"(this build reads version {FORMAT_VERSION})"
-        )
-    for name, info in header.items():
-        if name != "__metadata__" and (not isinstance(info, dict) or info.get("dtype") != "F32"):
-            dtype = info.get("dtype") if isinstance(info, dict) else None
-            raise CheckpointError(f"{name}: dtype must be float32 (F32), got {dtype!r}")
-    try:
-        tensors = safetensors.torch.load(data)
-    except Exception as exc:  # the Rust parser raises SafetensorError and others
-        raise CheckpointError(f"corrupted safetensors data: {exc}") from exc
-    try:
-        version = int(metadata["version"])
-    except ValueError as exc:
-        raise CheckpointError(f"version must be an integer, got {metadata['version']!r}") from exc
-    try:
-        spec = PolicySpec.from_dict(_json_field(metadata, "spec"))
-    except (PolicySpecError, TypeError) as exc:
-        raise CheckpointError(f"invalid policy spec: {exc}") from exc
-    inner = inner_config_from_dict(_json_field(metadata, "inner"))
-    pg = _pg_config_from_dict(_json_field(metadata, "pg"))
-    extra = _json_field(metadata, "extra") if "extra" in metadata else {}
-    if not isinstance(extra, dict):
-        raise CheckpointError("metadata 'extra' must be a JSON object")
-    params = {k.removeprefix("params/"): v for k, v in tensors.items() if k.startswith("params/")}
-    lrs = {k.removeprefix("lrs/"): v for k, v in tensors.items() if k.startswith("lrs/")}
-    known = {f"params/{k}" for k in params} | {f"lrs/{k}" for k in lrs} | {"obs_mean", "obs_std"}
-    unexpected = set(tensors) - known
-    if unexpected:
-        raise CheckpointError(f"unexpected tensors: {sorted(unexpected)}")
-    for name in ("obs_mean", "obs_std"):
-        if name not in tensors:
-            raise CheckpointError(f"missing tensor {name!r}")
-    bundle = PolicyBundle(
-        spec=spec,
-        params=params,
-        obs_mean=tensors["obs_mean"],
-        obs_std=tensors["obs_std"],
-        inner=inner,
-        pg=pg,
-        lrs=lrs or None,
-        version=version,
-        run_id=metadata["run_id"],
-        metadata=extra,
+    """Decode and validate safetensors bytes; raises CheckpointError with the reason.
+
+    The runtime's reader (:func:`maml_ros.runtime.policy_from_bytes`) does every check, the
+    probe included; this adds the learner's side: torch tensors and the inner / PG configs."""
+    policy = policy_from_bytes(data, max_bytes)
+    as_tensors = lambda arrays: {k: torch.from_numpy(v.copy()) for k, v in arrays.items()}  # noqa: E731
+    return PolicyBundle(
+        spec=policy.spec,
+        params=as_tensors(policy.params),
+        obs_mean=torch.from_numpy(policy.obs_mean.copy()),
+        obs_std=torch.from_numpy(policy.obs_std.copy()),
+        inner=inner_config_from_dict(policy.inner),
+        pg=_pg_config_from_dict(policy.pg),
+        lrs=None if policy.lrs is None else as_tensors(policy.lrs),
+        version=policy.version,
+        run_id=policy.run_id,
+        metadata=policy.metadata,
     )
-    validate_bundle(bundle)
-    check_runs(bundle)
-    return bundle
 
 
 def save_bundle(path: str | os.PathLike[str], bundle: PolicyBundle) -> Path:
