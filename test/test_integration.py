@@ -296,7 +296,7 @@ def test_03_a_restarted_controller_gets_the_current_policy(cluster: Cluster) -> 
     cluster.start("policy_controller")
     cluster.must_live = {"adaptation", "sim_arm", "policy_controller"}
     status = cluster.wait_adaptation(n)
-    assert status["phase"] in ("done", "rolled_back"), status
+    assert status["phase"] in ("done", "rolled_back"), status["reason"]
     current = cluster.get("adaptation")["policy_version"]
     cluster.wait_for(
         "the restarted controller to run the current policy",

@@ -46,6 +46,7 @@ from maml_ros.ros.convert import (
     policy_from_msg,
     reward_to_msg,
     task_from_msg,
+    task_label,
 )
 from maml_ros.ros.interfaces import JOINT_STATES_QOS, LATCHED_QOS, STREAM_QOS
 from maml_ros.sim import sample_tasks
@@ -174,6 +175,7 @@ class FakeArm(Node):
         self.flip_goal_on_version: int | None = None
         self.confirm_tasks = True  # a driver that confirms each task on active_task
         self.session = "fake-1"
+        self.reward_label = ""  # the task@session label on rewards, set by confirm()
         self.ticks = 0
         self.state_pub = self.create_publisher(JointState, "joint_states", JOINT_STATES_QOS)
         self.action_pub = self.create_publisher(JointState, "arm_controller/actions", STREAM_QOS)
@@ -207,6 +209,7 @@ class FakeArm(Node):
     def confirm(self, change: TaskChange) -> None:
         with self.lock:
             since = self.stamp_ns + int(DT * 1e9)
+            self.reward_label = task_label(change.id, self.session)
         self.active_task_pub.publish(active_task_to_msg(change, since, self.session))
 
     def on_reset(self, _req: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
@@ -257,7 +260,9 @@ class FakeArm(Node):
             record.update(reward=reward, success=success)
             self.log.append(record)
             self.step_in_episode += 1
-            self.reward_pub.publish(reward_to_msg(stamp, reward, success, self.episode))
+            self.reward_pub.publish(
+                reward_to_msg(stamp, reward, success, self.episode, self.reward_label)
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -443,6 +448,23 @@ def test_a_driver_switching_task_mid_collection_fails_without_mixing_tasks(
     status = h.wait_for(finished)
     assert status["phase"] == "failed", status
     assert "switched from task" in status["reason"] and "fake-2" in status["reason"]
+    assert status["adaptations"] == 0 and h.arm.policy_versions == [0]
+
+
+def test_rewards_of_another_driver_session_fail_before_its_confirmation_arrives(
+    harness_factory: Callable[..., Harness],
+) -> None:
+    """A restarted driver's steps can reach the node before its latched active_task does (two
+    topics, matched separately): the task label on each reward catches them."""
+    h = harness_factory(rollouts=30)
+    h.wait_for_first_policy()
+    h.send_task(0)
+    h.wait_for(lambda s: s["phase"] == "collecting" and s["rollouts_collected"] >= 2)
+    with h.arm.lock:
+        h.arm.reward_label = task_label("initial", "fake-2")  # no active_task published
+    status = h.wait_for(finished)
+    assert status["phase"] == "failed", status
+    assert "initial@fake-2" in status["reason"] and "on a reward" in status["reason"], status
     assert status["adaptations"] == 0 and h.arm.policy_versions == [0]
 
 

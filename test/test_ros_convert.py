@@ -156,10 +156,22 @@ def test_joint_state_round_trip(pos, vel, stamp_ns, perm):
     reward=finite_float,
     success=st.booleans(),
     episode=st.integers(0, 2**53),
+    label=st.sampled_from(["", "sha-0bcaa17036fe@3f2a9c", "reach:1@fake-2"]),
 )
-def test_reward_round_trip(stamp_ns, reward, success, episode):
-    msg = convert.reward_to_msg(stamp_ns, reward, success, episode)
-    assert convert.reward_from_msg(msg) == (stamp_ns, reward, success, episode)
+def test_reward_round_trip(stamp_ns, reward, success, episode, label):
+    msg = convert.reward_to_msg(stamp_ns, reward, success, episode, label)
+    assert convert.reward_from_msg(msg) == (stamp_ns, reward, success, episode, label)
+
+
+@pytest.mark.parametrize("label", ["sha-1", "@s", "t@", "t@s@u", "t@s x", "t@" + "s" * 65])
+def test_reward_task_label_must_be_task_at_session(label):
+    msg = convert.reward_to_msg(STAMP_NS, 0.0, False, 0)
+    msg.header.frame_id = label
+    with pytest.raises(ValueError, match="task id>@<driver session"):
+        convert.reward_from_msg(msg)
+    with pytest.raises(ValueError, match="task label"):
+        convert.reward_to_msg(STAMP_NS, 0.0, False, 0, label)
+    assert convert.task_label("sha-1", "s") == "sha-1@s"
 
 
 @pytest.mark.parametrize(
@@ -180,17 +192,19 @@ def test_reward_rejects(xyz, reason):
 
 
 @FUZZ
-@given(stamp=stamps, x=any_float, y=any_float, z=any_float)
-def test_reward_fuzz(stamp, x, y, z):
+@given(stamp=stamps, x=any_float, y=any_float, z=any_float, frame=st.text(max_size=140))
+def test_reward_fuzz(stamp, x, y, z, frame):
     msg = Vector3Stamped()
     msg.header.stamp = stamp
+    msg.header.frame_id = frame
     msg.vector.x, msg.vector.y, msg.vector.z = x, y, z
     try:
-        stamp_ns, reward, success, episode = convert.reward_from_msg(msg)
+        stamp_ns, reward, success, episode, label = convert.reward_from_msg(msg)
     except ValueError:
         return
     assert stamp_ns > 0 and math.isfinite(reward) and isinstance(success, bool)
     assert isinstance(episode, int) and episode >= 0
+    assert label == "" or convert.TASK_LABEL_PATTERN.fullmatch(label)
 
 
 # --------------------------------------------------------------------------- actions, commands

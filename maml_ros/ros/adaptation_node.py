@@ -138,10 +138,15 @@ class Step:
     episode: int
     generation: int
     """Driver generation: increases whenever the joint-state stamps go backwards (restart)."""
+    task_label: str = ""
+    """``<task id>@<driver session>`` the reward was earned under ("" when not named)."""
 
 
 MAX_CONTROLLER_STATUS_CHARS = 64 * 1024
 """Longer controller status messages are dropped before parsing."""
+TASK_SWITCH_GRACE_S = 1.0
+"""How long a driver's switch to another task (same session) waits for the task message that
+explains it (then the adaptation is cancelled, not failed)."""
 PERIOD_WINDOW = 64
 """The control period is the median of the last this many joint-state stamp deltas."""
 PERIOD_BOUNDS_NS = (100_000, 10_000_000_000)
@@ -219,11 +224,14 @@ class StepJoiner:
         with self._cond:
             self._add(stamp_ns, "action", action)
 
-    def add_reward(self, stamp_ns: int, reward: float, success: bool, episode: int) -> None:
-        """Buffers the reward of the step taken from the state of ``stamp_ns``."""
+    def add_reward(
+        self, stamp_ns: int, reward: float, success: bool, episode: int, task_label: str = ""
+    ) -> None:
+        """Buffers the reward of the step taken from the state of ``stamp_ns``, earned under
+        ``task_label`` (:func:`~maml_ros.ros.convert.task_label`; "" when not named)."""
         with self._cond:
             self.last_episode = episode
-            self._add(stamp_ns, "reward", (reward, success, episode))
+            self._add(stamp_ns, "reward", (reward, success, episode, task_label))
 
     def wait_step(self, timeout_s: float) -> Step | None:
         """The oldest completed step, waiting up to ``timeout_s``; None on timeout."""
@@ -257,7 +265,7 @@ class StepJoiner:
             for old_stamp in [s for s in self._pending if s < stamp_ns]:
                 self._drop_incomplete(old_stamp, self._pending.pop(old_stamp), "never completed")
             (positions, velocities), action = entry["state"], entry["action"]
-            reward, success, episode = entry["reward"]
+            reward, success, episode, task_label = entry["reward"]
             self._completed.append(
                 Step(
                     stamp_ns=stamp_ns,
@@ -268,6 +276,7 @@ class StepJoiner:
                     success=bool(success),
                     episode=int(episode),
                     generation=self.generation,
+                    task_label=task_label,
                 )
             )
             self.steps_joined += 1
@@ -677,12 +686,12 @@ class AdaptationNode(ManagedNode):
 
     def _on_reward(self, msg: Vector3Stamped) -> None:
         try:
-            stamp_ns, reward, success, episode = reward_from_msg(msg)
+            stamp_ns, reward, success, episode, label = reward_from_msg(msg)
             self._check_stamp(stamp_ns)
         except ValueError as err:
             self.status.drop("reward", str(err))
             return
-        self.joiner.add_reward(stamp_ns, reward, success, episode)
+        self.joiner.add_reward(stamp_ns, reward, success, episode, label)
 
     def _check_stamp(self, stamp_ns: int) -> None:
         """ValueError for a stamp too far from this node's clock (``stamp_tolerance_s``): a
@@ -884,16 +893,29 @@ class AdaptationNode(ManagedNode):
                 self._check_cancel()
             return self._active_task
 
-    def _check_task_unchanged(self) -> None:
-        """Raises AdaptationFailed when the driver's task or session changed under us."""
-        active, confirmed = self._active_task, self._confirmed
-        if (active.id, active.driver_session) != (confirmed.id, confirmed.driver_session):
-            raise AdaptationFailed(
-                f"the driver switched from task {confirmed.id} (session "
-                f"{confirmed.driver_session}) to task {active.id} (session "
-                f"{active.driver_session}): a restart or another sender; no steps of two "
-                "tasks are mixed"
-            )
+    def _check_task_unchanged(self, step: Step | None = None) -> None:
+        """Raises AdaptationFailed when the driver's task or session changed under us: on its
+        ``active_task``, or on the task label of ``step``'s reward (which can arrive before
+        a restarted driver's ``active_task`` does)."""
+        confirmed = self._confirmed
+        if step is not None and step.task_label and step.task_label != confirmed.label:
+            session = step.task_label.partition("@")[2]
+            now = f"'{step.task_label}' (task@session, on a reward)"
+        elif self._active_task.label != confirmed.label:
+            session = self._active_task.driver_session
+            now = f"task {self._active_task.id} (session {session})"
+        else:
+            return
+        # The driver may read a newer task message before this node does: a switch within
+        # the same session is a cancellation when that message follows within the grace.
+        if session == confirmed.driver_session:
+            self._cancel.wait(TASK_SWITCH_GRACE_S)
+            self._check_cancel()
+        raise AdaptationFailed(
+            f"the driver switched from task {confirmed.id} (session "
+            f"{confirmed.driver_session}) to {now}: a restart or another sender; no steps of "
+            "two tasks are mixed"
+        )
 
     def _adapt_from(self, start: PolicyBundle, task: TaskSpec, cfg: dict[str, Any]) -> None:
         """Evaluates ``start``, collects, updates, publishes, evaluates and maybe rolls back."""
@@ -959,7 +981,6 @@ class AdaptationNode(ManagedNode):
 
     def _evaluate(self, cfg: dict[str, Any]) -> tuple[float, float]:
         """Mean return and success rate of ``eval_episodes`` deterministic episodes."""
-        self._set_exploration(False, cfg)
         results = [
             episode_return(steps)
             for steps in self._episodes(cfg, cfg["eval_episodes"], collecting=False)
@@ -971,7 +992,6 @@ class AdaptationNode(ManagedNode):
 
     def _collect(self, cfg: dict[str, Any]) -> Rollouts:
         """K exploring rollouts as ``maml_ros.rl.pg.Rollouts``."""
-        self._set_exploration(True, cfg)
         self._first_rollout_step_pending = True
         episodes = self._episodes(cfg, cfg["rollouts"], collecting=True)
         obs = np.array(
@@ -988,12 +1008,15 @@ class AdaptationNode(ManagedNode):
     def _episodes(self, cfg: dict[str, Any], count: int, collecting: bool) -> list[list[Step]]:
         """``count`` complete episodes; partial ones are discarded (counted) and retried.
 
-        Collected (exploring) episodes are counted in the status and go to ``buffer_dump``.
+        Collected episodes explore, others do not; the controller is told so before every
+        episode (a restarted controller starts without exploration). Collected episodes are
+        counted in the status and go to ``buffer_dump``.
         """
         episodes: list[list[Step]] = []
         discarded_in_a_row = 0
         while len(episodes) < count:
             try:
+                self._set_exploration(collecting, cfg)
                 steps = self._run_episode(cfg)
             except PartialRollout as err:
                 self.status.drop("rollout", str(err))
@@ -1016,10 +1039,10 @@ class AdaptationNode(ManagedNode):
 
     def _run_episode(self, cfg: dict[str, Any]) -> list[Step]:
         """Resets the driver and gathers the next ``horizon`` steps of the new episode."""
-        self._wait_for_service(self._reset, "reset", cfg)
+        self._wait_for_service(self._reset, cfg)
         self.joiner.clear()
         episode_before = self.joiner.last_episode
-        response = self._call(self._reset, Trigger.Request(), "reset", cfg)
+        response = self._call(self._reset, Trigger.Request(), cfg)
         if not response.success:
             raise PartialRollout(f"reset failed: {response.message}")
         target = episode_from_reset_message(response.message)
@@ -1076,26 +1099,29 @@ class AdaptationNode(ManagedNode):
             if step.stamp_ns < self._confirmed.since_stamp_ns:
                 self.status.drop("step", f"stamp {step.stamp_ns} is from before the task change")
                 continue
+            self._check_task_unchanged(step)
             return step
 
     def _set_exploration(self, on: bool, cfg: dict[str, Any]) -> None:
-        response = self._call(self._explore, SetBool.Request(data=on), "set_exploration", cfg)
+        response = self._call(self._explore, SetBool.Request(data=on), cfg)
         if not response.success:
             raise AdaptationFailed(f"set_exploration({on}) refused: {response.message}")
 
-    def _wait_for_service(self, client: Client, what: str, cfg: dict[str, Any]) -> None:
-        """Waits (cancellably) for a service; a missing driver reset only loses this rollout."""
+    def _wait_for_service(self, client: Client, cfg: dict[str, Any]) -> None:
+        """Waits (cancellably) for a service; a missing one (a driver or controller being
+        restarted) only loses this rollout."""
         deadline = time.monotonic() + cfg["service_timeout_s"]
         while not client.service_is_ready():
             self._check_cancel()
             if time.monotonic() > deadline:
                 message = f"service '{client.srv_name}' is not available"
-                raise PartialRollout(message) if what == "reset" else AdaptationFailed(message)
+                raise PartialRollout(message)
             time.sleep(0.02)
 
-    def _call(self, client: Client, request: Any, what: str, cfg: dict[str, Any]) -> Any:
-        """Calls a service from the worker thread, cancellable; raises on timeout."""
-        self._wait_for_service(client, what, cfg)
+    def _call(self, client: Client, request: Any, cfg: dict[str, Any]) -> Any:
+        """Calls a service from the worker thread, cancellable; a timeout (the server died
+        with the request) only loses this rollout."""
+        self._wait_for_service(client, cfg)
         deadline = time.monotonic() + cfg["service_timeout_s"]
         future = client.call_async(request)
         done = threading.Event()
@@ -1104,9 +1130,9 @@ class AdaptationNode(ManagedNode):
             if self._cancel.is_set() or self._stopping.is_set() or time.monotonic() > deadline:
                 client.remove_pending_request(future)
                 self._check_cancel()
-                if what == "reset":
-                    raise PartialRollout(f"reset timed out after {cfg['service_timeout_s']} s")
-                raise AdaptationFailed(f"{what} timed out after {cfg['service_timeout_s']} s")
+                raise PartialRollout(
+                    f"{client.srv_name} timed out after {cfg['service_timeout_s']} s"
+                )
         return future.result()
 
     def _dump(self, path: str, steps: Sequence[Step]) -> None:

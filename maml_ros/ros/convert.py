@@ -6,9 +6,10 @@ other exception type escapes a converter for any message content.
 
 Conventions (see :mod:`maml_ros.ros.interfaces`): a stamp is the ``header.stamp`` of the joint
 state a message belongs to, as integer nanoseconds (> 0); ``reward`` packs (reward, success,
-episode) into a Vector3Stamped; ``actions`` is a JointState whose ``velocity`` is the action in
-policy units; ``commands`` are joint velocities in rad/s. The layout of the MultiArray messages
-is not used (the payload is ``data``, with ``layout.data_offset`` required to be 0).
+episode) into a Vector3Stamped and names the task it was earned under in ``header.frame_id``;
+``actions`` is a JointState whose ``velocity`` is the action in policy units; ``commands`` are
+joint velocities in rad/s. The layout of the MultiArray messages is not used (the payload is
+``data``, with ``layout.data_offset`` required to be 0).
 
 The sim and rl layers are imported when a task or policy is converted, so the joint-state,
 reward, action and command converters do not pull in PyBullet or torch.
@@ -182,6 +183,8 @@ def arrays_to_joint_state(
 
 TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 """A task id: 1 to 64 letters, digits, ``_``, ``.``, ``:`` or ``-``."""
+TASK_LABEL_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}@[A-Za-z0-9_.:-]{1,64}")
+"""A reward's task label: ``<task id>@<driver session>``."""
 
 
 @dataclass(frozen=True)
@@ -267,6 +270,17 @@ class ActiveTask:
     since_stamp_ns: int
     driver_session: str
 
+    @property
+    def label(self) -> str:
+        """The ``task_label`` the driver puts on the rewards it publishes under this task."""
+        return task_label(self.id, self.driver_session)
+
+
+def task_label(task_id: str, driver_session: str) -> str:
+    """``"<task id>@<driver session>"``: which task, in which driver process, a reward was
+    earned under (the reward's ``header.frame_id``)."""
+    return f"{check_task_id(task_id)}@{check_task_id(driver_session)}"
+
 
 def active_task_from_msg(msg: String) -> ActiveTask:
     """The validated confirmation in an ``active_task`` message."""
@@ -282,7 +296,7 @@ def active_task_from_msg(msg: String) -> ActiveTask:
             id=check_task_id(data["id"]),
             family=str(data["family"]),
             since_stamp_ns=since,
-            driver_session=str(data["driver_session"]),
+            driver_session=check_task_id(data["driver_session"]),
         )
     except (ValueError, RecursionError) as exc:
         raise ValueError(f"invalid active_task: {exc}") from exc
@@ -331,10 +345,17 @@ def policy_data_from_msg(msg: UInt8MultiArray, max_bytes: int) -> PolicyData:
 # geometry_msgs/Vector3Stamped (reward)
 
 
-def reward_from_msg(msg: Vector3Stamped) -> tuple[int, float, bool, int]:
-    """(stamp_ns, reward, success, episode) of a reward message."""
+def reward_from_msg(msg: Vector3Stamped) -> tuple[int, float, bool, int, str]:
+    """(stamp_ns, reward, success, episode, task_label) of a reward message; ``task_label``
+    is ``""`` when the sender names no task (:func:`task_label`)."""
     _check_type(msg, Vector3Stamped)
     stamp_ns = stamp_ns_of(msg.header.stamp)
+    label = msg.header.frame_id
+    if label and not TASK_LABEL_PATTERN.fullmatch(label):
+        raise ValueError(
+            f"reward header.frame_id must be empty or '<task id>@<driver session>', "
+            f"got {label!r:.80}"
+        )
     reward, success, episode = msg.vector.x, msg.vector.y, msg.vector.z
     if not math.isfinite(reward):
         raise ValueError(f"reward must be finite, got {reward}")
@@ -342,11 +363,13 @@ def reward_from_msg(msg: Vector3Stamped) -> tuple[int, float, bool, int]:
         raise ValueError(f"success (vector.y) must be 0.0 or 1.0, got {success}")
     if not (math.isfinite(episode) and episode == int(episode) and 0 <= episode <= MAX_EPISODE):
         raise ValueError(f"episode (vector.z) must be a non-negative integer, got {episode}")
-    return stamp_ns, float(reward), success == 1.0, int(episode)
+    return stamp_ns, float(reward), success == 1.0, int(episode), label
 
 
-def reward_to_msg(stamp: Time | int, reward: float, success: bool, episode: int) -> Vector3Stamped:
-    """A reward message (x = reward, y = success, z = episode)."""
+def reward_to_msg(
+    stamp: Time | int, reward: float, success: bool, episode: int, task_label: str = ""
+) -> Vector3Stamped:
+    """A reward message (x = reward, y = success, z = episode, frame_id = task label)."""
     if not math.isfinite(reward):
         raise ValueError(f"reward must be finite, got {reward}")
     if isinstance(episode, bool) or not isinstance(episode, int | np.integer):
@@ -354,7 +377,10 @@ def reward_to_msg(stamp: Time | int, reward: float, success: bool, episode: int)
     if not 0 <= episode <= MAX_EPISODE:
         raise ValueError(f"episode must be in [0, 2^53], got {episode}")
     msg = Vector3Stamped()
+    if task_label and not TASK_LABEL_PATTERN.fullmatch(task_label):
+        raise ValueError(f"task label must be '<task id>@<driver session>', got {task_label!r}")
     msg.header.stamp = as_stamp(stamp)
+    msg.header.frame_id = task_label
     msg.vector.x = float(reward)
     msg.vector.y = 1.0 if success else 0.0
     msg.vector.z = float(episode)
@@ -471,5 +497,6 @@ __all__ = [
     "reward_to_msg",
     "stamp_ns_of",
     "task_from_msg",
+    "task_label",
     "task_to_msg",
 ]

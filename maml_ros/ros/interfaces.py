@@ -24,7 +24,10 @@ Conventions:
   (joint state, action, reward) with one stamp.
 - ``reward``: ``vector.x`` is the reward of the step taken from the stamped state,
   ``vector.y`` is 1.0 when that step ended in success (else 0.0), ``vector.z`` is the
-  driver's episode counter (it restarts from 0 when the driver restarts).
+  driver's episode counter (it restarts from 0 when the driver restarts), ``header.frame_id``
+  is ``<task id>@<driver_session>`` of the task the step ran under (empty: not named). The
+  adaptation node fails an adaptation on a step labelled with another task or session, which
+  catches a restarted driver whose steps arrive before its ``active_task``.
 - ``actions``: ``name`` are the joint names, ``velocity`` is the action the policy took
   in policy units (before clamping), ``position`` is empty.
 - ``commands``: joint velocities in rad/s, ordered as the controller's ``joint_names``,

@@ -62,6 +62,7 @@ from maml_ros.ros.convert import (
     commands_from_msg,
     reward_to_msg,
     task_id_of,
+    task_label,
 )
 from maml_ros.ros.interfaces import (
     ACTIVE_TASK_TOPIC,
@@ -360,7 +361,8 @@ class SimArmNode(Node):
             action, answered = np.zeros_like(action), False
         _, reward, _, _, info = self.env.step(action)
         success = bool(info["success"])
-        self._reward_pub.publish(reward_to_msg(stamp_ns, reward, success, self._episode))
+        label = task_label(self._task.id, self._session)
+        self._reward_pub.publish(reward_to_msg(stamp_ns, reward, success, self._episode, label))
         if self._log is not None:
             record = {
                 "stamp_ns": stamp_ns,
