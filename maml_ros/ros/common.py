@@ -294,6 +294,7 @@ def run_node(node_class: type[Node], args: Sequence[str] | None = None) -> int:
     SingleThreadedExecutor serves it. rclpy's MultiThreadedExecutor hands each callback to a
     thread pool through the GIL: with a 250 Hz stream it managed 10-30 callbacks/s on 2 cores.
     """
+    shutdown_signalled = _watch_for_sigint()
     rclpy.init(args=args)
     # Two-phase construction keeps a reference to a node whose constructor raises, so its
     # error is logged under its (possibly remapped) name rather than a generic one.
@@ -313,10 +314,11 @@ def run_node(node_class: type[Node], args: Sequence[str] | None = None) -> int:
         _logger_of(node).fatal(str(err))
         return 2
     except Exception:
-        if rclpy.ok():
+        if rclpy.ok() and not shutdown_signalled.is_set():
             raise
-        # SIGINT shut the context down while the executor was taking a message (rclpy then
-        # raises e.g. "Unable to convert call argument"): that is a shutdown, not a failure.
+        # A SIGINT that lands while the executor takes a message surfaces as the binding's
+        # "Unable to convert call argument" RuntimeError, sometimes before rclpy's signal
+        # thread has shut the context down: that is a shutdown, not a failure.
     finally:
         # A terminal's Ctrl-C reaches the whole process group, and launch forwards a SIGINT of
         # its own: the second must not interrupt the teardown (Python's KeyboardInterrupt,
@@ -330,6 +332,21 @@ def run_node(node_class: type[Node], args: Sequence[str] | None = None) -> int:
                 node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def _watch_for_sigint() -> threading.Event:
+    """Installs a SIGINT handler that records the signal, then raises KeyboardInterrupt as
+    Python's default does; set before ``rclpy.init``, rclpy's own handler chains to it."""
+    signalled = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        return signalled  # signal handlers can only be installed from the main thread
+
+    def on_sigint(signum: int, frame: object) -> None:
+        signalled.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    return signalled
 
 
 def _logger_of(node: Node) -> RcutilsLogger:
