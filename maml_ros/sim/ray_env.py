@@ -167,6 +167,7 @@ class RayArmEnv:
         sizes = [len(group) for group in np.array_split(np.arange(n_envs), n_workers)]
         self._bounds = np.cumsum([0, *sizes])
         self._closed = False
+        self._owns_ray = False  # until init_ray says otherwise (close() may run if it raises)
         self.actors: list[Any] = []
         self.last_info: dict[str, np.ndarray] = {}
         # A local Ray gets at least one CPU per actor (like VecArmEnv, more workers than cores
