@@ -11,9 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import rclpy
+import torch
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+
+from maml_ros.meta import InnerConfig
+from maml_ros.rl.checkpoint import PolicyBundle
+from maml_ros.rl.policy import GaussianMLPPolicy, PolicySpec
 
 ROS_BUILTIN_PARAMETERS = {"use_sim_time", "start_type_description_service"}
 
@@ -64,3 +69,18 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     text = path.read_text() if path.exists() else ""
     complete = text[: text.rfind("\n") + 1]
     return [json.loads(line) for line in complete.splitlines() if line.strip()]
+
+
+def small_bundle(lr: float = 0.3, seed: int = 0) -> PolicyBundle:
+    """A small, untrained 7-joint policy whose single inner step moves it toward the goal of a
+    joint-space point mass (the fake arms of the adaptation tests)."""
+    torch.manual_seed(seed)
+    spec = PolicySpec(hidden=(16,), init_log_std=-0.5)
+    policy = GaussianMLPPolicy(spec)
+    return PolicyBundle(
+        spec=spec,
+        params=policy.params(),
+        obs_mean=torch.zeros(14),
+        obs_std=torch.ones(14),
+        inner=InnerConfig(lr=lr, steps=1),
+    )

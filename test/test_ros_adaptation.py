@@ -23,21 +23,14 @@ from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from ros_harness import read_jsonl, wait_until
+from ros_harness import read_jsonl, small_bundle, wait_until
 from sensor_msgs.msg import JointState
 from std_msgs.msg import String, UInt8MultiArray
 from std_srvs.srv import SetBool, Trigger
 
-from maml_ros.meta import InnerConfig
 from maml_ros.rl.checkpoint import PolicyBundle, save_bundle
-from maml_ros.rl.policy import GaussianMLPPolicy, NumpyPolicy, PolicySpec, numpy_policy
-from maml_ros.ros.adaptation_node import (
-    DEFAULT_JOINT_NAMES,
-    AdaptationNode,
-    StepJoiner,
-    episode_from_reset_message,
-    update_problem,
-)
+from maml_ros.rl.policy import NumpyPolicy, numpy_policy
+from maml_ros.ros.adaptation_node import DEFAULT_JOINT_NAMES, AdaptationNode
 from maml_ros.ros.common import ns_to_stamp
 from maml_ros.ros.convert import (
     TaskChange,
@@ -56,96 +49,6 @@ NAMES = DEFAULT_JOINT_NAMES
 GOAL = np.array([0.5, -0.4, 0.3, -0.5, 0.4, -0.3, 0.5])
 DT = 0.05
 REACH_TASK = sample_tasks("reach", 2, "test", seed=0)
-
-
-def make_bundle(lr: float = 0.3, seed: int = 0) -> PolicyBundle:
-    """A small, untrained policy whose single inner step moves it toward the fake arm's goal."""
-    torch.manual_seed(seed)
-    spec = PolicySpec(hidden=(16,), init_log_std=-0.5)
-    policy = GaussianMLPPolicy(spec)
-    return PolicyBundle(
-        spec=spec,
-        params=policy.params(),
-        obs_mean=torch.zeros(14),
-        obs_std=torch.ones(14),
-        inner=InnerConfig(lr=lr, steps=1),
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Pure parts.
-
-
-def test_joiner_joins_parts_in_any_order_and_drops_incomplete_steps() -> None:
-    drops: list[tuple[str, str]] = []
-    joiner = StepJoiner(8, lambda kind, reason: drops.append((kind, reason)))
-    pos, vel = np.arange(7.0), -np.arange(7.0)
-    joiner.add_reward(10, -1.0, False, 3)
-    joiner.add_action(10, np.ones(7))
-    assert joiner.wait_step(0.0) is None
-    joiner.add_state(10, pos, vel)
-    step = joiner.wait_step(0.0)
-    assert step is not None and step.stamp_ns == 10 and step.episode == 3
-    assert step.reward == -1.0 and not step.success
-    np.testing.assert_array_equal(step.positions, pos)
-    np.testing.assert_array_equal(step.action, np.ones(7))
-    # Stamp 20 lacks its action; when 30 completes, 20 can never complete: dropped, counted.
-    joiner.add_state(20, pos, vel)
-    joiner.add_reward(20, -1.0, False, 3)
-    for part in ("state", "action", "reward"):
-        {
-            "state": lambda: joiner.add_state(30, pos, vel),
-            "action": lambda: joiner.add_action(30, np.zeros(7)),
-            "reward": lambda: joiner.add_reward(30, -0.5, True, 3),
-        }[part]()
-    assert [s.stamp_ns for s in [joiner.wait_step(0.0)]] == [30]
-    assert drops and drops[0][0] == "step" and "missing action" in drops[0][1]
-
-
-def test_joiner_is_bounded_and_detects_a_driver_restart() -> None:
-    drops: list[tuple[str, str]] = []
-    joiner = StepJoiner(4, lambda kind, reason: drops.append((kind, reason)))
-    for stamp in range(1, 11):  # states only: they pile up, the oldest are evicted
-        joiner.add_state(stamp * 10, np.zeros(7), np.zeros(7))
-    assert len(drops) == 6 and all("buffer full" in r for _, r in drops)
-    assert joiner.generation == 0
-    joiner.add_state(5, np.zeros(7), np.zeros(7))  # stamps went backwards: restart
-    assert joiner.generation == 1
-    joiner.add_action(5, np.zeros(7))
-    joiner.add_reward(5, 0.0, False, 0)
-    step = joiner.wait_step(0.0)
-    assert step is not None and step.generation == 1 and step.episode == 0
-    joiner.add_action(5, np.zeros(7))
-    assert "late or duplicate action" in drops[-1][1]
-
-
-def test_joiner_period_is_a_median_that_one_stray_stamp_cannot_poison() -> None:
-    joiner = StepJoiner(8, lambda kind, reason: None)
-    assert joiner.period_ns is None
-    period = 25_000_000
-    stamp = 1_000_000_000
-    for i in range(10):
-        stamp += period
-        joiner.add_state(stamp, np.zeros(7), np.zeros(7))
-        if i == 3:
-            joiner.add_state(stamp + 1, np.zeros(7), np.zeros(7))  # a duplicated driver
-        if i == 5:
-            stamp += 3 * period  # two lost states
-    assert joiner.period_ns == period
-    joiner.add_state(stamp + 60 * 10**9, np.zeros(7), np.zeros(7))  # a minute's pause
-    assert joiner.period_ns == period
-
-
-def test_reset_message_episode_and_update_checks() -> None:
-    assert episode_from_reset_message("reset; episode 12 started") == 12
-    assert episode_from_reset_message("Episode: 3") == 3
-    assert episode_from_reset_message("ok") is None
-    old = {"w": torch.ones(4), "b": torch.zeros(2)}
-    assert update_problem(old, {"w": torch.ones(4) * 1.1, "b": torch.zeros(2)}, 1.0) is None
-    assert "non-finite" in update_problem(
-        old, {"w": torch.tensor([1.0, float("nan"), 1, 1]), "b": torch.zeros(2)}, 1.0
-    )
-    assert "exploding" in update_problem(old, {"w": torch.ones(4) * 50, "b": torch.zeros(2)}, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,7 +234,7 @@ def harness_factory(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
     made: list[Harness] = []
 
     def make(bundle: PolicyBundle | None = None, **overrides: object) -> Harness:
-        made.append(Harness(tmp_path, bundle or make_bundle(), **overrides))
+        made.append(Harness(tmp_path, bundle or small_bundle(), **overrides))
         return made[-1]
 
     yield make
@@ -364,7 +267,7 @@ def test_adapts_to_a_task_change_and_dumps_what_the_arm_executed(
     dump = tmp_path / "buffer.jsonl"
     h = harness_factory(buffer_dump=str(dump))
     h.wait_for_first_policy()
-    assert h.arm.policy_versions == [0] and h.arm.run_id == h.node.run_id
+    assert h.arm.policy_versions == [0] and h.arm.run_id == h.node.protocol.run_id
     h.send_task()
     status = h.wait_for(finished)
     assert status["phase"] == "done", status
@@ -556,7 +459,7 @@ def test_inputs_stamped_far_from_the_clock_are_dropped_not_taken_for_a_restart(
 
 
 def test_an_exploding_update_is_rolled_back(harness_factory: Callable[..., Harness]) -> None:
-    h = harness_factory(make_bundle(lr=1e4), rollouts=3)
+    h = harness_factory(small_bundle(lr=1e4), rollouts=3)
     h.wait_for_first_policy()
     h.send_task()
     status = h.wait_for(finished)
@@ -580,7 +483,8 @@ def test_a_worse_policy_after_the_update_is_rolled_back(
     h.wait_for(lambda _: h.arm.policy_versions[-1] == 2, 5.0)
     assert h.arm.policy_versions == [0, 1, 2]
     # The republished version carries the pre-update weights.
-    assert torch.equal(h.node.current.params["log_std"], h.node.meta_bundle.params["log_std"])
+    protocol = h.node.protocol
+    assert torch.equal(protocol.current.params["log_std"], protocol.meta_bundle.params["log_std"])
 
 
 def test_bad_messages_are_dropped_and_counted(harness_factory: Callable[..., Harness]) -> None:
@@ -681,7 +585,7 @@ def test_deactivate_cancels_keeps_the_good_policy_and_refuses_tasks(
     h.send_task(0)
     done = h.wait_for(finished)
     assert done["phase"] == "done", done
-    good = h.node.good
+    good = h.node.protocol.good
     assert good.version == done["policy_version"]
 
     h.send_task(1)  # starts from the meta-trained policy (reset_to_meta), published anew
@@ -689,18 +593,18 @@ def test_deactivate_cancels_keeps_the_good_policy_and_refuses_tasks(
     h.node.trigger_deactivate()
     status = h.wait_for(lambda s: s["phase"] == "cancelled")
     assert status["reason"] == "deactivate" and status["lifecycle"] == "inactive"
-    wait_until(lambda: h.node.current.version > good.version + 1)
-    kept = h.node.current
+    wait_until(lambda: h.node.protocol.current.version > good.version + 1)
+    kept = h.node.protocol.current
     assert all(torch.equal(kept.params[k], good.params[k]) for k in good.params)
     wait_until(lambda: h.arm.policy_versions[-1] == kept.version)  # the arm got it
 
-    assert h.node._on_task(TaskChange("while-inactive", REACH_TASK[0])) is not None
+    assert h.node.protocol.submit(TaskChange("while-inactive", REACH_TASK[0])) is not None
     h.node.trigger_activate()
-    assert h.node._on_task(TaskChange("active-again", REACH_TASK[0])) is None
+    assert h.node.protocol.submit(TaskChange("active-again", REACH_TASK[0])) is None
 
 
 def test_a_checkpoint_whose_actions_are_not_finite_is_refused(tmp_path: Path) -> None:
-    bundle = make_bundle()
+    bundle = small_bundle()
     weight = torch.zeros_like(bundle.params["mlp.0.weight"])
     weight[0, 0], weight[0, 1] = 3e38, -3e38  # finite weights, inf - inf in the first layer
     path = save_bundle(

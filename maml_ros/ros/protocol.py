@@ -1,0 +1,829 @@
+"""The on-robot adaptation protocol, in plain Python: no rclpy, no DDS.
+
+:class:`AdaptationProtocol` runs one adaptation per accepted task change: wait for the
+driver's confirmation that it runs the task (``active_task``), evaluate the policy, collect K
+exploring rollouts, run the inner update (``maml_ros.rl.adapt_policy``), check it, publish the
+adapted policy, evaluate it and roll back when it is worse. It reaches the arm only through a
+:class:`Robot` (reset an episode, switch exploration, publish a policy) and the control steps
+that :class:`StepJoiner` joins from the three streams, and reports through a :class:`StatusSink`.
+``maml_ros.ros.adaptation_node`` wires topics and services to it; the unit tests drive it with a
+fake robot.
+
+Failure rules: a rollout that cannot be completed (a driver restart, a lost step, a missing or
+silent service) is discarded and retried (:class:`PartialRollout`), up to
+``max_discarded_rollouts`` in a row; a newer task change or a deactivate cancels
+(:class:`Cancelled`); anything that stops the adaptation (:class:`AdaptationFailed`) leaves the
+policy it started from deployed; an update that is non-finite, explodes or does worse than
+before is rolled back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import stat
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import torch
+
+from maml_ros.rl.adapt import adapt_policy, warm_up
+from maml_ros.rl.checkpoint import PolicyBundle
+from maml_ros.rl.pg import Rollouts
+from maml_ros.rl.policy import probe_problem
+from maml_ros.runtime import observation_from_joint_state
+
+if TYPE_CHECKING:  # only their fields are read: the protocol stays free of rclpy
+    from maml_ros.ros.convert import ActiveTask, TaskChange
+
+PHASES = (
+    "idle",
+    "confirming_task",
+    "evaluating_pre",
+    "collecting",
+    "adapting",
+    "evaluating_post",
+    "done",
+    "rolled_back",
+    "cancelled",
+    "failed",
+)
+"""The ``phase`` values of the status, in protocol order."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Joining the three streams into control steps.
+
+
+@dataclass(frozen=True)
+class Step:
+    """One control step: the state it was taken from, the action, its reward; one stamp."""
+
+    stamp_ns: int
+    positions: np.ndarray
+    velocities: np.ndarray
+    action: np.ndarray
+    reward: float
+    success: bool
+    episode: int
+    generation: int
+    """Driver generation: increases whenever the joint-state stamps go backwards (restart)."""
+    task_label: str = ""
+    """``<task id>@<driver session>`` the reward was earned under ("" when not named)."""
+
+
+TASK_SWITCH_GRACE_S = 1.0
+"""How long a driver's switch to another task (same session) waits for the task message that
+explains it (then the adaptation is cancelled, not failed)."""
+PERIOD_WINDOW = 64
+"""The control period is the median of the last this many joint-state stamp deltas."""
+PERIOD_BOUNDS_NS = (100_000, 10_000_000_000)
+"""Stamp deltas outside [0.1 ms, 10 s] are not control periods (a stray or duplicated state,
+a pause) and never enter the estimate."""
+
+CLEARED_RESULTS = {
+    "rollouts_collected": 0,
+    "rollouts_discarded": 0,
+    "inner_loss": None,
+    "return_pre": None,
+    "success_pre": None,
+    "return_post": None,
+    "success_post": None,
+    "adapt_latency_ms": None,
+    "task_to_first_rollout_step_ms": None,
+    "collect_ms": None,
+    "policy_active_after_rollouts_ms": None,
+    "task_to_policy_active_ms": None,
+}
+"""Status fields of one adaptation, as they read before it has results."""
+
+
+class StepJoiner:
+    """Bounded buffers joining joint states, actions and rewards on their stamp.
+
+    A step completes when all three parts of a stamp have arrived; parts of older stamps that
+    are still incomplete then can never complete (each stream is FIFO) and are dropped through
+    ``on_drop("step", reason)``. Completed steps wait in a bounded queue for :meth:`wait_step`.
+    Joint-state stamps that go backwards mean the driver restarted: pending parts are discarded
+    and ``generation`` increases. The control period (:attr:`period_ns`) is the median of the
+    recent stamp deltas within :data:`PERIOD_BOUNDS_NS`, so one state stamped 1 ns after
+    another cannot poison it.
+    """
+
+    def __init__(self, capacity: int, on_drop: Callable[[str, str], None]) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self._capacity = capacity
+        self._on_drop = on_drop
+        self._pending: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        self._completed: deque[Step] = deque(maxlen=capacity)
+        self._cond = threading.Condition()
+        self._newest_state_ns: int | None = None
+        self._last_completed_ns: int | None = None
+        self.generation = 0
+        self._deltas: deque[int] = deque(maxlen=PERIOD_WINDOW)
+        self.last_episode: int | None = None
+        self.steps_joined = 0
+
+    def add_state(self, stamp_ns: int, positions: np.ndarray, velocities: np.ndarray) -> None:
+        """Buffers the joint state of ``stamp_ns``."""
+        with self._cond:
+            if self._newest_state_ns is not None and stamp_ns < self._newest_state_ns:
+                self.generation += 1
+                self._pending.clear()
+                self._last_completed_ns = None
+            elif self._newest_state_ns is not None and stamp_ns > self._newest_state_ns:
+                delta = stamp_ns - self._newest_state_ns
+                if PERIOD_BOUNDS_NS[0] <= delta <= PERIOD_BOUNDS_NS[1]:
+                    self._deltas.append(delta)
+            self._newest_state_ns = stamp_ns
+            self._add(stamp_ns, "state", (positions, velocities))
+
+    @property
+    def period_ns(self) -> int | None:
+        """Control period: the median of the last :data:`PERIOD_WINDOW` stamp deltas within
+        :data:`PERIOD_BOUNDS_NS` (None before the first)."""
+        with self._cond:
+            deltas = sorted(self._deltas)
+        return deltas[(len(deltas) - 1) // 2] if deltas else None
+
+    def add_action(self, stamp_ns: int, action: np.ndarray) -> None:
+        """Buffers the action taken from the state of ``stamp_ns``."""
+        with self._cond:
+            self._add(stamp_ns, "action", action)
+
+    def add_reward(
+        self, stamp_ns: int, reward: float, success: bool, episode: int, task_label: str = ""
+    ) -> None:
+        """Buffers the reward of the step taken from the state of ``stamp_ns``, earned under
+        ``task_label`` (:func:`~maml_ros.ros.convert.task_label`; "" when not named)."""
+        with self._cond:
+            self.last_episode = episode
+            self._add(stamp_ns, "reward", (reward, success, episode, task_label))
+
+    def wait_step(self, timeout_s: float) -> Step | None:
+        """The oldest completed step, waiting up to ``timeout_s``; None on timeout."""
+        with self._cond:
+            if not self._completed:
+                self._cond.wait(timeout_s)
+            return self._completed.popleft() if self._completed else None
+
+    def clear(self) -> None:
+        """Forgets every completed step (pending parts stay: they may still complete)."""
+        with self._cond:
+            self._completed.clear()
+
+    def _add(self, stamp_ns: int, part: str, value: Any) -> None:
+        if self._last_completed_ns is not None and stamp_ns <= self._last_completed_ns:
+            self._on_drop("step", f"late or duplicate {part} for stamp {stamp_ns}")
+            return
+        entry = self._pending.get(stamp_ns)
+        if entry is None:
+            entry = self._pending[stamp_ns] = {}
+            if len(self._pending) > self._capacity:
+                old_stamp, old = self._pending.popitem(last=False)
+                self._drop_incomplete(old_stamp, old, "buffer full")
+        if part in entry:
+            self._on_drop("step", f"duplicate {part} for stamp {stamp_ns}")
+            return
+        entry[part] = value
+        if len(entry) == 3:
+            del self._pending[stamp_ns]
+            self._last_completed_ns = stamp_ns
+            for old_stamp in [s for s in self._pending if s < stamp_ns]:
+                self._drop_incomplete(old_stamp, self._pending.pop(old_stamp), "never completed")
+            (positions, velocities), action = entry["state"], entry["action"]
+            reward, success, episode, task_label = entry["reward"]
+            self._completed.append(
+                Step(
+                    stamp_ns=stamp_ns,
+                    positions=positions,
+                    velocities=velocities,
+                    action=action,
+                    reward=float(reward),
+                    success=bool(success),
+                    episode=int(episode),
+                    generation=self.generation,
+                    task_label=task_label,
+                )
+            )
+            self.steps_joined += 1
+            self._cond.notify_all()
+
+    def _drop_incomplete(self, stamp_ns: int, entry: dict[str, Any], why: str) -> None:
+        missing = sorted({"state", "action", "reward"} - set(entry))
+        self._on_drop("step", f"stamp {stamp_ns} {why}: missing {', '.join(missing)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Small pure helpers.
+
+
+class Cancelled(Exception):
+    """The adaptation in progress was cancelled by a newer task change."""
+
+
+class PartialRollout(Exception):
+    """A rollout could not be completed (driver restart, timeout, failed reset); discard it."""
+
+
+class AdaptationFailed(RuntimeError):
+    """The adaptation cannot go on (services missing, too many partial rollouts)."""
+
+
+def episode_from_reset_message(message: str) -> int | None:
+    """The episode number a driver's reset response names ("... episode 3 ..."), if any."""
+    match = re.search(r"episode\D{0,8}?(\d+)", message, flags=re.IGNORECASE)
+    return int(match.group(1)) if match else None
+
+
+def episode_return(steps: Sequence[Step]) -> tuple[float, bool]:
+    """(sum of rewards, success at any step) of one episode."""
+    return float(sum(s.reward for s in steps)), any(s.success for s in steps)
+
+
+def update_problem(
+    old: dict[str, torch.Tensor], new: dict[str, torch.Tensor], max_ratio: float
+) -> str | None:
+    """Why an inner update must be rolled back (non-finite or exploding), or None if it is fine.
+
+    ``old`` and ``new`` are parameter dicts of tensors; exploding means the update's global L2
+    norm exceeds ``max_ratio`` times the parameters' norm.
+    """
+    if set(old) != set(new):
+        return "the update changed the parameter names"
+    delta_sq, norm_sq = 0.0, 0.0
+    for name, before in old.items():
+        after = new[name]
+        if not bool(torch.isfinite(after).all()):
+            return f"non-finite values in {name} after the update"
+        delta_sq += float((after.double() - before.double()).pow(2).sum())
+        norm_sq += float(before.double().pow(2).sum())
+    ratio = math.sqrt(delta_sq) / max(math.sqrt(norm_sq), 1e-12)
+    if not math.isfinite(ratio) or ratio > max_ratio:
+        return f"exploding update: |delta|/|params| = {ratio:.3g} > {max_ratio}"
+    return None
+
+
+def append_rollout_jsonl(path: str, steps: Sequence[Step]) -> None:
+    """Appends one rollout's steps to ``path`` as JSON lines; OSError or ValueError when the
+    file cannot be written (it is opened non-blocking, so a FIFO fails instead of blocking)."""
+    lines = [
+        json.dumps(
+            {
+                "stamp_ns": s.stamp_ns,
+                "episode": s.episode,
+                "positions": [float(x) for x in s.positions],
+                "velocities": [float(x) for x in s.velocities],
+                "action": [float(x) for x in s.action],
+                "reward": s.reward,
+                "success": s.success,
+            }
+        )
+        + "\n"
+        for s in steps
+    ]
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644)
+    with open(fd, "a", encoding="utf-8") as out:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        out.write("".join(lines))
+
+
+def rollouts_from_episodes(episodes: Sequence[Sequence[Step]]) -> Rollouts:
+    """Complete episodes of equal length as ``maml_ros.rl.pg.Rollouts``."""
+    n = len(episodes[0][0].positions)
+    obs = np.empty((len(episodes), len(episodes[0]), 2 * n), dtype=np.float32)
+    for e, episode in enumerate(episodes):
+        for t, s in enumerate(episode):
+            observation_from_joint_state(s.positions, s.velocities, out=obs[e, t])
+    actions = np.array([[s.action for s in ep] for ep in episodes], dtype=np.float32)
+    rewards = np.array([[s.reward for s in ep] for ep in episodes], dtype=np.float32)
+    return Rollouts.from_numpy(obs, actions, rewards)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the protocol needs of the outside world.
+
+
+CheckCancel = Callable[[], None]
+"""Raises :class:`Cancelled` when the adaptation in progress must stop."""
+
+
+class Robot(Protocol):
+    """The arm, as the protocol sees it (the node implements it with ROS services and topics).
+
+    ``reset`` and ``set_exploration`` block for ``timeout_s`` at most, calling ``check_cancel``
+    at least every 50 ms; a service that is missing or does not answer in time raises
+    :class:`PartialRollout`. They return the service's (success, message)."""
+
+    def services_ready(self) -> bool:
+        """Whether the reset and exploration services can be called now."""
+        ...
+
+    def reset(self, timeout_s: float, check_cancel: CheckCancel) -> tuple[bool, str]:
+        """Starts a new episode; the message names its number ("... episode 3 ...")."""
+        ...
+
+    def set_exploration(
+        self, on: bool, timeout_s: float, check_cancel: CheckCancel
+    ) -> tuple[bool, str]:
+        """Switches the controller's exploration noise on or off."""
+        ...
+
+    def publish_policy(self, bundle: PolicyBundle) -> None:
+        """Deploys ``bundle`` (latched: a controller that starts later receives it)."""
+        ...
+
+
+class StatusSink(Protocol):
+    """Where the protocol reports (``maml_ros.ros.common.NodeStatus`` in the node)."""
+
+    def set(self, **fields: Any) -> None: ...
+
+    def publish(self) -> None: ...
+
+    def drop(self, kind: str, reason: str) -> None: ...
+
+
+class Logger(Protocol):
+    """An rclpy logger or any object with these methods."""
+
+    def info(self, message: str) -> Any: ...
+
+    def warning(self, message: str) -> Any: ...
+
+    def error(self, message: str) -> Any: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# The protocol.
+
+
+class AdaptationProtocol:
+    """One adaptation per accepted task change, on the thread that calls :meth:`serve`.
+
+    The inputs (:meth:`submit`, :meth:`on_active_task`, :meth:`on_controller_ack`,
+    :meth:`activate`, :meth:`deactivate`, :meth:`stop`) may come from any thread and never
+    block for long. ``config()`` returns the parameters (the node's table), read once per
+    adaptation.
+    """
+
+    def __init__(
+        self,
+        robot: Robot,
+        joiner: StepJoiner,
+        status: StatusSink,
+        logger: Logger,
+        config: Callable[[], Mapping[str, Any]],
+        run_id: str,
+    ) -> None:
+        self.robot = robot
+        self.joiner = joiner
+        self.status = status
+        self.logger = logger
+        self.config = config
+        self.run_id = run_id
+        self.meta_bundle: PolicyBundle | None = None  # load() sets it
+        self.current: PolicyBundle | None = None  # the policy deployed last
+        self.good: PolicyBundle | None = None  # what deactivate keeps
+        self.adaptations = 0  # inner updates run
+        self.adaptation_id = 0  # task changes taken up
+        self.cancellations = 0
+        self.rollouts_discarded = 0
+        self._next_version = 0
+        self._accepting = False
+        self._stopping = threading.Event()
+        self._cancel = threading.Event()
+        self._wake = threading.Condition()
+        self._pending_task: TaskChange | None = None
+        self._pending_since = self._task_since = time.monotonic()
+        self._adapting_id: str | None = None
+        self._active_cond = threading.Condition()
+        self._active_task: ActiveTask | None = None
+        self._confirmed: ActiveTask | None = None
+        self._ack_cond = threading.Condition()
+        self._controller_ack: tuple[str, int] | None = None
+        self._first_rollout_step_pending = False
+
+    # -- inputs (any thread) -------------------------------------------------------------------
+
+    def load(self, bundle: PolicyBundle) -> None:
+        """Takes the meta-trained policy; versions continue from the checkpoint's."""
+        self.meta_bundle = bundle.replace(run_id=self.run_id)
+        self._next_version = bundle.version
+
+    def activate(self) -> None:
+        """Deploys the meta-trained policy (once) and takes tasks from now on."""
+        if self.current is None:
+            self.good = self._publish_policy(self.meta_bundle)
+        self._accepting = True
+
+    def deactivate(self) -> None:
+        """Refuses tasks; a running adaptation is cancelled and the good policy kept."""
+        with self._wake:
+            self._accepting = False
+            self._pending_task = None
+            self._cancel.set()
+            self._wake.notify_all()
+            idle = self._adapting_id is None
+        if idle:
+            self._keep_good_policy()
+
+    def submit(self, change: TaskChange) -> str | None:
+        """Takes a task change (cancelling the adaptation in progress); returns why it is
+        refused, or None. The id being adapted to already is acknowledged, no more."""
+        with self._wake:
+            if not self._accepting:
+                return "not active (lifecycle): activate the node first"
+            if change.id in (self._adapting_id, getattr(self._pending_task, "id", None)):
+                return None
+            self._pending_task = change
+            self._pending_since = time.monotonic()
+            self._cancel.set()
+            self._wake.notify_all()
+        self.logger.info(f"task change: {change.id} ({change.task.family})")
+        return None
+
+    def on_active_task(self, active: ActiveTask) -> None:
+        """The driver's latest confirmation of the task it runs."""
+        with self._active_cond:
+            self._active_task = active
+            self._active_cond.notify_all()
+
+    def on_controller_ack(self, run_id: str, version: int) -> None:
+        """The controller reports that it runs ``version`` of run ``run_id``."""
+        with self._ack_cond:
+            self._controller_ack = (run_id, version)
+            self._ack_cond.notify_all()
+
+    def stop(self) -> None:
+        """Makes :meth:`serve` return (cancelling any adaptation within 50 ms)."""
+        self._stopping.set()
+        with self._wake:
+            self._wake.notify_all()
+
+    # -- the worker ------------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        """The worker thread: warm up, then one adaptation per task change until stopped."""
+        self.warm_up()
+        while True:
+            with self._wake:
+                while self._pending_task is None and not self._stopping.is_set():
+                    self._wake.wait()
+                if self._stopping.is_set():
+                    return
+                change, self._pending_task = self._pending_task, None
+                self._task_since = self._pending_since
+                self._adapting_id = change.id
+                self._cancel.clear()
+            try:
+                self.handle(change)
+            finally:
+                with self._wake:
+                    self._adapting_id = None
+
+    def warm_up(self) -> None:
+        """Readies the first adaptation: one throw-away inner update of the real shape (no
+        one-time start-up cost, the CUDA graph captured), then waits for the robot's services
+        (up to ``service_timeout_s``; a task can come before, it waits)."""
+        t0 = time.perf_counter()
+        cfg = self.config()
+        try:
+            warm_up(
+                self.meta_bundle, cfg["device"], cfg["rollouts"], cfg["horizon"], cfg["inner_steps"]
+            )
+        except (ValueError, RuntimeError) as err:
+            self.logger.warning(f"warm-up update failed: {err}")
+        warm_up_ms = (time.perf_counter() - t0) * 1e3
+        deadline = time.monotonic() + cfg["service_timeout_s"]
+        while not self.robot.services_ready() and time.monotonic() < deadline:
+            if self._stopping.wait(0.02) or self._pending_task is not None:
+                break
+        self.status.set(
+            ready=True, warm_up_ms=warm_up_ms, services_ready=self.robot.services_ready()
+        )
+        self.status.publish()
+
+    def handle(self, change: TaskChange) -> None:
+        """Runs the adaptation to ``change`` and reports how it ended (never raises but on
+        stop): done, rolled_back, cancelled or failed."""
+        try:
+            self._adapt_to(change)
+        except Cancelled:
+            if self._stopping.is_set():
+                return
+            self.cancellations += 1
+            why = "a newer task change" if self._accepting else "deactivate"
+            if not self._accepting:
+                self._keep_good_policy()
+            self.status.set(phase="cancelled", cancellations=self.cancellations, reason=why)
+            self.status.publish()
+            self.logger.info(f"adaptation cancelled by {why}")
+        except Exception as err:  # AdaptationFailed, or a bug: it must not kill the worker
+            if self._stopping.is_set():
+                return
+            reason = (
+                str(err) if isinstance(err, AdaptationFailed) else f"{type(err).__name__}: {err}"
+            )
+            self.status.set(phase="failed", reason=reason)
+            self.status.publish()
+            self.logger.error(f"adaptation failed: {reason}")
+
+    def _phase(self, phase: str, **fields: Any) -> None:
+        self._check_cancel()
+        self.status.set(phase=phase, **fields)
+        self.status.publish()
+
+    def _check_cancel(self) -> None:
+        if self._cancel.is_set() or self._stopping.is_set():
+            raise Cancelled
+
+    def _publish_policy(self, bundle: PolicyBundle) -> PolicyBundle:
+        """Deploys ``bundle``'s weights as the next version; returns the deployed bundle."""
+        published = bundle.replace(version=self._next_version, run_id=self.run_id)
+        self.robot.publish_policy(published)
+        self._next_version += 1
+        self.current = published
+        self.status.set(policy_version=published.version)
+        self.status.publish()
+        return published
+
+    def _keep_good_policy(self) -> None:
+        """Redeploys the last good policy when another one is deployed."""
+        good = self.good
+        if good is not None and self.current is not None and self.current.params is not good.params:
+            self.good = self._publish_policy(good)
+
+    def _wait_policy_ack(self, version: int, cfg: Mapping[str, Any]) -> bool:
+        """Waits until the controller reports ``version`` of this run: True, or False after
+        ``policy_ack_timeout_s`` (the protocol goes on)."""
+        deadline = time.monotonic() + cfg["policy_ack_timeout_s"]
+        with self._ack_cond:
+            while True:
+                ack = self._controller_ack
+                if ack is not None and ack[0] == self.run_id and ack[1] >= version:
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._ack_cond.wait(min(left, 0.05))
+                self._check_cancel()
+        self.logger.warning(
+            f"controller did not confirm policy version {version} within "
+            f"{cfg['policy_ack_timeout_s']} s; going on"
+        )
+        return False
+
+    # -- one adaptation --------------------------------------------------------------------------
+
+    def _adapt_to(self, change: TaskChange) -> None:
+        cfg = dict(self.config())
+        self.rollouts_discarded = 0
+        self.adaptation_id += 1
+        self._phase(
+            "confirming_task",
+            adaptation_id=self.adaptation_id,
+            task_id=change.id,
+            task_family=change.task.family,
+            **CLEARED_RESULTS,
+            reason=None,
+        )
+        self._confirmed = self._wait_task_confirmation(change.id, cfg)
+        self._phase("evaluating_pre")
+        start = self.current
+        if cfg["reset_to_meta"] and self.current.params is not self.meta_bundle.params:
+            start = self._publish_policy(self.meta_bundle)
+        try:
+            self._adapt_from(start, change, cfg)
+        except AdaptationFailed:
+            if self.current.params is not start.params:
+                self._publish_policy(start)  # never leave a policy adapted to another task
+            raise
+
+    def _wait_task_confirmation(self, task_id: str, cfg: Mapping[str, Any]) -> ActiveTask:
+        """The driver's confirmation that it runs ``task_id``; AdaptationFailed when it does
+        not come within ``task_confirm_timeout_s`` (nothing has changed yet then)."""
+        deadline = time.monotonic() + cfg["task_confirm_timeout_s"]
+        with self._active_cond:
+            while self._active_task is None or self._active_task.id != task_id:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    running = self._active_task.id if self._active_task else "nothing confirmed"
+                    raise AdaptationFailed(
+                        f"the driver did not confirm task {task_id} on 'active_task' within "
+                        f"{cfg['task_confirm_timeout_s']} s (it runs: {running}); "
+                        "policy unchanged"
+                    )
+                self._active_cond.wait(min(left, 0.05))
+                self._check_cancel()
+            return self._active_task
+
+    def _check_task_unchanged(self, step: Step | None = None) -> None:
+        """Raises AdaptationFailed when the driver's task or session changed under us: on its
+        ``active_task``, or on the task label of ``step``'s reward (which can arrive before
+        a restarted driver's ``active_task`` does)."""
+        confirmed = self._confirmed
+        if step is not None and step.task_label and step.task_label != confirmed.label:
+            session = step.task_label.partition("@")[2]
+            now = f"'{step.task_label}' (task@session, on a reward)"
+        elif self._active_task.label != confirmed.label:
+            session = self._active_task.driver_session
+            now = f"task {self._active_task.id} (session {session})"
+        else:
+            return
+        # The driver may read a newer task message before this node does: a switch within
+        # the same session is a cancellation when that message follows within the grace.
+        if session == confirmed.driver_session:
+            self._cancel.wait(TASK_SWITCH_GRACE_S)
+            self._check_cancel()
+        raise AdaptationFailed(
+            f"the driver switched from task {confirmed.id} (session "
+            f"{confirmed.driver_session}) to {now}: a restart or another sender; no steps of "
+            "two tasks are mixed"
+        )
+
+    def _adapt_from(self, start: PolicyBundle, change: TaskChange, cfg: Mapping[str, Any]) -> None:
+        """Evaluates ``start``, collects, updates, publishes, evaluates and maybe rolls back."""
+        self._wait_policy_ack(start.version, cfg)
+        return_pre, success_pre = self._evaluate(cfg)
+        self._phase("collecting", return_pre=return_pre, success_pre=success_pre)
+        collect_start = time.monotonic()
+        rollouts = rollouts_from_episodes(self._episodes(cfg, cfg["rollouts"], collecting=True))
+        rollouts_done = time.monotonic()
+        self.status.set(collect_ms=(rollouts_done - collect_start) * 1e3)
+
+        self._phase("adapting")
+        t0 = time.perf_counter()
+        try:
+            adapted, info = adapt_policy(start, rollouts, cfg["inner_steps"], cfg["device"])
+            problem = update_problem(start.params, adapted.params, cfg["max_update_ratio"])
+            problem = problem or probe_problem(adapted)
+            if problem is None and not math.isfinite(info["inner_loss"]):
+                problem = f"non-finite inner loss {info['inner_loss']}"
+        except (ValueError, RuntimeError) as err:  # NonFiniteError, RolloutError, ...
+            adapted, info, problem = None, {}, f"{type(err).__name__}: {err}"
+        latency_ms = (time.perf_counter() - t0) * 1e3
+        inner_loss = info.get("inner_loss")
+        self.adaptations += 1
+        self.status.set(
+            inner_device=info.get("device"),
+            adapt_latency_ms=latency_ms,
+            inner_loss=inner_loss if inner_loss is not None and math.isfinite(inner_loss) else None,
+            adaptations=self.adaptations,
+        )
+        if problem is not None:
+            self.status.set(phase="rolled_back", reason=problem)
+            self.status.publish()
+            self.logger.warning(f"update rolled back, policy kept: {problem}")
+            return
+        self._check_cancel()
+        published = self._publish_policy(adapted)
+        self._phase("evaluating_post")
+        if self._wait_policy_ack(published.version, cfg):
+            active = time.monotonic()
+            self.status.set(
+                policy_active_after_rollouts_ms=(active - rollouts_done) * 1e3,
+                task_to_policy_active_ms=(active - self._task_since) * 1e3,
+            )
+        return_post, success_post = self._evaluate(cfg)
+        self.status.set(return_post=return_post, success_post=success_post)
+        if return_post < return_pre - cfg["rollback_margin"]:
+            reason = (
+                f"post-update return {return_post:.3f} is worse than pre-update "
+                f"{return_pre:.3f} by more than {cfg['rollback_margin']}"
+            )
+            self.good = self._publish_policy(start)
+            self.status.set(phase="rolled_back", reason=reason)
+            self.logger.warning(f"rolled back: {reason}")
+        else:
+            self.good = published
+            self.status.set(phase="done")
+            self.logger.info(
+                f"adapted to {change.task.family} in {latency_ms:.1f} ms: return "
+                f"{return_pre:.3f} -> {return_post:.3f}, success {success_pre} -> {success_post}"
+            )
+        self.status.publish()
+
+    def _evaluate(self, cfg: Mapping[str, Any]) -> tuple[float, float]:
+        """Mean return and success rate of ``eval_episodes`` deterministic episodes."""
+        results = [
+            episode_return(steps)
+            for steps in self._episodes(cfg, cfg["eval_episodes"], collecting=False)
+        ]
+        return float(np.mean([r for r, _ in results])), float(np.mean([s for _, s in results]))
+
+    def _episodes(self, cfg: Mapping[str, Any], count: int, collecting: bool) -> list[list[Step]]:
+        """``count`` complete episodes; partial ones are discarded (counted) and retried.
+
+        Collected episodes explore, others do not; the controller is told so before every
+        episode (a restarted controller starts without exploration). Collected episodes are
+        counted in the status and go to ``buffer_dump``.
+        """
+        if collecting:
+            self._first_rollout_step_pending = True
+        episodes: list[list[Step]] = []
+        discarded_in_a_row = 0
+        while len(episodes) < count:
+            try:
+                self._set_exploration(collecting, cfg)
+                steps = self._run_episode(cfg)
+            except PartialRollout as err:
+                self.status.drop("rollout", str(err))
+                self.rollouts_discarded += 1
+                self.status.set(rollouts_discarded=self.rollouts_discarded)
+                discarded_in_a_row += 1
+                if discarded_in_a_row >= cfg["max_discarded_rollouts"]:
+                    raise AdaptationFailed(
+                        f"{discarded_in_a_row} rollouts in a row were discarded; last: {err}"
+                    ) from err
+                continue
+            discarded_in_a_row = 0
+            episodes.append(steps)
+            if collecting:
+                if cfg["buffer_dump"]:
+                    try:
+                        append_rollout_jsonl(cfg["buffer_dump"], steps)
+                    except (OSError, ValueError) as err:
+                        why = f"rollout not written: {type(err).__name__}: {err}"
+                        self.status.drop("buffer_dump", why)
+                self.status.set(rollouts_collected=len(episodes))
+                self.status.publish()
+        return episodes
+
+    def _set_exploration(self, on: bool, cfg: Mapping[str, Any]) -> None:
+        ok, message = self.robot.set_exploration(on, cfg["service_timeout_s"], self._check_cancel)
+        if not ok:
+            raise AdaptationFailed(f"set_exploration({on}) refused: {message}")
+
+    def _run_episode(self, cfg: Mapping[str, Any]) -> list[Step]:
+        """Resets the driver and gathers the next ``horizon`` steps of the new episode."""
+        self.joiner.clear()
+        episode_before = self.joiner.last_episode
+        ok, message = self.robot.reset(cfg["service_timeout_s"], self._check_cancel)
+        if not ok:
+            raise PartialRollout(f"reset failed: {message}")
+        target = episode_from_reset_message(message)
+        steps: list[Step] = []
+        # Steps of the previous episode still in flight are skipped, for step_timeout_s at most.
+        start_deadline = time.monotonic() + cfg["step_timeout_s"]
+        while len(steps) < cfg["horizon"]:
+            step = self._next_step(cfg)
+            if not steps:
+                stale = (
+                    step.episode != target
+                    if target is not None
+                    else episode_before is not None and step.episode == episode_before
+                )
+                if stale:
+                    if time.monotonic() > start_deadline:
+                        raise PartialRollout(
+                            f"episode {target} never started after the reset "
+                            f"(still seeing episode {step.episode})"
+                        )
+                    continue
+            elif step.episode != steps[0].episode or step.generation != steps[0].generation:
+                raise PartialRollout(
+                    f"episode changed from {steps[0].episode} to {step.episode} after "
+                    f"{len(steps)} steps (driver restart?)"
+                )
+            else:
+                period = self.joiner.period_ns
+                gap = step.stamp_ns - steps[-1].stamp_ns
+                if period and gap > 1.5 * period:
+                    raise PartialRollout(
+                        f"{round(gap / period) - 1} control step(s) missing after "
+                        f"{len(steps)} steps (lost messages)"
+                    )
+            steps.append(step)
+            if self._first_rollout_step_pending:
+                self._first_rollout_step_pending = False
+                since_task = (time.monotonic() - self._task_since) * 1e3
+                self.status.set(task_to_first_rollout_step_ms=since_task)
+        return steps
+
+    def _next_step(self, cfg: Mapping[str, Any]) -> Step:
+        """The next complete step taken under the confirmed task."""
+        deadline = time.monotonic() + cfg["step_timeout_s"]
+        while True:
+            self._check_cancel()
+            self._check_task_unchanged()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise PartialRollout(f"no complete control step for {cfg['step_timeout_s']} s")
+            step = self.joiner.wait_step(min(left, 0.05))
+            if step is None:
+                continue
+            if step.stamp_ns < self._confirmed.since_stamp_ns:
+                self.status.drop("step", f"stamp {step.stamp_ns} is from before the task change")
+                continue
+            self._check_task_unchanged(step)
+            return step
