@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors
 import torch
 import yaml
 
@@ -266,7 +267,10 @@ def test_the_driver_killed_mid_run_resumes(tmp_path):
         if driver.poll() is None:
             driver.kill()
         _kill_group(driver.pid)  # the local Ray the driver started, if it outlived it
-    saved = json.loads((out / "policy_latest.json").read_text())["iteration"]
+    # The resumable state is what --resume reads: a kill between the bundles and the state
+    # leaves policy_latest one checkpoint ahead of it.
+    with safetensors.safe_open(out / "state.safetensors", framework="pt") as state:
+        saved = int(state.metadata()["iteration"])
     assert 1 <= saved < TINY["iterations"]
     resumed = subprocess.run(
         [*command, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
