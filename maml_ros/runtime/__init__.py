@@ -4,7 +4,8 @@
 - :mod:`maml_ros.runtime.policy`: the policy spec and allocation-free numpy inference
   (tanh MLP mean plus Gaussian exploration), with the probe check every loader applies;
 - :mod:`maml_ros.runtime.reader`: the safetensors policy reader (files and ``policy`` messages
-  written by :mod:`maml_ros.rl.checkpoint`), validating exactly what rl's codec validates.
+  written by :mod:`maml_ros.rl.checkpoint`), validating exactly what rl's codec validates,
+  the content checksum included.
 
 It imports neither torch, pybullet nor gymnasium; ``sim`` and ``rl`` build on it.
 """
@@ -19,17 +20,20 @@ from maml_ros.runtime.policy import (
     probe_problem,
 )
 from maml_ros.runtime.reader import (
+    CHECKSUM_KEY,
     DEFAULT_MAX_BYTES,
     FORMAT_NAME,
     FORMAT_VERSION,
     CheckpointError,
     PolicyData,
     checked_policy,
+    content_sha256,
     policy_from_bytes,
     read_policy_file,
 )
 
 __all__ = [
+    "CHECKSUM_KEY",
     "DEFAULT_MAX_BYTES",
     "FORMAT_NAME",
     "FORMAT_VERSION",
@@ -41,6 +45,7 @@ __all__ = [
     "PolicySpec",
     "PolicySpecError",
     "checked_policy",
+    "content_sha256",
     "observation_from_joint_state",
     "policy_from_bytes",
     "probe_problem",
