@@ -5,11 +5,22 @@
   (tanh MLP mean plus Gaussian exploration), with the probe check every loader applies;
 - :mod:`maml_ros.runtime.reader`: the safetensors policy reader (files and ``policy`` messages
   written by :mod:`maml_ros.rl.checkpoint`), validating exactly what rl's codec validates,
-  the content checksum included.
+  the content checksum included;
+- :mod:`maml_ros.runtime.deployment`: deploy keys, the HMAC that signs policy messages, and
+  the rule of which policy replaces which.
 
 It imports neither torch, pybullet nor gymnasium; ``sim`` and ``rl`` build on it.
 """
 
+from maml_ros.runtime.deployment import (
+    DeployKeyError,
+    Deployment,
+    check_signature,
+    deploy_key_problem,
+    policy_signature,
+    read_deploy_key,
+    replacement_refusal,
+)
 from maml_ros.runtime.observation import observation_from_joint_state
 from maml_ros.runtime.policy import (
     LOG_STD_RANGE,
@@ -40,14 +51,21 @@ __all__ = [
     "LOG_STD_RANGE",
     "OBS_CLIP",
     "CheckpointError",
+    "DeployKeyError",
+    "Deployment",
     "NumpyPolicy",
     "PolicyData",
     "PolicySpec",
     "PolicySpecError",
+    "check_signature",
     "checked_policy",
     "content_sha256",
+    "deploy_key_problem",
     "observation_from_joint_state",
     "policy_from_bytes",
+    "policy_signature",
     "probe_problem",
+    "read_deploy_key",
     "read_policy_file",
+    "replacement_refusal",
 ]
