@@ -632,6 +632,23 @@ def test_a_saved_state_of_another_checkpoint_is_refused_and_resume_false_overrid
     assert good.run_id == "run-2" and "override" not in good.metadata
 
 
+def test_a_rollback_is_saved_as_the_good_policy_before_it_is_published(make, tmp_path) -> None:
+    path = str(tmp_path / "state.safetensors")
+    h = make(state_path=path)
+    saved_good: list[str] = []
+    h.robot.on_publish = lambda _: saved_good.append(
+        digest(StateFile(path, PARENT, 1 << 24).load()[0])
+    )
+    h.robot.flip_goal_on_version = 1  # the adapted policy does worse: rolled back
+    h.send()
+    assert h.wait_final() == "rolled_back"
+    restored = h.robot.deployed[-1]
+    assert restored.metadata["adapted"] is False and restored.version == 2
+    assert saved_good[-1] == digest(restored)  # on disk before the rollback went out
+    good, next_version = StateFile(path, PARENT, 1 << 24).load()
+    assert (good.version, next_version) == (2, 3)
+
+
 KILLED_AT_A_PHASE = """
 import json, os, signal, sys
 from test_ros_protocol import Harness, digest, small_bundle
