@@ -30,7 +30,6 @@ Importing this file has no side effects: everything happens in generate_launch_d
 
 import functools
 import os
-import secrets
 import shutil
 import tempfile
 
@@ -42,6 +41,8 @@ from launch.events.process import ProcessExited
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
 from launch_ros.parameter_descriptions import ParameterValue
+
+from maml_ros.runtime.deployment import create_deploy_key
 
 PACKAGE = "maml_ros"
 STARTUP_ERROR = 2
@@ -74,12 +75,9 @@ def _per_launch_key() -> tuple[str, list]:
     """A fresh deploy key in a private temporary folder, and the handler removing it at
     shutdown."""
     folder = tempfile.mkdtemp(prefix="maml_ros_deploy_key_")  # mode 0700
-    path = os.path.join(folder, "deploy.key")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secrets.token_hex(32) + "\n")
+    path = create_deploy_key(folder)
     remove = OnShutdown(on_shutdown=lambda *_: shutil.rmtree(folder, ignore_errors=True))
-    return path, [RegisterEventHandler(remove)]
+    return str(path), [RegisterEventHandler(remove)]
 
 
 def _nodes(context: LaunchContext) -> list:

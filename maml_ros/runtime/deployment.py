@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,16 @@ def read_deploy_key(path: str | os.PathLike[str]) -> bytes:
             "(e.g. openssl rand -hex 32 > FILE)"
         )
     return key
+
+
+def create_deploy_key(folder: str | os.PathLike[str]) -> Path:
+    """A fresh key (32 random bytes, hex) in ``folder``/deploy.key, created with mode 0600 (it
+    must not exist); give the folder mode 0700 (``tempfile.mkdtemp`` does)."""
+    path = Path(folder) / "deploy.key"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_hex(32) + "\n")
+    return path
 
 
 def deploy_key_problem(path: str) -> str | None:
