@@ -1,7 +1,8 @@
 """Launch the simulated arm, the policy controller and the adaptation node in one namespace.
 
     ros2 launch maml_ros adapt.launch.py [checkpoint:=...] [device:=cpu] [namespace:=arm1]
-        [use_sim_time:=true] [params_file:=...]
+        [use_sim_time:=true] [params_file:=...] [deploy_key_file:=...] [state_file:=...]
+        [resume:=true|false]
 
 Then deliver a task change (``ros2 run maml_ros maml-ros-task reach --goal 0.5 0.1 0.4``) and
 watch ``adaptation/status``. The driver and the controller respawn when they crash; the
@@ -17,20 +18,31 @@ The launch fails loudly: a ``params_file`` that does
 not exist, a node that cannot start or configure (invalid parameters, an unreadable checkpoint,
 no CUDA) or a node without respawn that dies ends the whole launch with an error and a
 non-zero exit code.
+The controller and the adaptation node are paired: both read one deploy key, with which the
+adaptation node signs every policy and without which the controller takes none. By default the
+launch generates a fresh key for itself (32 random bytes, hex) in a private temporary folder
+(mode 0700, the file 0600) and removes it at shutdown; ``deploy_key_file:=FILE`` uses yours
+(mode 600), ``deploy_key_file:=none`` pairs nothing (any publisher deploys; both nodes warn).
+``state_file:=FILE`` makes the adaptation survive a restart (``resume:=false`` starts from the
+checkpoint instead).
 Importing this file has no side effects: everything happens in generate_launch_description().
 """
 
 import functools
 import os
+import shutil
+import tempfile
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchContext, LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction, RegisterEventHandler
-from launch.event_handlers import OnProcessExit
+from launch.event_handlers import OnProcessExit, OnShutdown
 from launch.events.process import ProcessExited
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
 from launch_ros.parameter_descriptions import ParameterValue
+
+from maml_ros.runtime.deployment import create_deploy_key
 
 PACKAGE = "maml_ros"
 STARTUP_ERROR = 2
@@ -55,12 +67,31 @@ def _on_node_exit(event: ProcessExited, context: LaunchContext, respawn: bool) -
         raise LaunchFailure(f"{name} died (exit code {event.returncode}): shutting down")
 
 
+NO_KEY = "none"
+"""``deploy_key_file:=none``: the controller and the adaptation node are not paired."""
+
+
+def _per_launch_key() -> tuple[str, list]:
+    """A fresh deploy key in a private temporary folder, and the handler removing it at
+    shutdown."""
+    folder = tempfile.mkdtemp(prefix="maml_ros_deploy_key_")  # mode 0700
+    path = create_deploy_key(folder)
+    remove = OnShutdown(on_shutdown=lambda *_: shutil.rmtree(folder, ignore_errors=True))
+    return str(path), [RegisterEventHandler(remove)]
+
+
 def _nodes(context: LaunchContext) -> list:
     """The three nodes and their exit handlers, once ``params_file`` is known to exist."""
     params_file = LaunchConfiguration("params_file").perform(context)
     if not os.path.isfile(params_file):
         raise LaunchFailure(f"params_file:={params_file} does not exist (or is not a file)")
     use_sim_time = ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)
+    key_file, key_actions = LaunchConfiguration("deploy_key_file").perform(context), []
+    if not key_file:
+        key_file, key_actions = _per_launch_key()
+    elif key_file == NO_KEY:
+        key_file = ""
+    paired = {"deploy_key_file": key_file}
 
     def node(
         executable: str, name: str, overrides: dict, respawn: bool, lifecycle: bool = True
@@ -80,6 +111,7 @@ def _nodes(context: LaunchContext) -> list:
         return [action, RegisterEventHandler(OnProcessExit(target_action=action, on_exit=on_exit))]
 
     return [
+        *key_actions,
         *node(
             "sim_arm_node",
             "sim_arm",
@@ -87,13 +119,16 @@ def _nodes(context: LaunchContext) -> list:
             respawn=True,
             lifecycle=False,
         ),
-        *node("policy_controller_node", "policy_controller", {}, respawn=True),
+        *node("policy_controller_node", "policy_controller", paired, respawn=True),
         *node(
             "adaptation_node",
             "adaptation",
             {
                 "checkpoint": ParameterValue(LaunchConfiguration("checkpoint"), value_type=str),
                 "device": ParameterValue(LaunchConfiguration("device"), value_type=str),
+                "state_file": ParameterValue(LaunchConfiguration("state_file"), value_type=str),
+                "resume": ParameterValue(LaunchConfiguration("resume"), value_type=bool),
+                **paired,
             },
             respawn=False,
         ),
@@ -124,6 +159,23 @@ def generate_launch_description() -> LaunchDescription:
                 default_value="false",
                 choices=["true", "false"],
                 description="Use the simulated arm's /clock (the driver publishes it then)",
+            ),
+            DeclareLaunchArgument(
+                "deploy_key_file",
+                default_value="",
+                description="Key file (mode 600) pairing the controller and the adaptation node; "
+                "empty = a fresh key per launch, 'none' = unpaired (any publisher deploys)",
+            ),
+            DeclareLaunchArgument(
+                "state_file",
+                default_value="",
+                description="Adaptation state file surviving restarts; empty = off",
+            ),
+            DeclareLaunchArgument(
+                "resume",
+                default_value="true",
+                choices=["true", "false"],
+                description="With state_file: resume the saved policy or start from the checkpoint",
             ),
             DeclareLaunchArgument(
                 "params_file",

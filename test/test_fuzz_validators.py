@@ -39,6 +39,7 @@ from maml_ros.rl.checkpoint import (
 from maml_ros.rl.config import ConfigError, config_from_dict, load_config
 from maml_ros.rl.policy import PolicySpec
 from maml_ros.ros.common import ParamSpec
+from maml_ros.runtime import content_sha256
 from maml_ros.sim.task import TaskSpec, TaskSpecError, sample_tasks
 
 torch.set_num_threads(1)
@@ -231,17 +232,17 @@ def test_checkpoint_header_bit_flips(flips: list[tuple[int, int]]) -> None:
     )
 )
 def test_checkpoint_payload_bit_flips_change_weights_or_fail(flips: list[tuple[int, int]]) -> None:
-    """A flipped weight bit is not detected by the format (no checksum): it must either be
-    rejected (non-finite) or decode to a bundle whose weights differ exactly where flipped."""
+    """Flipped weight bits are caught by the checksum: the bytes decode only when the flips
+    cancel out, and then to the very same bundle."""
     raw = bytearray(VALID_BYTES)
     for position, bit in flips:
         raw[position] ^= 1 << bit
     try:
         bundle = bundle_from_bytes(bytes(raw))
-    except CheckpointError:
+    except CheckpointError as exc:
+        assert bytes(raw) != VALID_BYTES and "checksum mismatch" in str(exc)
         return
-    assert same_bundle(bundle, VALID) == (bytes(raw) == VALID_BYTES)
-    _assert_decodes_sanely(bytes(raw))
+    assert bytes(raw) == VALID_BYTES and same_bundle(bundle, VALID)
 
 
 @FUZZ_SLOW
@@ -253,6 +254,8 @@ def test_checkpoint_metadata_values(key: str, value: Any) -> None:
     """Any JSON in one metadata field: CheckpointError or a fully valid bundle."""
     header = json.loads(VALID_BYTES[8:HEADER_END])
     header["__metadata__"][key] = json.dumps(value)
+    # A valid checksum of the altered header, so the field's own validation is what is fuzzed.
+    header["__metadata__"]["sha256"] = content_sha256(header, VALID_BYTES[HEADER_END:])
     blob = json.dumps(header).encode()
     blob += b" " * (-len(blob) % 8)
     _assert_decodes_sanely(struct.pack("<Q", len(blob)) + blob + VALID_BYTES[HEADER_END:])

@@ -31,9 +31,9 @@ from ros_harness import read_jsonl
 from std_msgs.msg import String, UInt8MultiArray
 
 from maml_ros.meta import InnerConfig
-from maml_ros.rl.checkpoint import PolicyBundle, save_bundle
+from maml_ros.rl.checkpoint import PolicyBundle, load_bundle, save_bundle
 from maml_ros.rl.policy import GaussianMLPPolicy, PolicySpec
-from maml_ros.ros.convert import policy_from_msg
+from maml_ros.ros.convert import policy_from_msg, policy_to_msg
 from maml_ros.ros.interfaces import COMMAND_QOS, LATCHED_QOS
 from maml_ros.sim import sample_tasks
 
@@ -401,3 +401,65 @@ def test_demo_fails_loudly_when_a_node_dies(tmp_path: Path) -> None:
     finally:
         codes = procs.stop(timeout_s=5.0)
     assert codes["dies"] == 3 and codes["lives"] != 0
+
+
+def test_a_paired_adaptation_node_killed_mid_collection_resumes_its_adapted_policy(
+    tmp_path: Path,
+) -> None:
+    """The controller takes only the paired node's policies; SIGKILL of that node while it
+    collects for a second task loses nothing adapted: restarted, it resumes the first task's
+    policy under the same run with a later version, and the controller runs it again."""
+    key = tmp_path / "deploy.key"
+    key.write_text("a" * 64)
+    key.chmod(0o600)
+    params = base_params(tmp_path, SHIPPED)
+    params["adaptation"].update(
+        deploy_key_file=str(key),
+        state_file=str(tmp_path / "state.safetensors"),
+        rollback_margin=1e9,  # every update is kept: the test is about keeping it
+    )
+    params["policy_controller"] = {"deploy_key_file": str(key)}
+    cluster = Cluster(tmp_path, params)
+    try:
+        for name in ("sim_arm", "policy_controller", "adaptation"):
+            cluster.start(name)
+        cluster.wait_ready()
+        controller = lambda: cluster.status.get("policy_controller", {})  # noqa: E731
+        # An unsigned policy from another publisher is refused.
+        intruder = cluster.node.create_publisher(UInt8MultiArray, "policy", LATCHED_QOS)
+        forged = policy_to_msg(load_bundle(SHIPPED).replace(run_id="intruder", version=99))
+        cluster.wait_for("the intruder matched", lambda: intruder.get_subscription_count(), 20.0)
+        intruder.publish(forged)
+        cluster.wait_for(
+            "the forged policy dropped",
+            lambda: controller().get("dropped", {}).get("policy", 0) >= 1,
+            30.0,
+        )
+        assert "unsigned policy" in controller()["last_drop_reason"]["policy"]
+        assert controller()["run_id"] != "intruder"
+
+        n = cluster.next_id()
+        cluster.send_task(REACH[0])
+        assert cluster.wait_adaptation(n)["phase"] == "done"
+        cluster.wait_for("the adapted policy", lambda: controller().get("policy_adapted"), 20.0)
+        run_id, version = controller()["run_id"], controller()["policy_version"]
+
+        cluster.send_task(REACH[1])
+        cluster.wait_collecting(n + 1, rollouts=1)
+        cluster.must_live.discard("adaptation")
+        assert cluster.stop("adaptation", signal.SIGKILL) == -signal.SIGKILL
+        cluster.start("adaptation")
+        cluster.must_live.add("adaptation")
+        cluster.wait_for(
+            "the resumed policy on the controller",
+            lambda: (
+                cluster.status.get("adaptation", {}).get("resumed") is True
+                and controller().get("policy_version", -1) > version + 1
+            ),
+            120.0,
+        )
+        assert controller()["run_id"] == run_id and controller()["policy_adapted"] is True
+        assert cluster.get("adaptation")["run_id"] == run_id
+        assert not list(tmp_path.glob(".state.safetensors.*.tmp"))
+    finally:
+        cluster.close()

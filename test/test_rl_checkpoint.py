@@ -16,13 +16,17 @@ from maml_ros.meta import InnerConfig, init_meta_sgd_lrs
 from maml_ros.rl.checkpoint import (
     CheckpointError,
     PolicyBundle,
+    add_checksum,
     bundle_from_bytes,
     bundle_to_bytes,
     load_bundle,
+    main,
     save_bundle,
 )
 from maml_ros.rl.pg import PGConfig
 from maml_ros.rl.policy import GaussianMLPPolicy, PolicySpec
+from maml_ros.runtime import CHECKSUM_KEY, policy_from_bytes, read_policy_file
+from maml_ros.runtime.reader import NO_CHECKSUM_HINT, with_checksum
 
 
 def make_bundle(with_lrs: bool = False) -> PolicyBundle:
@@ -46,11 +50,20 @@ def make_bundle(with_lrs: bool = False) -> PolicyBundle:
 
 
 def raw_parts(bundle: PolicyBundle) -> tuple[dict, dict]:
-    """The tensors and header metadata of a valid encoding, for crafting bad ones."""
+    """The tensors and header metadata (without its checksum) of a valid encoding, for
+    crafting bad ones with :func:`encode`."""
     data = bundle_to_bytes(bundle)
     (n,) = struct.unpack("<Q", data[:8])
     metadata = json.loads(data[8 : 8 + n])["__metadata__"]
+    del metadata[CHECKSUM_KEY]
     return dict(safetensors.torch.load(data)), metadata
+
+
+def encode(tensors: dict, metadata: dict) -> bytes:
+    """Safetensors bytes of crafted parts with a valid checksum, so that the check under test
+    (not the checksum) is the one that refuses them."""
+    save = lambda meta: safetensors.torch.save(tensors, metadata=meta)  # noqa: E731
+    return with_checksum(save(metadata), metadata, save)
 
 
 @pytest.mark.parametrize("with_lrs", [False, True])
@@ -111,25 +124,25 @@ def test_rejects_wrong_shape():
     tensors, metadata = raw_parts(make_bundle())
     tensors["params/mlp.0.weight"] = torch.zeros(16, 13)
     with pytest.raises(CheckpointError, match=r"mlp\.0\.weight.*shape"):
-        bundle_from_bytes(safetensors.torch.save(tensors, metadata=metadata))
+        bundle_from_bytes(encode(tensors, metadata))
 
 
 def test_rejects_missing_and_unexpected_tensors():
     tensors, metadata = raw_parts(make_bundle())
     del tensors["params/log_std"]
     with pytest.raises(CheckpointError, match="log_std"):
-        bundle_from_bytes(safetensors.torch.save(tensors, metadata=metadata))
+        bundle_from_bytes(encode(tensors, metadata))
     tensors, metadata = raw_parts(make_bundle())
     tensors["extra"] = torch.zeros(2)
     with pytest.raises(CheckpointError, match="unexpected"):
-        bundle_from_bytes(safetensors.torch.save(tensors, metadata=metadata))
+        bundle_from_bytes(encode(tensors, metadata))
 
 
 def test_rejects_wrong_dtype():
     tensors, metadata = raw_parts(make_bundle())
     tensors["params/log_std"] = tensors["params/log_std"].double()
     with pytest.raises(CheckpointError, match="float32"):
-        bundle_from_bytes(safetensors.torch.save(tensors, metadata=metadata))
+        bundle_from_bytes(encode(tensors, metadata))
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
@@ -137,21 +150,21 @@ def test_rejects_non_finite_weights(bad):
     tensors, metadata = raw_parts(make_bundle())
     tensors["params/mlp.1.bias"][3] = bad
     with pytest.raises(CheckpointError, match="NaN or infinite"):
-        bundle_from_bytes(safetensors.torch.save(tensors, metadata=metadata))
+        bundle_from_bytes(encode(tensors, metadata))
 
 
 def test_rejects_non_positive_obs_std():
     tensors, metadata = raw_parts(make_bundle())
     tensors["obs_std"][0] = 0.0
     with pytest.raises(CheckpointError, match="obs_std"):
-        bundle_from_bytes(safetensors.torch.save(tensors, metadata=metadata))
+        bundle_from_bytes(encode(tensors, metadata))
 
 
 def test_rejects_unsupported_version():
     tensors, metadata = raw_parts(make_bundle())
     metadata["format_version"] = "99"
     with pytest.raises(CheckpointError, match="unsupported format version"):
-        bundle_from_bytes(safetensors.torch.save(tensors, metadata=metadata))
+        bundle_from_bytes(encode(tensors, metadata))
 
 
 @pytest.mark.parametrize("key", ["spec", "inner", "version", "run_id", "format"])
@@ -159,7 +172,7 @@ def test_rejects_missing_metadata(key):
     tensors, metadata = raw_parts(make_bundle())
     del metadata[key]
     with pytest.raises(CheckpointError, match="missing metadata"):
-        bundle_from_bytes(safetensors.torch.save(tensors, metadata=metadata))
+        bundle_from_bytes(encode(tensors, metadata))
 
 
 def test_rejects_no_metadata_at_all():
@@ -185,7 +198,7 @@ def test_rejects_bad_metadata_values(key, value, reason):
     tensors, metadata = raw_parts(make_bundle())
     metadata[key] = value
     with pytest.raises(CheckpointError, match=reason):
-        bundle_from_bytes(safetensors.torch.save(tensors, metadata=metadata))
+        bundle_from_bytes(encode(tensors, metadata))
 
 
 def test_encode_validates_too():
@@ -267,3 +280,56 @@ def test_a_write_killed_midway_leaves_no_orphan_once_the_file_is_written_again(t
     save_bundle(target, make_bundle())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["policy.safetensors"]
     load_bundle(target)
+
+
+# --------------------------------------------------------------------------- checksum
+
+
+def test_every_encoding_carries_a_checksum_that_both_readers_verify(tmp_path):
+    data = bytearray(bundle_to_bytes(make_bundle()))
+    (n,) = struct.unpack("<Q", data[:8])
+    assert len(json.loads(data[8 : 8 + n])["__metadata__"][CHECKSUM_KEY]) == 64
+    # One flipped bit in a weight: still finite, the right shape, probes fine; only the
+    # checksum tells.
+    flipped = bytearray(data)
+    flipped[8 + n + 40] ^= 0x01
+    for decode in (bundle_from_bytes, policy_from_bytes):
+        with pytest.raises(CheckpointError, match="checksum mismatch"):
+            decode(bytes(flipped))
+    # A changed metadata value (a version number, the spec) is caught the same way.
+    altered = bytes(data).replace(b'"version":"7"', b'"version":"8"')
+    assert altered != bytes(data)
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        policy_from_bytes(altered)
+    path = tmp_path / "flipped.safetensors"
+    path.write_bytes(bytes(flipped))
+    for load in (load_bundle, read_policy_file):
+        with pytest.raises(CheckpointError, match="checksum mismatch"):
+            load(path)
+
+
+def old_file(tmp_path: Path) -> Path:
+    """A policy file as written before checksums existed."""
+    tensors, metadata = raw_parts(make_bundle())
+    path = tmp_path / "old.safetensors"
+    path.write_bytes(safetensors.torch.save(tensors, metadata=metadata))
+    return path
+
+
+def test_a_file_without_checksum_is_refused_until_the_migration_adds_one(tmp_path, capsys):
+    path = old_file(tmp_path)
+    for load in (load_bundle, read_policy_file):
+        with pytest.raises(CheckpointError, match="no checksum") as err:
+            load(path)
+        assert NO_CHECKSUM_HINT in str(err.value)
+    tensors_before = safetensors.torch.load(path.read_bytes())
+    assert main(["--add-checksum", str(path)]) == 0
+    assert "checksum added" in capsys.readouterr().out
+    back = load_bundle(path)
+    assert (back.version, back.run_id, back.metadata) == (7, "abc", make_bundle().metadata)
+    after = safetensors.torch.load(path.read_bytes())
+    assert all(torch.equal(after[k], v) for k, v in tensors_before.items())
+    assert add_checksum(path) is False  # verified, not rewritten
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 64)
+    assert main(["--add-checksum", str(bad)]) == 2

@@ -92,7 +92,12 @@ class ListPublisher:
 def install(ctl: PolicyControllerNode, bundle: PolicyBundle) -> None:
     """Swaps ``bundle`` in as the decoder would, past its checks (the probe included)."""
     ctl._install(
-        SimpleNamespace(policy=numpy_policy(bundle), version=bundle.version, run_id=bundle.run_id)
+        SimpleNamespace(
+            policy=numpy_policy(bundle),
+            version=bundle.version,
+            run_id=bundle.run_id,
+            metadata=bundle.metadata,
+        )
     )
 
 
@@ -140,9 +145,9 @@ class Rig:
         assert list(msg.name) == JOINTS and len(msg.position) == 0
         self.actions[stamp_to_ns(msg.header.stamp)] = np.array(msg.velocity)
 
-    def send_policy(self, bundle_or_bytes: PolicyBundle | bytes) -> None:
+    def send_policy(self, bundle_or_bytes: PolicyBundle | bytes, key: bytes | None = None) -> None:
         if isinstance(bundle_or_bytes, PolicyBundle):
-            self.policies.publish(policy_to_msg(bundle_or_bytes))
+            self.policies.publish(policy_to_msg(bundle_or_bytes, key))
         else:
             self.policies.publish(policy_msg(bundle_or_bytes))
 
@@ -229,6 +234,80 @@ def test_swaps_to_newer_policies_and_keeps_the_last_good_one(ros: Ros) -> None:
     rig.send_policy(constant_bundle(BIAS_A, version=0, run_id="run-b"))
     wait_until(lambda: rig.ctl.status.snapshot()["run_id"] == "run-b")
     np.testing.assert_allclose(rig.tick()[1], BIAS_A, atol=1e-6)
+
+
+def key_file(path: Path, key: bytes, mode: int = 0o600) -> str:
+    path.write_bytes(key)
+    path.chmod(mode)
+    return str(path)
+
+
+def test_with_a_deploy_key_only_policies_signed_with_it_are_taken(ros: Ros, tmp_path) -> None:
+    key = b"k" * 32
+    rig = Rig(ros, deploy_key_file=key_file(tmp_path / "key", key))
+    rig.send_policy(constant_bundle(BIAS_A, version=1), key)
+    wait_until(lambda: rig.ctl.status.snapshot()["policy_version"] == 1)
+    # An attacker without the key: unsigned, signed with another key, a signature copied from
+    # another message, a valid signature with the label mangled. Each is counted and dropped.
+    victim = policy_to_msg(constant_bundle(BIAS_B, version=5), key)
+    copied = policy_to_msg(constant_bundle(BIAS_B, version=6))
+    copied.layout.dim = list(victim.layout.dim)
+    mangled = policy_to_msg(constant_bundle(BIAS_B, version=7), key)
+    label = mangled.layout.dim[0].label
+    mangled.layout.dim[0].label = label[:-1] + ("0" if label[-1] != "0" else "1")
+    attacks = [
+        ("unsigned", policy_to_msg(constant_bundle(BIAS_B, version=2))),
+        ("does not match", policy_to_msg(constant_bundle(BIAS_B, version=3), b"x" * 32)),
+        ("does not match", copied),
+        ("does not match", mangled),
+    ]
+    for count, (reason, msg) in enumerate(attacks, start=1):
+        rig.policies.publish(msg)
+        wait_until(lambda c=count: rig.ctl.status.dropped("policy") == c)
+        assert reason in rig.ctl.status.snapshot()["last_drop_reason"]["policy"]
+        assert rig.ctl.status.snapshot()["policy_version"] == 1
+    np.testing.assert_allclose(rig.tick()[1], BIAS_A, atol=1e-6)
+    rig.send_policy(constant_bundle(BIAS_B, version=8), key)
+    wait_until(lambda: rig.ctl.status.snapshot()["policy_version"] == 8)
+
+
+@pytest.mark.parametrize(
+    ("mode", "content", "reason"),
+    [(0o644, b"k" * 32, "chmod 600"), (0o600, b"short", "at least 16 needed")],
+)
+def test_a_deploy_key_file_others_can_read_or_too_short_is_refused(
+    ros: Ros, tmp_path, mode: int, content: bytes, reason: str
+) -> None:
+    overrides = [Parameter("deploy_key_file", value=key_file(tmp_path / "k", content, mode))]
+    with pytest.raises(ValueError, match=reason):
+        PolicyControllerNode(**ros.kwargs(), parameter_overrides=overrides)
+
+
+def test_an_adapted_policy_is_never_replaced_by_an_unadapted_one_of_another_run(
+    ros: Ros,
+) -> None:
+    rig = Rig(ros)
+    adapted = {"joint_names": JOINTS, "adapted": True}
+    rig.send_policy(constant_bundle(BIAS_A, version=4).replace(metadata=adapted))
+    wait_until(lambda: rig.ctl.status.snapshot()["policy_adapted"] is True)
+    # A restarted adaptation node that lost its state republishes the checkpoint: refused.
+    rig.send_policy(constant_bundle(BIAS_B, version=0, run_id="run-b"))
+    wait_until(lambda: rig.ctl.status.dropped("policy") == 1)
+    assert "downgrade refused" in rig.ctl.status.snapshot()["last_drop_reason"]["policy"]
+    assert rig.ctl.status.snapshot()["run_id"] == "run-a"
+    np.testing.assert_allclose(rig.tick()[1], BIAS_A, atol=1e-6)
+    # The same run may go back to the checkpoint's weights (a new version: its own decision);
+    # another run's adapted policy, or its checkpoint with the operator's override, is taken.
+    rig.send_policy(constant_bundle(BIAS_B, version=5))
+    wait_until(lambda: rig.ctl.status.snapshot()["policy_version"] == 5)
+    rig.send_policy(constant_bundle(BIAS_A, version=6).replace(metadata=adapted))
+    wait_until(lambda: rig.ctl.status.snapshot()["policy_version"] == 6)
+    rig.send_policy(constant_bundle(BIAS_B, version=0, run_id="run-c").replace(metadata=adapted))
+    wait_until(lambda: rig.ctl.status.snapshot()["run_id"] == "run-c")
+    override = {"joint_names": JOINTS, "override": True}
+    rig.send_policy(constant_bundle(BIAS_A, version=0, run_id="run-d").replace(metadata=override))
+    wait_until(lambda: rig.ctl.status.snapshot()["run_id"] == "run-d")
+    assert rig.ctl.status.snapshot()["policy_adapted"] is False
 
 
 def test_bad_joint_states_are_dropped(ros: Ros) -> None:

@@ -2,6 +2,7 @@
 
 import json
 import math
+import struct
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from maml_ros.meta import InnerConfig
 from maml_ros.rl.checkpoint import PolicyBundle, bundle_to_bytes
 from maml_ros.rl.policy import GaussianMLPPolicy, PolicySpec
 from maml_ros.ros import convert
+from maml_ros.runtime import content_sha256
 
 JOINTS = [f"J{i}" for i in range(7)]
 STAMP_NS = 1_700_000_000_123_456_789
@@ -356,8 +358,21 @@ def test_policy_rejects_truncated_and_nan():
     raw = bytearray(bundle_to_bytes(bad))
     raw[-4:] = np.array([np.nan], dtype="<f4").tobytes()
     msg.data = bytes(raw)
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        convert.policy_from_msg(msg, max_bytes=1 << 20)
+    msg.data = resigned(bytes(raw))  # a writer that signs NaN weights: the NaN check refuses
     with pytest.raises(ValueError, match="NaN"):
         convert.policy_from_msg(msg, max_bytes=1 << 20)
+
+
+def resigned(data: bytes) -> bytes:
+    """``data`` with its checksum recomputed, so the check under test is the one refusing it."""
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    header["__metadata__"]["sha256"] = content_sha256(header, data[8 + n :])
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    return struct.pack("<Q", len(blob)) + blob + data[8 + n :]
 
 
 _VALID_POLICY = bundle_to_bytes(tiny_bundle())

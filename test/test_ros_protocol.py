@@ -8,11 +8,16 @@ joiner, so a working inner update measurably improves the return.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,17 +25,20 @@ import pytest
 import torch
 from ros_harness import small_bundle
 
-from maml_ros.rl.checkpoint import PolicyBundle
+from maml_ros.rl.checkpoint import CheckpointError, PolicyBundle
 from maml_ros.rl.policy import numpy_policy
 from maml_ros.ros.adaptation_node import PARAMS
 from maml_ros.ros.convert import ActiveTask, TaskChange, task_label
 from maml_ros.ros.protocol import (
+    NEXT_VERSION_KEY,
     AdaptationProtocol,
     PartialRollout,
+    StateFile,
     StepJoiner,
     episode_from_reset_message,
     update_problem,
 )
+from maml_ros.runtime import Deployment, replacement_refusal
 from maml_ros.sim import sample_tasks
 
 torch.set_num_threads(1)
@@ -38,6 +46,8 @@ GOAL = np.array([0.5, -0.4, 0.3, -0.5, 0.4, -0.3, 0.5])
 DT_NS = 50_000_000
 TASKS = sample_tasks("reach", 2, "test", seed=0)
 FINAL = ("done", "rolled_back", "cancelled", "failed")
+PARENT = "0" * 64
+"""The parent-checkpoint digest the harness's state files carry."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,6 +114,37 @@ def test_joiner_period_is_a_median_that_one_stray_stamp_cannot_poison() -> None:
     assert joiner.period_ns == period
 
 
+def test_joiner_invalidates_a_step_whose_rewards_conflict_instead_of_taking_the_first() -> None:
+    drops: list[tuple[str, str]] = []
+    joiner = StepJoiner(8, lambda kind, reason: drops.append((kind, reason)))
+    state = (np.zeros(7), np.zeros(7))
+    # A spoofer's reward arrives first, then the driver's: the step never completes.
+    joiner.add_reward(10, 5.0, True, 1, "t@s")
+    joiner.add_reward(10, -1.0, False, 1, "t@s")
+    joiner.add_state(10, *state)
+    joiner.add_action(10, np.zeros(7))
+    assert joiner.wait_step(0.0) is None and joiner.conflicted([10]) == [10]
+    assert drops[-1][0] == "reward" and "conflicting rewards for stamp 10" in drops[-1][1]
+    # An identical repeat is a harmless duplicate: the step completes.
+    joiner.add_state(20, *state)
+    joiner.add_action(20, np.zeros(7))
+    joiner.add_reward(20, -1.0, False, 1, "t@s")
+    assert joiner.wait_step(0.0).stamp_ns == 20
+    joiner.add_reward(20, -1.0, False, 1, "t@s")
+    assert "late or duplicate reward" in drops[-1][1] and joiner.conflicted([20]) == []
+    # A different reward after the step completed: still queued, it is withdrawn; already
+    # taken, the stamp is remembered for the protocol.
+    for stamp in (30, 40):
+        joiner.add_state(stamp, *state)
+        joiner.add_action(stamp, np.zeros(7))
+        joiner.add_reward(stamp, 5.0, True, 1, "t@s")
+    assert joiner.wait_step(0.0).stamp_ns == 30
+    joiner.add_reward(30, -1.0, False, 1, "t@s")
+    joiner.add_reward(40, -1.0, False, 1, "t@s")
+    assert joiner.wait_step(0.0) is None
+    assert joiner.conflicted([20, 30, 40]) == [30, 40]
+
+
 def test_reset_message_episode_and_update_checks() -> None:
     assert episode_from_reset_message("reset; episode 12 started") == 12
     assert episode_from_reset_message("Episode: 3") == 3
@@ -140,9 +181,14 @@ class FakeRobot:
         self.acks = True  # a controller that reports each policy it runs
         self.flip_goal_on_version: int | None = None
         self.on_reset: Callable[[FakeRobot], None] | None = None  # a fault to inject
+        self.on_publish: Callable[[PolicyBundle], None] | None = None
         self.silent_resets = 0  # resets answered without any step following
         self.gaps = 0  # episodes that lose their 5th step
         self.unavailable = 0  # resets whose service is missing
+        self.spoof_episodes: set[int] = set()  # a spoofer's reward beats the driver's (step 3)
+        self.late_spoof_episodes: set[int] = set()  # ... at the next reset (step 3)
+        self._late_spoof: tuple[int, int] | None = None
+        self.unlabelled_episodes: set[int] = set()  # rewards of step 3 name no task
 
     def confirm(self, change: TaskChange, session: str | None = None) -> None:
         """The driver takes up ``change`` and confirms it on active_task."""
@@ -160,6 +206,8 @@ class FakeRobot:
         return True, ""
 
     def publish_policy(self, bundle: PolicyBundle) -> None:
+        if self.on_publish is not None:
+            self.on_publish(bundle)
         self.deployed.append(bundle)
         self.policy = numpy_policy(bundle)
         if bundle.version == self.flip_goal_on_version:
@@ -172,6 +220,10 @@ class FakeRobot:
         if self.unavailable:
             self.unavailable -= 1
             raise PartialRollout("service 'reset' is not available")
+        if self._late_spoof is not None:  # the protocol has used that episode by now
+            stamp, episode = self._late_spoof
+            self._late_spoof = None
+            self.joiner.add_reward(stamp, 0.0, True, episode, self.label)
         self.episode += 1
         if self.on_reset is not None:
             self.on_reset(self)
@@ -197,9 +249,12 @@ class FakeRobot:
                 continue
             self.joiner.add_state(self.stamp_ns, *state)
             self.joiner.add_action(self.stamp_ns, action)
-            self.joiner.add_reward(
-                self.stamp_ns, -distance, distance < 0.05, self.episode, self.label
-            )
+            if t == 3 and self.episode in self.spoof_episodes:
+                self.joiner.add_reward(self.stamp_ns, 0.0, True, self.episode, self.label)
+            label = "" if t == 3 and self.episode in self.unlabelled_episodes else self.label
+            self.joiner.add_reward(self.stamp_ns, -distance, distance < 0.05, self.episode, label)
+            if t == 3 and self.episode in self.late_spoof_episodes:
+                self._late_spoof = (self.stamp_ns, self.episode)
 
 
 class RecordingStatus:
@@ -243,7 +298,15 @@ class QuietLogger:
 class Harness:
     """A protocol serving on its worker thread, with the fake robot and recording status."""
 
-    def __init__(self, bundle: PolicyBundle, **overrides: Any) -> None:
+    def __init__(
+        self,
+        bundle: PolicyBundle,
+        state_path: str | None = None,
+        resume: bool = True,
+        run_id: str = "run-1",
+        **overrides: Any,
+    ) -> None:
+        """``state_path``: a :class:`StateFile` there, loaded (``resume``) as the node does."""
         self.config = {
             **{p.name: p.default for p in PARAMS},
             "device": "cpu",
@@ -259,11 +322,13 @@ class Harness:
         self.logger = QuietLogger()
         joiner = StepJoiner(4096, self.status.drop)
         self.robot = FakeRobot(joiner, self.config["horizon"])
+        state = StateFile(state_path, PARENT, 1 << 24) if state_path else None
         self.protocol = AdaptationProtocol(
-            self.robot, joiner, self.status, self.logger, lambda: self.config, run_id="run-1"
+            self.robot, joiner, self.status, self.logger, lambda: self.config, run_id, state
         )
         self.robot.protocol = self.protocol
-        self.protocol.load(bundle)
+        resumed = state.load() if state is not None and resume else None
+        self.protocol.load(bundle, resumed, override=state is not None and not resume)
         self.protocol.activate()
         self.worker = threading.Thread(target=self.protocol.serve, daemon=True)
         self.worker.start()
@@ -400,6 +465,33 @@ def test_a_missing_reset_service_only_loses_that_rollout(make) -> None:
     ] * 2
 
 
+def test_a_reward_spoofer_racing_the_driver_only_loses_the_rollouts_it_touched(make) -> None:
+    h = make()
+    h.robot.spoof_episodes = {3}  # a collected rollout: the spoofer's reward comes first
+    h.robot.late_spoof_episodes = {5}  # the spoofer's comes after the step was used
+    h.send()
+    assert h.wait_final() == "done"
+    s = h.status.fields
+    assert s["rollouts_collected"] == 8 and s["rollouts_discarded"] == 2
+    rollout_drops = [r for kind, r in h.status.drops if kind == "rollout"]
+    # Episode 3's step never completed (a gap); episode 5 was withdrawn after it was used.
+    assert len(rollout_drops) == 2 and "1 control step(s) missing" in rollout_drops[0]
+    assert "conflicting rewards for 1 step(s)" in rollout_drops[1]
+    reward_drops = [r for kind, r in h.status.drops if kind == "reward"]
+    assert len(reward_drops) == 2 and all("two senders" in r for r in reward_drops)
+    # The spoofed reward (0.0, success) never reached the update: 8 + 2 discarded + 2 evals.
+    assert h.robot.episode == 12
+
+
+def test_rewards_that_name_no_task_are_not_used(make) -> None:
+    h = make()
+    h.robot.unlabelled_episodes = {2}
+    h.send()
+    assert h.wait_final() == "done"
+    assert h.status.fields["rollouts_discarded"] == 1
+    assert any("names no task@session" in r for kind, r in h.status.drops if kind == "step")
+
+
 def test_a_task_the_driver_never_confirms_fails_with_the_policy_unchanged(make) -> None:
     h = make()
     h.send(confirm=False)
@@ -469,3 +561,180 @@ def test_the_protocol_module_imports_no_rclpy() -> None:
         "assert not ros, ros\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Restarts: the state file, resuming, and SIGKILL at every phase.
+
+
+def digest(bundle: PolicyBundle) -> str:
+    """The weights' identity (the params' bytes, by name)."""
+    h = hashlib.sha256()
+    for name in sorted(bundle.params):
+        h.update(bundle.params[name].numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_the_state_is_saved_before_each_publication_and_a_restart_resumes_it(
+    make, tmp_path
+) -> None:
+    path = str(tmp_path / "state.safetensors")
+    h = make(state_path=path)
+    saved_at_publish: list[tuple[int, int]] = []
+
+    def check_saved_first(bundle: PolicyBundle) -> None:
+        _, next_version = StateFile(path, PARENT, 1 << 24).load()
+        saved_at_publish.append((bundle.version, next_version))
+
+    h.robot.on_publish = check_saved_first
+    h.send()
+    assert h.wait_final() == "done"
+    adapted = h.protocol.good
+    assert adapted.metadata["adapted"] is True and adapted.metadata["task_id"] == "task-0"
+    assert saved_at_publish and all(nxt > version for version, nxt in saved_at_publish)
+    good, next_version = StateFile(path, PARENT, 1 << 24).load()
+    assert digest(good) == digest(adapted) and good.version == adapted.version
+    assert next_version == h.protocol._next_version and good.run_id == "run-1"
+    h.close()
+
+    # A new process (run id run-2 by default) resumes the run and its versions.
+    again = make(state_path=path, run_id="run-2")
+    first = again.robot.deployed[0]
+    assert again.protocol.run_id == "run-1" and first.run_id == "run-1"
+    assert first.version == next_version and digest(first) == digest(adapted)
+    assert first.metadata["adapted"] is True and NEXT_VERSION_KEY not in first.metadata
+    assert "override" not in first.metadata
+    current = Deployment.of(adapted.run_id, adapted.version, adapted.metadata)
+    resumed = Deployment.of("run-1", first.version, first.metadata)
+    assert replacement_refusal(current, resumed) is None
+
+
+def test_a_saved_state_of_another_checkpoint_is_refused_and_resume_false_overrides(
+    make, tmp_path
+) -> None:
+    path = str(tmp_path / "state.safetensors")
+    h = make(state_path=path)
+    h.send()
+    assert h.wait_final() == "done"
+    adapted = h.protocol.good
+    h.close()
+    with pytest.raises(CheckpointError, match="descends from checkpoint"):
+        StateFile(path, "1" * 64, 1 << 24).load()
+    fresh = make(state_path=path, resume=False, run_id="run-2")
+    first = fresh.robot.deployed[0]
+    assert first.run_id == "run-2" and first.metadata["adapted"] is False
+    assert first.metadata["override"] is True
+    # The controller takes it over the adapted policy only thanks to the override.
+    current = Deployment.of(adapted.run_id, adapted.version, adapted.metadata)
+    assert replacement_refusal(current, Deployment.of("run-2", 0, first.metadata)) is None
+    assert "downgrade" in replacement_refusal(current, Deployment.of("run-2", 0, {}))
+    good, _ = StateFile(path, PARENT, 1 << 24).load()
+    assert good.run_id == "run-2" and "override" not in good.metadata
+
+
+def test_a_rollback_is_saved_as_the_good_policy_before_it_is_published(make, tmp_path) -> None:
+    path = str(tmp_path / "state.safetensors")
+    h = make(state_path=path)
+    saved_good: list[str] = []
+    h.robot.on_publish = lambda _: saved_good.append(
+        digest(StateFile(path, PARENT, 1 << 24).load()[0])
+    )
+    h.robot.flip_goal_on_version = 1  # the adapted policy does worse: rolled back
+    h.send()
+    assert h.wait_final() == "rolled_back"
+    restored = h.robot.deployed[-1]
+    assert restored.metadata["adapted"] is False and restored.version == 2
+    assert saved_good[-1] == digest(restored)  # on disk before the rollback went out
+    good, next_version = StateFile(path, PARENT, 1 << 24).load()
+    assert (good.version, next_version) == (2, 3)
+
+
+KILLED_AT_A_PHASE = """
+import json, os, signal, sys
+from test_ros_protocol import Harness, digest, small_bundle
+
+state_path, log_path, kill_at = sys.argv[1:4]
+log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+second = lambda: harness.protocol.adaptation_id == 2
+kill = lambda: os.kill(os.getpid(), signal.SIGKILL)
+
+def publish(bundle, original):
+    if kill_at == "before_publish" and second() and bundle.metadata.get("adapted"):
+        kill()  # the state is saved, the policy not yet published
+    original(bundle)  # the controller takes it: logged as it does
+    record = {"run_id": bundle.run_id, "version": bundle.version, "digest": digest(bundle),
+              "metadata": {k: bundle.metadata.get(k) for k in ("adapted", "override", "task_id")}}
+    os.write(log, (json.dumps(record) + "\\n").encode())
+    if kill_at == "waiting_for_ack" and second() and bundle.metadata.get("adapted"):
+        kill()
+
+harness = Harness(small_bundle(), state_path=state_path)
+original = harness.robot.publish_policy
+harness.robot.publish_policy = lambda bundle: publish(bundle, original)
+harness.send(0)
+assert harness.wait_final(1) == "done"
+publish_status = harness.status.publish
+
+def status_publish():
+    publish_status()
+    if second() and harness.status.get("phase") == kill_at:
+        kill()
+
+harness.status.publish = status_publish
+if kill_at == "mid_write":  # the first state write of the second adaptation dies in fsync
+    os.fsync = lambda fd: kill() if second() else None
+harness.robot.flip_goal_on_version = None
+harness.send(1)
+harness.wait_final(2)
+sys.exit(3)  # never killed
+"""
+
+KILL_POINTS = (
+    "confirming_task",
+    "evaluating_pre",
+    "collecting",
+    "adapting",
+    "before_publish",
+    "waiting_for_ack",
+    "evaluating_post",
+    "mid_write",
+)
+
+
+@pytest.mark.parametrize("kill_at", KILL_POINTS)
+def test_sigkill_at_any_phase_loses_nothing_adapted(make, tmp_path, kill_at: str) -> None:
+    """The node's process is SIGKILLed during its second adaptation; the first one's policy
+    (adapted, judged good) survives in a whole state file, and a restarted protocol resumes
+    it under the same run with a version the controller takes."""
+    state, log = tmp_path / "state.safetensors", tmp_path / "controller.jsonl"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*sys.path, str(Path(__file__).parent)])}
+    child = subprocess.run(
+        [sys.executable, "-c", KILLED_AT_A_PHASE, str(state), str(log), kill_at],
+        env=env,
+        timeout=300,
+        capture_output=True,
+        text=True,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
+    published = [json.loads(line) for line in log.read_text().splitlines()]
+    adapted_first = [p for p in published if p["metadata"]["task_id"] == "task-0"]
+    assert len(adapted_first) == 1  # the first adaptation's policy, judged good
+    # The controller, following its rule, ran the last publication it took.
+    current = None
+    for p in published:
+        new = Deployment.of(p["run_id"], p["version"], p["metadata"])
+        if replacement_refusal(current, new) is None:
+            current = new
+    leftovers = list(tmp_path.glob(".state.safetensors.*.tmp"))
+    assert len(leftovers) == (1 if kill_at == "mid_write" else 0)
+
+    restarted = make(state_path=str(state), run_id="run-2")  # loads and verifies the file
+    resumed = restarted.robot.deployed[0]
+    assert resumed.run_id == "run-1" and resumed.metadata["task_id"] == "task-0"
+    assert digest(resumed) == adapted_first[0]["digest"]
+    assert resumed.version > max(p["version"] for p in published)
+    new = Deployment.of(resumed.run_id, resumed.version, resumed.metadata)
+    assert replacement_refusal(current, new) is None  # the controller takes it back
+    assert not list(tmp_path.glob(".state.safetensors.*.tmp"))  # the next write swept it
+    restarted.send(1)
+    assert restarted.wait_final() == "done"  # and the restarted node adapts on

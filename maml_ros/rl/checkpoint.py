@@ -8,11 +8,16 @@ the reason. No pickle anywhere.
 
 Tensor names: ``params/<name>`` (policy parameters, ``log_std`` included), ``obs_mean``,
 ``obs_std`` and, with Meta-SGD, ``lrs/<name>``. Header metadata (all strings, JSON inside):
-``format``, ``format_version``, ``version``, ``run_id``, ``spec``, ``inner``, ``pg``, ``extra``.
+``format``, ``format_version``, ``version``, ``run_id``, ``spec``, ``inner``, ``pg``, ``extra``
+and ``sha256``, the content checksum that every load verifies
+(:func:`maml_ros.runtime.reader.content_sha256`). ``python -m maml_ros.rl.checkpoint
+--add-checksum FILE...`` adds it to files written before checksums existed, bytes otherwise
+unchanged.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import json
@@ -33,11 +38,13 @@ from maml_ros.rl.pg import PGConfig
 from maml_ros.rl.policy import Params, probe_problem
 from maml_ros.runtime.policy import PolicySpec
 from maml_ros.runtime.reader import (
+    CHECKSUM_KEY,
     DEFAULT_MAX_BYTES,
     FORMAT_NAME,
     FORMAT_VERSION,
     CheckpointError,
     policy_from_bytes,
+    with_checksum,
 )
 
 
@@ -159,7 +166,7 @@ def check_runs(bundle: PolicyBundle) -> None:
 
 
 def bundle_to_bytes(bundle: PolicyBundle) -> bytes:
-    """Encode a bundle as safetensors bytes (validated first)."""
+    """Encode a bundle as safetensors bytes (validated first) carrying their ``sha256``."""
     validate_bundle(bundle)
     tensors: dict[str, torch.Tensor] = {
         f"params/{k}": v.detach().cpu().contiguous() for k, v in bundle.params.items()
@@ -182,7 +189,8 @@ def bundle_to_bytes(bundle: PolicyBundle) -> bytes:
         "pg": json.dumps(bundle.pg.to_dict(), sort_keys=True),
         "extra": extra,
     }
-    return safetensors.torch.save(tensors, metadata=metadata)
+    save = lambda meta: safetensors.torch.save(tensors, metadata=meta)  # noqa: E731
+    return with_checksum(save(metadata), metadata, save)
 
 
 def _read_header(data: bytes) -> dict[str, Any]:
@@ -218,13 +226,16 @@ def read_safetensors(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, st
 
 
 def bundle_from_bytes(
-    data: bytes | bytearray | memoryview, max_bytes: int = DEFAULT_MAX_BYTES
+    data: bytes | bytearray | memoryview,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    require_checksum: bool = True,
 ) -> PolicyBundle:
     """Decode and validate safetensors bytes; raises CheckpointError with the reason.
 
     The runtime's reader (:func:`maml_ros.runtime.policy_from_bytes`) does every check, the
-    probe included; this adds the learner's side: torch tensors and the inner / PG configs."""
-    policy = policy_from_bytes(data, max_bytes)
+    probe and the checksum included; this adds the learner's side: torch tensors and the
+    inner / PG configs."""
+    policy = policy_from_bytes(data, max_bytes, require_checksum=require_checksum)
     as_tensors = lambda arrays: {k: torch.from_numpy(v.copy()) for k, v in arrays.items()}  # noqa: E731
     return PolicyBundle(
         spec=policy.spec,
@@ -284,6 +295,24 @@ def load_bundle(path: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_BYTES
         return bundle_from_bytes(data, max_bytes=max_bytes)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
+
+
+def add_checksum(path: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_BYTES) -> bool:
+    """Adds the ``sha256`` checksum to a valid policy file written before checksums existed
+    (atomically; tensors and every other metadata field unchanged). False when it has one
+    already (then it is verified, not rewritten); raises CheckpointError for an invalid file."""
+    data = read_regular_file(path, max_bytes)
+    try:
+        bundle_from_bytes(data, max_bytes, require_checksum=False)  # every other check
+        tensors, metadata = read_safetensors(data)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+    if CHECKSUM_KEY in metadata:
+        return False
+    save = lambda meta: safetensors.torch.save(tensors, metadata=meta)  # noqa: E731
+    atomic_write_bytes(path, with_checksum(save(metadata), metadata, save))
+    load_bundle(path, max_bytes)
+    return True
 
 
 def _alive(pid: int) -> bool:
@@ -373,11 +402,27 @@ def clone_params(params: Params) -> Params:
     return {k: v.detach().to("cpu", torch.float32).clone() for k, v in params.items()}
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``python -m maml_ros.rl.checkpoint --add-checksum FILE...``: 0, or 2 with the reason."""
+    parser = argparse.ArgumentParser(prog="python -m maml_ros.rl.checkpoint")
+    parser.add_argument("--add-checksum", nargs="+", metavar="FILE", required=True)
+    args = parser.parse_args(argv)
+    for path in args.add_checksum:
+        try:
+            added = add_checksum(path)
+        except CheckpointError as exc:
+            print(f"error: {exc}")
+            return 2
+        print(f"{path}: {'checksum added' if added else 'already has a valid checksum'}")
+    return 0
+
+
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "FORMAT_VERSION",
     "CheckpointError",
     "PolicyBundle",
+    "add_checksum",
     "atomic_write_bytes",
     "bundle_from_bytes",
     "bundle_to_bytes",
@@ -391,3 +436,7 @@ __all__ = [
     "save_bundle",
     "validate_bundle",
 ]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -24,8 +24,17 @@ cancelled, failed), ``adaptation_id`` (one per accepted task change), ``task_id`
 last rollout step to the controller reporting the adapted version, and
 ``task_to_policy_active_ms``), ``inner_device``, ``policy_version``,
 ``run_id``, ``reason`` (why a rollback or failure happened), ``cancellations``, ``ready``
-(the warm-up update is done) and the drop counters by kind (joint_states, actions, reward,
-task, step, rollout, controller_status, buffer_dump).
+(the warm-up update is done), ``resumed`` (the state file was resumed) and the drop counters by
+kind (joint_states, actions, reward, task, step, rollout, controller_status, buffer_dump,
+state_file).
+
+Pairing: with ``deploy_key_file`` every policy message is signed (HMAC-SHA256 of its bytes
+under the key, in ``layout.dim[0].label``), so a controller reading the same key file takes
+policies from this node only. Restarts: with ``state_file`` the last good policy is saved
+atomically before every publication; a restarted node resumes it (``resume``, default) under
+the same run id with later versions, or starts from the checkpoint (``resume:=false``) with the
+operator's override on its first policy. A saved state descending from another checkpoint is
+refused (configure fails).
 
 Each adaptation starts from the meta-trained weights (``reset_to_meta``, MAML's protocol): if an
 adapted policy is active, the meta weights are republished first as a new version.
@@ -36,6 +45,7 @@ units (before clamping), which is what the policy-gradient loss needs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -55,7 +65,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import String, UInt8MultiArray
 from std_srvs.srv import SetBool, Trigger
 
-from maml_ros.rl.checkpoint import CheckpointError, PolicyBundle, load_bundle
+from maml_ros.rl.checkpoint import CheckpointError, PolicyBundle, load_bundle, read_regular_file
 from maml_ros.ros.common import (
     AUTOSTART,
     ManagedNode,
@@ -91,9 +101,11 @@ from maml_ros.ros.protocol import (
     AdaptationProtocol,
     CheckCancel,
     PartialRollout,
+    StateFile,
     StepJoiner,
 )
 from maml_ros.ros.tasks import TaskInbox
+from maml_ros.runtime import deploy_key_problem, read_deploy_key
 
 JOINT_STATE_BUFFER_QOS = QoSProfile(
     depth=100,
@@ -143,31 +155,41 @@ def _fs_limits(folder: Path) -> tuple[int, int]:
 
 
 def _check_dump(value: Any) -> str | None:
-    """Why ``value`` cannot be the buffer_dump file: longer than the file system allows, a
-    directory, a special file (a FIFO would block the worker), a missing or unwritable folder.
-    Never raises."""
+    """Why ``value`` cannot be the buffer_dump file (:func:`_writable_file_problem`)."""
+    return _writable_file_problem("buffer_dump", value)
+
+
+def _check_state_file(value: Any) -> str | None:
+    """Why ``value`` cannot be the state_file (:func:`_writable_file_problem`)."""
+    return _writable_file_problem("state_file", value)
+
+
+def _writable_file_problem(name: str, value: Any) -> str | None:
+    """Why ``value`` cannot be the file of parameter ``name``: longer than the file system
+    allows, a directory, a special file (a FIFO would block the worker), a missing or
+    unwritable folder. Never raises."""
     if not value:
         return None
     if "\0" in value:
-        return "buffer_dump must not contain a NUL character"
+        return f"{name} must not contain a NUL character"
     path = Path(value)
     try:
         path_max, name_max = _fs_limits(path.parent)
         if len(os.fsencode(os.path.abspath(path))) >= path_max:
-            return f"buffer_dump path is longer than the file system allows ({path_max} bytes)"
+            return f"{name} path is longer than the file system allows ({path_max} bytes)"
         if any(len(os.fsencode(part)) > name_max for part in path.parts):
-            return f"a name in buffer_dump is longer than the file system allows ({name_max} bytes)"
+            return f"a name in {name} is longer than the file system allows ({name_max} bytes)"
         if path.is_dir():
-            return f"buffer_dump {value!r:.120} is a directory, not a file"
+            return f"{name} {value!r:.120} is a directory, not a file"
         if not path.parent.is_dir():
-            return f"buffer_dump folder {str(path.parent)!r:.120} does not exist"
+            return f"{name} folder {str(path.parent)!r:.120} does not exist"
         if path.exists() and not path.is_file():
-            return f"buffer_dump {value!r:.120} exists and is not a regular file"
+            return f"{name} {value!r:.120} exists and is not a regular file"
         if not os.access(path.parent, os.W_OK | os.X_OK):
-            return f"buffer_dump folder {str(path.parent)!r:.120} is not writable"
+            return f"{name} folder {str(path.parent)!r:.120} is not writable"
     except (OSError, ValueError) as err:  # ELOOP, EACCES, an embedded NUL ...
         why = getattr(err, "strerror", None) or str(err)
-        return f"buffer_dump {value!r:.120} is not usable: {type(err).__name__}: {why}"
+        return f"{name} {value!r:.120} is not usable: {type(err).__name__}: {why}"
     return None
 
 
@@ -293,6 +315,29 @@ PARAMS = (
         "JSON-lines file receiving every collected rollout's steps ('' = off)",
         _check_dump,
     ),
+    ParamSpec(
+        "deploy_key_file",
+        "",
+        "File (mode 600) holding the key every published policy is signed with; the controller "
+        "reads the same file ('' = unsigned policies, with a warning)",
+        deploy_key_problem,
+        read_only=True,
+    ),
+    ParamSpec(
+        "state_file",
+        "",
+        "Policy file saving the last good policy, its run id and next version before every "
+        "publication, so a restarted node resumes it ('' = off)",
+        _check_state_file,
+        read_only=True,
+    ),
+    ParamSpec(
+        "resume",
+        True,
+        "With state_file: resume the saved policy (true) or start from the checkpoint, "
+        "overriding an adapted policy the controller runs (false)",
+        read_only=True,
+    ),
 )
 
 
@@ -311,7 +356,8 @@ class ServiceRobot:
     """The protocol's :class:`~maml_ros.ros.protocol.Robot` over ROS: the driver's ``reset``
     service, the controller's ``set_exploration`` service and the latched ``policy`` topic."""
 
-    def __init__(self, node: Node, controller: str) -> None:
+    def __init__(self, node: Node, controller: str, deploy_key: bytes | None = None) -> None:
+        self._deploy_key = deploy_key
         self._reset = node.create_client(Trigger, RESET_SERVICE)
         self._explore = node.create_client(SetBool, f"{controller}/{EXPLORATION_SERVICE}")
         self._policy_pub = node.create_publisher(UInt8MultiArray, POLICY_TOPIC, LATCHED_QOS)
@@ -333,8 +379,8 @@ class ServiceRobot:
         return response.success, response.message
 
     def publish_policy(self, bundle: PolicyBundle) -> None:
-        """Publishes ``bundle`` on the latched ``policy`` topic."""
-        self._policy_pub.publish(policy_to_msg(bundle))
+        """Publishes ``bundle`` on the latched ``policy`` topic (signed with the deploy key)."""
+        self._policy_pub.publish(policy_to_msg(bundle, self._deploy_key))
 
 
 def _call(client: Client, request: Any, timeout_s: float, check_cancel: CheckCancel) -> Any:
@@ -382,9 +428,15 @@ class AdaptationNode(ManagedNode):
         self.joint_names = list(self.params["joint_names"])
         torch.set_num_threads(self.params["torch_threads"])
         controller = self.params["controller_name"]
+        key_file = self.params["deploy_key_file"]
+        deploy_key = read_deploy_key(key_file) if key_file else None
+        if deploy_key is None:
+            self.get_logger().warning(
+                "no deploy_key_file: policies are published unsigned (any publisher can deploy)"
+            )
         self.joiner = StepJoiner(self.params["buffer_capacity"], self.status.drop)
         self.protocol = AdaptationProtocol(
-            robot=ServiceRobot(self, controller),
+            robot=ServiceRobot(self, controller, deploy_key),
             joiner=self.joiner,
             status=self.status,
             logger=self.get_logger(),
@@ -424,8 +476,10 @@ class AdaptationNode(ManagedNode):
         if self.protocol.meta_bundle is not None:
             return  # configured before (a cleanup keeps what was loaded)
         path = self.params["checkpoint"] or str(shipped_checkpoint())
+        max_bytes = self.params["policy_max_bytes"]
         try:
-            bundle = load_bundle(path, max_bytes=self.params["policy_max_bytes"])
+            bundle = load_bundle(path, max_bytes=max_bytes)
+            parent_sha256 = hashlib.sha256(read_regular_file(path, max_bytes)).hexdigest()
         except CheckpointError as err:
             raise ValueError(f"cannot load checkpoint: {err}") from err
         n = len(self.joint_names)
@@ -434,8 +488,25 @@ class AdaptationNode(ManagedNode):
                 f"checkpoint {path} has obs_dim {bundle.spec.obs_dim} / act_dim "
                 f"{bundle.spec.act_dim}; {n} joints need {2 * n} / {n}"
             )
-        self.protocol.load(bundle)
-        self.status.set(checkpoint=str(path))
+        resumed, override = None, False
+        if self.params["state_file"]:
+            self.protocol.state = StateFile(self.params["state_file"], parent_sha256, max_bytes)
+            if self.params["resume"]:
+                try:
+                    resumed = self.protocol.state.load()
+                except CheckpointError as err:
+                    raise ValueError(f"cannot resume: {err}") from err
+            else:
+                override = True
+        self.protocol.load(bundle, resumed, override=override)
+        if resumed is not None:
+            self.get_logger().info(
+                f"resumed {self.params['state_file']}: version {resumed[0].version} of run "
+                f"{resumed[0].run_id} (task {resumed[0].metadata.get('task_id')})"
+            )
+        self.status.set(
+            checkpoint=str(path), resumed=resumed is not None, run_id=self.protocol.run_id
+        )
         self._worker = threading.Thread(target=self.protocol.serve, name="adaptation", daemon=True)
         self._worker.start()
         self.get_logger().info(f"loaded {path} (run_id {self.protocol.run_id})")

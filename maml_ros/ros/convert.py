@@ -308,12 +308,18 @@ def active_task_from_msg(msg: String) -> ActiveTask:
 # std_msgs/UInt8MultiArray (policy)
 
 
-def policy_to_msg(bundle: PolicyBundle) -> UInt8MultiArray:
-    """A policy message: the bundle's safetensors bytes (rl's codec)."""
+def policy_to_msg(bundle: PolicyBundle, deploy_key: bytes | None = None) -> UInt8MultiArray:
+    """A policy message: the bundle's safetensors bytes (rl's codec), signed with
+    ``deploy_key`` when given (``layout.dim[0].label`` = ``hmac-sha256=<hex>``)."""
     from maml_ros.rl.checkpoint import bundle_to_bytes
+    from maml_ros.runtime.deployment import SIGNATURE_LABEL, policy_signature
 
     msg = UInt8MultiArray()
-    msg.data = bundle_to_bytes(bundle)
+    data = bundle_to_bytes(bundle)
+    msg.data = data
+    if deploy_key is not None:
+        label = SIGNATURE_LABEL + policy_signature(deploy_key, data)
+        msg.layout.dim = [MultiArrayDimension(label=label, size=len(data), stride=len(data))]
     return msg
 
 
@@ -334,11 +340,20 @@ def policy_from_msg(msg: UInt8MultiArray, max_bytes: int) -> PolicyBundle:
     return bundle_from_bytes(_policy_bytes(msg, max_bytes), max_bytes=max_bytes)
 
 
-def policy_data_from_msg(msg: UInt8MultiArray, max_bytes: int) -> PolicyData:
-    """The validated, probed policy (numpy, no torch) in a policy message: the controller's."""
-    from maml_ros.runtime import policy_from_bytes
+def policy_data_from_msg(
+    msg: UInt8MultiArray, max_bytes: int, deploy_key: bytes | None = None
+) -> PolicyData:
+    """The validated, probed policy (numpy, no torch) in a policy message: the controller's.
 
-    return policy_from_bytes(_policy_bytes(msg, max_bytes), max_bytes=max_bytes)
+    With ``deploy_key`` the message must carry the bytes' signature under it; it is checked
+    before anything is parsed (ValueError: unsigned, or signed with another key)."""
+    from maml_ros.runtime import check_signature, policy_from_bytes
+
+    data = _policy_bytes(msg, max_bytes)
+    if deploy_key is not None:
+        label = msg.layout.dim[0].label if msg.layout.dim else None
+        check_signature(deploy_key, data, label)
+    return policy_from_bytes(data, max_bytes=max_bytes)
 
 
 # ---------------------------------------------------------------------------------------------

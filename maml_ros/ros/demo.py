@@ -1,7 +1,8 @@
 """maml-ros-demo: the arm adapts to a new goal and to a changed body, end to end over ROS 2.
 
 Starts sim_arm_node, policy_controller_node and adaptation_node (the shipped checkpoint, CPU,
-the installed config/adapt.yaml) as separate processes, publishes two task changes drawn from
+the installed config/adapt.yaml) as separate processes, paired by a fresh deploy key removed at
+the end, publishes two task changes drawn from
 the sim's held-out test samplers (one reach, one dynamics; fixed seed), waits for each
 adaptation to finish (the adaptation node's status), prints a table of the pre-/post-update
 return and success, saves a plot, stops the nodes with SIGINT and checks they exit with 0.
@@ -20,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -27,12 +29,14 @@ from pathlib import Path
 from typing import IO, Any
 
 import rclpy
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from std_msgs.msg import String
 
 from maml_ros.ros.convert import TaskChange
 from maml_ros.ros.interfaces import LATCHED_QOS
 from maml_ros.ros.tasks import DEFAULT_REQUIRED, TaskDelivery
+from maml_ros.runtime.deployment import create_deploy_key
 from maml_ros.sim import TaskSpec, sample_tasks
 
 EXECUTABLES = ("sim_arm_node", "policy_controller_node", "adaptation_node")
@@ -222,20 +226,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def node_commands(args: argparse.Namespace, params_file: Path) -> dict[str, list[str]]:
-    """The command line of each node."""
+def node_commands(
+    args: argparse.Namespace, params_file: Path, deploy_key: Path
+) -> dict[str, list[str]]:
+    """The command line of each node; the controller and the adaptation node are paired by
+    ``deploy_key``."""
     common = ["--ros-args", "--params-file", str(params_file)]
-    adaptation = ["-p", f"device:={args.device}"]
+    paired = ["-p", f"deploy_key_file:={deploy_key}"]
+    adaptation = [*paired, "-p", f"device:={args.device}"]
     if args.checkpoint:  # '' (the shipped checkpoint) is the node's default
         adaptation += ["-p", f"checkpoint:={args.checkpoint}"]
     if args.rollouts is not None:
         adaptation += ["-p", f"rollouts:={args.rollouts}"]
-    sim_arm, controller = [], []
+    sim_arm, controller = [], list(paired)
     if args.real_time_factor is not None:
         sim_arm = ["-p", f"real_time_factor:={args.real_time_factor}"]
         if args.real_time_factor != 1.0:  # sim stamps drift away from the wall clock
-            controller = ["-p", "stamp_tolerance_s:=0.0"]
-            adaptation += controller
+            controller += ["-p", "stamp_tolerance_s:=0.0"]
+            adaptation += ["-p", "stamp_tolerance_s:=0.0"]
     return {
         "sim_arm": [find_executable("sim_arm_node"), *common, *sim_arm],
         "policy_controller": [find_executable("policy_controller_node"), *common, *controller],
@@ -249,7 +257,9 @@ def run_demo(args: argparse.Namespace) -> list[dict[str, Any]]:
     if not params_file.is_file():
         raise DemoError(f"params file {params_file} does not exist")
     args.out.mkdir(parents=True, exist_ok=True)
-    procs = NodeProcesses(node_commands(args, params_file), args.out / "logs")
+    key_folder = tempfile.mkdtemp(prefix="maml_ros_demo_key_")  # mode 0700, removed below
+    deploy_key = create_deploy_key(key_folder)
+    procs = NodeProcesses(node_commands(args, params_file, deploy_key), args.out / "logs")
     rclpy.init()
     node = rclpy.create_node("maml_ros_demo")
     watcher = StatusWatcher(node, "adaptation/status")
@@ -296,6 +306,7 @@ def run_demo(args: argparse.Namespace) -> list[dict[str, Any]]:
             print(f"[demo] task {index} {status['phase']} in {results[-1]['wall_s']} s", flush=True)
     finally:
         codes = procs.stop()
+        shutil.rmtree(key_folder, ignore_errors=True)
         node.destroy_node()
         rclpy.try_shutdown()
         spinner.join(timeout=5.0)
@@ -306,8 +317,13 @@ def run_demo(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def _spin(node: Node) -> None:
+    """Spins ``node`` on an executor of its own: TaskDelivery spins its node on rclpy's global
+    executor from the main thread, and two threads on one executor end this spin (silently,
+    under the suppress below: the status stopped arriving and the demo timed out)."""
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
     with contextlib.suppress(Exception):  # the context shuts down at the end of the demo
-        rclpy.spin(node)
+        executor.spin()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -50,14 +50,45 @@ Conventions:
   the adaptation (policy unchanged) when the confirmation never comes or the driver's
   ``id`` or ``driver_session`` changes under it.
 - ``policy``: the bytes of a safetensors file whose header metadata carries the format
-  version, policy version, architecture and observation/action spec
-  (see :mod:`maml_ros.rl.checkpoint`). Its metadata also holds ``run_id`` (one per
-  adaptation-node process) and ``version``: a controller accepts a policy whose ``run_id``
-  differs from its current one, or whose ``version`` is higher; a rollback is published as a
-  new, higher version carrying the previous weights. Every policy is also run on probe
-  observations when decoded and refused unless its actions are finite; one that still computes
-  a non-finite action is dropped, its (``run_id``, ``version``) refused from then on, and the
-  controller goes back to the policy it ran before.
+  version, policy version, architecture and observation/action spec and a ``sha256``
+  checksum of the content, which every reader verifies (see :mod:`maml_ros.rl.checkpoint`).
+  Its metadata also holds ``run_id`` (one per adaptation run: a restarted adaptation node that
+  resumes its saved state keeps it) and ``version``, and its free ``extra`` metadata says
+  ``adapted`` (true: weights adapted on the robot; false or absent: a meta-trained checkpoint)
+  and may say ``override`` (true: the operator chose to start from the checkpoint).
+
+  **Who may deploy.** With a ``deploy_key_file`` (the same file for the controller and the
+  adaptation node; ``adapt.launch.py`` makes one per launch) the adaptation node labels
+  ``layout.dim[0]`` with ``hmac-sha256=<hex>``, the HMAC-SHA256 of the message's bytes under
+  the key, and the controller refuses (counted as a ``policy`` drop with the reason) a message
+  that is unsigned or signed with another key before it parses it. This authenticates the
+  sender of a policy against anyone on the DDS domain without the key (ROS 2 has no access
+  control without SROS2) and, with the checksum, detects any altered byte. It does not hide
+  the policy (no encryption), does not authenticate the other topics (rewards, tasks, joint
+  states), and does not stop a replay of an older message signed with the same key; the version
+  rule below refuses a replay within the run, a per-launch key refuses a previous launch's. For
+  authentication and encryption of every topic and service use SROS2 (DDS Security:
+  ``ros2 security create_enclave``, ``ROS_SECURITY_ENABLE=true``, ``ROS_SECURITY_STRATEGY=
+  Enforce``). Without a key the controller takes any policy (today's behaviour) and both nodes
+  log a warning.
+
+  **Which policy replaces which** (the acceptance rule, applied after the signature, the
+  decode, the probe and the joint-name check): a controller with no policy takes any; a policy
+  of the current ``run_id`` replaces the current one when its ``version`` is higher; one of
+  another ``run_id`` replaces it unless the current policy is ``adapted`` and the new one is
+  neither ``adapted`` nor an ``override``. So a restarted adaptation node that lost its state
+  and republishes the checkpoint never downgrades an adapted policy, unless the operator
+  started it from the checkpoint (``resume:=false``, which marks its first policy
+  ``override``). A rollback is published as a new, higher version of the run carrying the
+  previous weights. Every policy is also run on probe observations when decoded and refused
+  unless its actions are finite; one that still computes a non-finite action is dropped, its
+  (``run_id``, ``version``) refused from then on, and the controller goes back to the policy it
+  ran before.
+- ``reward`` sources: the adaptation node uses a step only when its reward is labelled with
+  the ``<task id>@<driver_session>`` the driver confirmed on ``active_task`` (an unlabelled one
+  is dropped, another label fails the adaptation); two different rewards for one stamp (a
+  sender racing the driver) invalidate that step, and a rollout that used it is discarded,
+  instead of the first reward winning.
 """
 
 from __future__ import annotations

@@ -18,8 +18,12 @@ thread (the newest pending message wins), so decoding never holds up a tick. A p
 when it decodes and validates (size, shapes, dtype, finiteness, and actions finite on probe
 observations: ``maml_ros.runtime``'s reader), matches this controller
 (observation size 2 × joints, action size = joints, and ``joint_names`` when its metadata has
-them), and is newer: another ``run_id`` than the current policy's, or the same run_id with a
-higher ``version``. It then replaces the current one between ticks: one reference assignment,
+them), is signed with the ``deploy_key_file`` key when one is configured (HMAC-SHA256 in
+``layout.dim[0].label``: only the paired adaptation node deploys), and passes the acceptance
+rule (``maml_ros.runtime.replacement_refusal``, written out in ``maml_ros.ros.interfaces``):
+the same ``run_id`` with a higher ``version``, or another run, unless that would replace an
+adapted policy with an unadapted one that carries no operator override. It then replaces the
+current one between ticks: one reference assignment,
 which the tick reads without a lock (as realtime_tools' RealtimeBuffer swaps a pointer), so the
 tick never waits for the decoder or the status. A bad update is dropped and counted; the last
 good policy keeps running. The node imports no torch, pybullet or gymnasium.
@@ -86,10 +90,14 @@ from maml_ros.ros.interfaces import (
 )
 from maml_ros.runtime import (
     DEFAULT_MAX_BYTES,
+    Deployment,
     NumpyPolicy,
     PolicyData,
+    deploy_key_problem,
     observation_from_joint_state,
+    read_deploy_key,
     read_policy_file,
+    replacement_refusal,
 )
 
 DEFAULT_JOINT_NAMES = [f"lbr_iiwa_joint_{i}" for i in range(1, 8)]
@@ -185,6 +193,14 @@ PARAMS = (
         read_only=True,
     ),
     ParamSpec(
+        "deploy_key_file",
+        "",
+        "File (mode 600) holding the key policies must be signed with: only the adaptation node "
+        "reading the same file deploys ('' = any publisher deploys, with a warning)",
+        validator=deploy_key_problem,
+        read_only=True,
+    ),
+    ParamSpec(
         "realtime_priority",
         0,
         "SCHED_FIFO priority of the node's threads (0: normal scheduling); needs "
@@ -211,6 +227,12 @@ class PolicyControllerNode(ManagedNode):
         )
         self.joint_names = list(self.params["joint_names"])
         n = len(self.joint_names)
+        key_file = self.params["deploy_key_file"]
+        self._deploy_key = read_deploy_key(key_file) if key_file else None
+        if self._deploy_key is None:
+            self.get_logger().warning(
+                "no deploy_key_file: any publisher on 'policy' can replace the policy"
+            )
         self._ticks = 0
         self._policy_ns = np.zeros(POLICY_TIMING_WINDOW, dtype=np.int64)  # ring, per tick
         self.status = NodeStatus(self, refresh=self._tick_fields)
@@ -471,7 +493,9 @@ class PolicyControllerNode(ManagedNode):
     def handle_policy(self, msg: UInt8MultiArray) -> bool:
         """Validates a policy message and swaps it in; a bad one is dropped. True if taken."""
         try:
-            bundle = policy_data_from_msg(msg, self.params["policy_max_bytes"])
+            bundle = policy_data_from_msg(
+                msg, self.params["policy_max_bytes"], deploy_key=self._deploy_key
+            )
             problem = self._incompatibility(bundle) or self._not_newer(bundle)
             if problem:
                 raise ValueError(problem)
@@ -497,22 +521,19 @@ class PolicyControllerNode(ManagedNode):
         return None
 
     def _not_newer(self, bundle: PolicyData) -> str | None:
-        """Why ``bundle`` does not replace the current policy (the version rule), or None."""
+        """Why ``bundle`` does not replace the current policy (the acceptance rule), or None."""
         active = self._active
         if (bundle.run_id, bundle.version) == self._refused:
             return (
                 f"refused: version {bundle.version} of run {bundle.run_id!r} computed a "
                 "non-finite action"
             )
-        if active is None or bundle.run_id != active.run_id or bundle.version > active.version:
-            return None
-        return (
-            f"old version: {bundle.version} is not newer than the active {active.version} "
-            f"of run {bundle.run_id!r}"
-        )
+        new = Deployment.of(bundle.run_id, bundle.version, bundle.metadata)
+        return replacement_refusal(active.deployment if active else None, new)
 
     def _install(self, bundle: PolicyData) -> None:
-        active = _ActivePolicy(bundle.policy, bundle.version, bundle.run_id)
+        deployment = Deployment.of(bundle.run_id, bundle.version, bundle.metadata)
+        active = _ActivePolicy(bundle.policy, bundle.version, bundle.run_id, deployment)
         with self._swap_lock:  # held for the swap alone; the tick reads without it
             self._active, self._fallback = active, self._active or self._fallback
         self._updates += 1
@@ -543,6 +564,7 @@ class PolicyControllerNode(ManagedNode):
         self.status.set(
             policy_version=active.version if active else None,
             run_id=active.run_id if active else None,
+            policy_adapted=active.deployment.adapted if active else None,
             has_policy=active is not None,
             policy_updates=self._updates,
             policy_fallbacks=self._fallbacks,
@@ -566,6 +588,7 @@ class _ActivePolicy:
     policy: NumpyPolicy
     version: int
     run_id: str
+    deployment: Deployment
 
 
 def main(args: list[str] | None = None) -> int:

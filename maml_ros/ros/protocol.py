@@ -15,6 +15,12 @@ silent service) is discarded and retried (:class:`PartialRollout`), up to
 (:class:`Cancelled`); anything that stops the adaptation (:class:`AdaptationFailed`) leaves the
 policy it started from deployed; an update that is non-finite, explodes or does worse than
 before is rolled back.
+
+Restarts: with a :class:`StateFile`, the last good policy (adapted or not, with its task, run
+id and the next version to publish) is written atomically before every policy is published,
+rollbacks included, so a process killed at any point leaves the file whole and at most one
+publication ahead of it; a restarted protocol :meth:`~AdaptationProtocol.load` takes it and goes
+on with the same run id and later versions (which the controller's acceptance rule takes).
 """
 
 from __future__ import annotations
@@ -35,10 +41,11 @@ import numpy as np
 import torch
 
 from maml_ros.rl.adapt import adapt_policy, warm_up
-from maml_ros.rl.checkpoint import PolicyBundle
+from maml_ros.rl.checkpoint import CheckpointError, PolicyBundle, load_bundle, save_bundle
 from maml_ros.rl.pg import Rollouts
 from maml_ros.rl.policy import probe_problem
 from maml_ros.runtime import observation_from_joint_state
+from maml_ros.runtime.deployment import ADAPTED_KEY, OVERRIDE_KEY
 
 if TYPE_CHECKING:  # only their fields are read: the protocol stays free of rclpy
     from maml_ros.ros.convert import ActiveTask, TaskChange
@@ -115,6 +122,12 @@ class StepJoiner:
     and ``generation`` increases. The control period (:attr:`period_ns`) is the median of the
     recent stamp deltas within :data:`PERIOD_BOUNDS_NS`, so one state stamped 1 ns after
     another cannot poison it.
+
+    Two rewards for one stamp that differ (two senders racing: a spoofer and the driver) make
+    that step invalid instead of letting the first one win: a pending step is never completed,
+    a completed one still queued is withdrawn, and the stamp is remembered
+    (:meth:`conflicted`) so that the protocol discards a rollout that already used it. An
+    identical repeat is a harmless duplicate (dropped).
     """
 
     def __init__(self, capacity: int, on_drop: Callable[[str, str], None]) -> None:
@@ -131,6 +144,8 @@ class StepJoiner:
         self._deltas: deque[int] = deque(maxlen=PERIOD_WINDOW)
         self.last_episode: int | None = None
         self.steps_joined = 0
+        self._recent_rewards: OrderedDict[int, tuple] = OrderedDict()  # completed stamps
+        self._conflicted: OrderedDict[int, None] = OrderedDict()
 
     def add_state(self, stamp_ns: int, positions: np.ndarray, velocities: np.ndarray) -> None:
         """Buffers the joint state of ``stamp_ns``."""
@@ -180,8 +195,33 @@ class StepJoiner:
         with self._cond:
             self._completed.clear()
 
+    def conflicted(self, stamps: Sequence[int]) -> list[int]:
+        """Those of ``stamps`` that received two different rewards (bounded memory: the last
+        ``capacity`` conflicts)."""
+        with self._cond:
+            return [s for s in stamps if s in self._conflicted]
+
+    def _conflict(self, stamp_ns: int, first: tuple, second: tuple) -> None:
+        """Two different rewards for ``stamp_ns``: the step is invalid (see the class doc)."""
+        self._conflicted[stamp_ns] = None
+        if len(self._conflicted) > self._capacity:
+            self._conflicted.popitem(last=False)
+        queued = [s for s in self._completed if s.stamp_ns == stamp_ns]
+        for step in queued:
+            self._completed.remove(step)
+        self._on_drop(
+            "reward",
+            f"conflicting rewards for stamp {stamp_ns} ({first[0]!r:.20} from "
+            f"{first[3] or 'no label'!r:.80}, then {second[0]!r:.20} from "
+            f"{second[3] or 'no label'!r:.80}): two senders; the step is invalid",
+        )
+
     def _add(self, stamp_ns: int, part: str, value: Any) -> None:
         if self._last_completed_ns is not None and stamp_ns <= self._last_completed_ns:
+            earlier = self._recent_rewards.get(stamp_ns) if part == "reward" else None
+            if earlier is not None and earlier != value:
+                self._conflict(stamp_ns, earlier, value)
+                return
             self._on_drop("step", f"late or duplicate {part} for stamp {stamp_ns}")
             return
         entry = self._pending.get(stamp_ns)
@@ -191,14 +231,21 @@ class StepJoiner:
                 old_stamp, old = self._pending.popitem(last=False)
                 self._drop_incomplete(old_stamp, old, "buffer full")
         if part in entry:
+            if part == "reward" and entry[part] != value:
+                entry["conflict"] = True  # never completes: neither reward can be trusted
+                self._conflict(stamp_ns, entry[part], value)
+                return
             self._on_drop("step", f"duplicate {part} for stamp {stamp_ns}")
             return
         entry[part] = value
-        if len(entry) == 3:
+        if "conflict" not in entry and len(entry) == 3:
             del self._pending[stamp_ns]
             self._last_completed_ns = stamp_ns
             for old_stamp in [s for s in self._pending if s < stamp_ns]:
                 self._drop_incomplete(old_stamp, self._pending.pop(old_stamp), "never completed")
+            self._recent_rewards[stamp_ns] = entry["reward"]
+            if len(self._recent_rewards) > self._capacity:
+                self._recent_rewards.popitem(last=False)
             (positions, velocities), action = entry["state"], entry["action"]
             reward, success, episode, task_label = entry["reward"]
             self._completed.append(
@@ -218,6 +265,8 @@ class StepJoiner:
             self._cond.notify_all()
 
     def _drop_incomplete(self, stamp_ns: int, entry: dict[str, Any], why: str) -> None:
+        if entry.get("conflict"):
+            return  # counted when the conflict arrived
         missing = sorted({"state", "action", "reward"} - set(entry))
         self._on_drop("step", f"stamp {stamp_ns} {why}: missing {', '.join(missing)}")
 
@@ -310,6 +359,53 @@ def rollouts_from_episodes(episodes: Sequence[Sequence[Step]]) -> Rollouts:
 
 
 # ---------------------------------------------------------------------------------------------
+# The state that survives a restart.
+
+PARENT_KEY = "parent_checkpoint_sha256"
+"""State metadata: SHA-256 of the checkpoint file the saved policy descends from."""
+NEXT_VERSION_KEY = "next_version"
+"""State metadata: the version the next publication takes (versions never repeat)."""
+
+
+class StateFile:
+    """The adaptation's state on disk: the last good policy (a policy checkpoint, checksummed,
+    written atomically) with the next version to publish and its parent checkpoint."""
+
+    def __init__(self, path: str, parent_sha256: str, max_bytes: int) -> None:
+        self.path = path
+        self.parent_sha256 = parent_sha256
+        self.max_bytes = max_bytes
+
+    def save(self, good: PolicyBundle, next_version: int) -> None:
+        """Writes ``good`` and ``next_version`` atomically (OSError, CheckpointError)."""
+        metadata = {
+            **good.metadata,
+            PARENT_KEY: self.parent_sha256,
+            NEXT_VERSION_KEY: next_version,
+        }
+        metadata.pop(OVERRIDE_KEY, None)
+        save_bundle(self.path, good.replace(metadata=metadata))
+
+    def load(self) -> tuple[PolicyBundle, int] | None:
+        """(the saved good policy, the next version), or None without a file; CheckpointError
+        for a file that does not verify or whose parent is not the configured checkpoint."""
+        if not os.path.lexists(self.path):
+            return None
+        bundle = load_bundle(self.path, self.max_bytes)
+        parent = bundle.metadata.get(PARENT_KEY)
+        if parent != self.parent_sha256:
+            raise CheckpointError(
+                f"{self.path}: saved state descends from checkpoint sha256 {parent!s:.16}..., "
+                f"not from the configured one ({self.parent_sha256:.16}...): refused (start from "
+                "the checkpoint with resume:=false, or configure its checkpoint)"
+            )
+        next_version = bundle.metadata.get(NEXT_VERSION_KEY)
+        if not isinstance(next_version, int) or not bundle.version < next_version < 2**63:
+            raise CheckpointError(f"{self.path}: invalid {NEXT_VERSION_KEY} {next_version!r}")
+        return bundle, next_version
+
+
+# ---------------------------------------------------------------------------------------------
 # What the protocol needs of the outside world.
 
 
@@ -384,8 +480,10 @@ class AdaptationProtocol:
         logger: Logger,
         config: Callable[[], Mapping[str, Any]],
         run_id: str,
+        state: StateFile | None = None,
     ) -> None:
         self.robot = robot
+        self.state = state
         self.joiner = joiner
         self.status = status
         self.logger = logger
@@ -412,18 +510,38 @@ class AdaptationProtocol:
         self._ack_cond = threading.Condition()
         self._controller_ack: tuple[str, int] | None = None
         self._first_rollout_step_pending = False
+        self._resumed: PolicyBundle | None = None
+        self._override_next = False
 
     # -- inputs (any thread) -------------------------------------------------------------------
 
-    def load(self, bundle: PolicyBundle) -> None:
-        """Takes the meta-trained policy; versions continue from the checkpoint's."""
-        self.meta_bundle = bundle.replace(run_id=self.run_id)
-        self._next_version = bundle.version
+    def load(
+        self,
+        bundle: PolicyBundle,
+        resumed: tuple[PolicyBundle, int] | None = None,
+        override: bool = False,
+    ) -> None:
+        """Takes the meta-trained policy; versions continue from the checkpoint's.
+
+        ``resumed`` (a :meth:`StateFile.load`): the saved good policy is deployed first, under
+        its run id, and versions continue from the saved next version. ``override``: the first
+        publication carries the operator's override (starting from the checkpoint over an
+        adapted policy of another run)."""
+        if resumed is not None:
+            saved, next_version = resumed
+            metadata = {k: v for k, v in saved.metadata.items() if k != NEXT_VERSION_KEY}
+            self._resumed = saved.replace(metadata=metadata)
+            self.run_id = saved.run_id
+        self.meta_bundle = bundle.replace(
+            run_id=self.run_id, metadata={**bundle.metadata, ADAPTED_KEY: False}
+        )
+        self._next_version = next_version if resumed is not None else bundle.version
+        self._override_next = override and resumed is None
 
     def activate(self) -> None:
-        """Deploys the meta-trained policy (once) and takes tasks from now on."""
+        """Deploys the resumed or the meta-trained policy (once) and takes tasks from now on."""
         if self.current is None:
-            self.good = self._publish_policy(self.meta_bundle)
+            self._publish_policy(self._resumed or self.meta_bundle, good=True)
         self._accepting = True
 
     def deactivate(self) -> None:
@@ -547,21 +665,39 @@ class AdaptationProtocol:
         if self._cancel.is_set() or self._stopping.is_set():
             raise Cancelled
 
-    def _publish_policy(self, bundle: PolicyBundle) -> PolicyBundle:
-        """Deploys ``bundle``'s weights as the next version; returns the deployed bundle."""
+    def _publish_policy(self, bundle: PolicyBundle, good: bool = False) -> PolicyBundle:
+        """Deploys ``bundle``'s weights as the next version (``good``: as the good policy too);
+        the state is saved first. Returns the deployed bundle."""
         published = bundle.replace(version=self._next_version, run_id=self.run_id)
-        self.robot.publish_policy(published)
+        if self._override_next:
+            self._override_next = False
+            published = published.replace(metadata={**published.metadata, OVERRIDE_KEY: True})
         self._next_version += 1
+        if good:
+            self.good = published
+        self._save_state()
+        self.robot.publish_policy(published)
         self.current = published
         self.status.set(policy_version=published.version)
         self.status.publish()
         return published
 
+    def _save_state(self) -> None:
+        """Writes the good policy and the next version (before anything newer is published);
+        a failed write is counted (``state_file``) and the protocol goes on."""
+        if self.state is None or self.good is None:
+            return
+        try:
+            self.state.save(self.good, self._next_version)
+        except (OSError, CheckpointError) as err:
+            self.status.drop("state_file", f"state not saved: {type(err).__name__}: {err}")
+            self.logger.error(f"adaptation state not saved to {self.state.path}: {err}")
+
     def _keep_good_policy(self) -> None:
         """Redeploys the last good policy when another one is deployed."""
         good = self.good
         if good is not None and self.current is not None and self.current.params is not good.params:
-            self.good = self._publish_policy(good)
+            self._publish_policy(good, good=True)
 
     def _wait_policy_ack(self, version: int, cfg: Mapping[str, Any]) -> bool:
         """Waits until the controller reports ``version`` of this run: True, or False after
@@ -665,6 +801,8 @@ class AdaptationProtocol:
         t0 = time.perf_counter()
         try:
             adapted, info = adapt_policy(start, rollouts, cfg["inner_steps"], cfg["device"])
+            tags = {ADAPTED_KEY: True, "task_id": change.id, "task_family": change.task.family}
+            adapted = adapted.replace(metadata={**adapted.metadata, **tags})
             problem = update_problem(start.params, adapted.params, cfg["max_update_ratio"])
             problem = problem or probe_problem(adapted)
             if problem is None and not math.isfinite(info["inner_loss"]):
@@ -701,11 +839,12 @@ class AdaptationProtocol:
                 f"post-update return {return_post:.3f} is worse than pre-update "
                 f"{return_pre:.3f} by more than {cfg['rollback_margin']}"
             )
-            self.good = self._publish_policy(start)
+            self._publish_policy(start, good=True)
             self.status.set(phase="rolled_back", reason=reason)
             self.logger.warning(f"rolled back: {reason}")
         else:
             self.good = published
+            self._save_state()
             self.status.set(phase="done")
             self.logger.info(
                 f"adapted to {change.task.family} in {latency_ms:.1f} ms: return "
@@ -732,7 +871,9 @@ class AdaptationProtocol:
             self._first_rollout_step_pending = True
         episodes: list[list[Step]] = []
         discarded_in_a_row = 0
-        while len(episodes) < count:
+        # A conflicting reward may arrive after its step was used: the episodes are checked
+        # again whenever one is added, and once more when there are enough.
+        while len(episodes) < count or self._drop_spoiled(episodes):
             try:
                 self._set_exploration(collecting, cfg)
                 steps = self._run_episode(cfg)
@@ -747,6 +888,7 @@ class AdaptationProtocol:
                     ) from err
                 continue
             discarded_in_a_row = 0
+            self._drop_spoiled(episodes)
             episodes.append(steps)
             if collecting:
                 if cfg["buffer_dump"]:
@@ -758,6 +900,27 @@ class AdaptationProtocol:
                 self.status.set(rollouts_collected=len(episodes))
                 self.status.publish()
         return episodes
+
+    def _drop_spoiled(self, episodes: list[list[Step]]) -> bool:
+        """Removes (and counts) the episodes with a conflicting reward; True if there were."""
+        spoiled = [(e, p) for e in episodes if (p := self._conflict_problem(e))]
+        gone = {id(e) for e, _ in spoiled}
+        episodes[:] = [e for e in episodes if id(e) not in gone]  # by identity: Steps hold arrays
+        for _, problem in spoiled:
+            self.status.drop("rollout", problem)
+            self.rollouts_discarded += 1
+            self.status.set(rollouts_discarded=self.rollouts_discarded)
+        return bool(spoiled)
+
+    def _conflict_problem(self, steps: Sequence[Step]) -> str | None:
+        """Why ``steps`` cannot be used: a stamp of theirs got two different rewards."""
+        conflicted = self.joiner.conflicted([s.stamp_ns for s in steps])
+        if not conflicted:
+            return None
+        return (
+            f"conflicting rewards for {len(conflicted)} step(s) of the episode (stamp "
+            f"{conflicted[0]}): another sender raced the driver"
+        )
 
     def _set_exploration(self, on: bool, cfg: Mapping[str, Any]) -> None:
         ok, message = self.robot.set_exploration(on, cfg["service_timeout_s"], self._check_cancel)
@@ -808,6 +971,9 @@ class AdaptationProtocol:
                 self._first_rollout_step_pending = False
                 since_task = (time.monotonic() - self._task_since) * 1e3
                 self.status.set(task_to_first_rollout_step_ms=since_task)
+        problem = self._conflict_problem(steps)
+        if problem:
+            raise PartialRollout(problem)
         return steps
 
     def _next_step(self, cfg: Mapping[str, Any]) -> Step:
@@ -826,4 +992,11 @@ class AdaptationProtocol:
                 self.status.drop("step", f"stamp {step.stamp_ns} is from before the task change")
                 continue
             self._check_task_unchanged(step)
+            if not step.task_label:
+                self.status.drop(
+                    "step",
+                    f"stamp {step.stamp_ns}: its reward names no task@session; only rewards of "
+                    f"the confirmed driver ({self._confirmed.label}) are used",
+                )
+                continue
             return step

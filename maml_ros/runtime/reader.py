@@ -10,10 +10,19 @@ kept as JSON objects: rl's decoder parses them into its config classes.
 Layout (safetensors): 8 bytes little-endian header length N, N bytes of JSON header (tensor
 name -> dtype, shape, data_offsets; ``__metadata__``: string -> string), then the tensors'
 raw little-endian bytes, contiguous and covering the rest exactly.
+
+Checksum: ``__metadata__["sha256"]`` is the SHA-256 (hex) of the header's canonical JSON
+without that key (sorted keys, no spaces) followed by the tensor bytes
+(:func:`content_sha256`), so a flipped bit anywhere in the weights, the normalisation or the
+metadata is refused. A file written before checksums existed has no ``sha256``: the reader
+refuses it (:data:`NO_CHECKSUM_HINT` says how to add one: ``python -m maml_ros.rl.checkpoint
+--add-checksum FILE``) unless it is called with ``require_checksum=False``, which only that
+migration does.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -31,6 +40,12 @@ FORMAT_NAME = "maml_ros.policy"
 FORMAT_VERSION = 1
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 REQUIRED_METADATA = ("format", "format_version", "version", "run_id", "spec", "inner", "pg")
+CHECKSUM_KEY = "sha256"
+"""Metadata key of the content checksum (:func:`content_sha256`)."""
+NO_CHECKSUM_HINT = (
+    "no checksum (metadata 'sha256'): written before checksums existed, or stripped; "
+    "add one with: python -m maml_ros.rl.checkpoint --add-checksum FILE"
+)
 MAX_HEADER_BYTES = 100_000_000
 """The safetensors parser's own header limit."""
 _U64 = 2**64
@@ -82,6 +97,42 @@ def _header(data: bytes) -> tuple[int, dict[str, Any]]:
     if not text.startswith("{"):
         raise CheckpointError("corrupted safetensors header: it must start with '{'")
     return length, header
+
+
+def content_sha256(header: Mapping[str, Any], tensor_bytes: bytes | memoryview) -> str:
+    """SHA-256 (hex) of ``header``'s canonical JSON without the checksum key (sorted keys, no
+    spaces) followed by ``tensor_bytes``, the data after the header: what ``sha256`` holds."""
+    stripped = dict(header)
+    metadata = dict(stripped.get("__metadata__") or {})
+    metadata.pop(CHECKSUM_KEY, None)
+    stripped["__metadata__"] = metadata
+    canonical = json.dumps(stripped, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    digest = hashlib.sha256(canonical.encode("ascii"))
+    digest.update(tensor_bytes)
+    return digest.hexdigest()
+
+
+def with_checksum(data: bytes, metadata: Mapping[str, str], save: Any) -> bytes:
+    """Safetensors bytes carrying their ``sha256``: ``data`` is ``save(metadata)``'s output
+    without one; the tensor bytes and the header's other fields do not depend on it."""
+    length, header = _header(data)
+    checksum = content_sha256(header, memoryview(data)[8 + length :])
+    return save({**metadata, CHECKSUM_KEY: checksum})
+
+
+def _check_checksum(data: bytes, length: int, header: dict[str, Any], required: bool) -> None:
+    metadata = header.get("__metadata__") or {}
+    stored = metadata.get(CHECKSUM_KEY)
+    if stored is None:
+        if required:
+            raise CheckpointError(NO_CHECKSUM_HINT)
+        return
+    actual = content_sha256(header, memoryview(data)[8 + length :])
+    if stored != actual:
+        raise CheckpointError(
+            f"checksum mismatch: metadata sha256 {str(stored)[:16]}... but the content hashes "
+            f"to {actual[:16]}... (corrupted or altered)"
+        )
 
 
 def _no_constant(name: str) -> Any:
@@ -156,9 +207,14 @@ def _check_array(name: str, array: np.ndarray, shape: tuple[int, ...]) -> None:
 
 
 def policy_from_bytes(
-    data: bytes | bytearray | memoryview, max_bytes: int = DEFAULT_MAX_BYTES
+    data: bytes | bytearray | memoryview,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    require_checksum: bool = True,
 ) -> PolicyData:
-    """Decode and validate policy bytes; raises CheckpointError with the reason."""
+    """Decode and validate policy bytes; raises CheckpointError with the reason.
+
+    The ``sha256`` checksum must be there and match (``require_checksum=False``: it must match
+    when it is there; only the migration that adds one reads without it)."""
     data = bytes(data)
     if len(data) > max_bytes:
         raise CheckpointError(f"oversized: {len(data)} bytes exceeds the limit of {max_bytes}")
@@ -178,6 +234,7 @@ def policy_from_bytes(
             f"unsupported format version {metadata['format_version']!r} "
             f"(this build reads version {FORMAT_VERSION})"
         )
+    _check_checksum(data, length, header, require_checksum)
     for name, info in header.items():
         if name != "__metadata__" and (not isinstance(info, dict) or info.get("dtype") != "F32"):
             dtype = info.get("dtype") if isinstance(info, dict) else None
@@ -295,7 +352,8 @@ def read_file_bytes(path: str | os.PathLike[str], max_bytes: int) -> bytes:
 def read_policy_file(
     path: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_BYTES
 ) -> PolicyData:
-    """Read and validate a policy file; raises CheckpointError (also for unreadable files)."""
+    """Read and validate a policy file (checksum included); raises CheckpointError (also for
+    unreadable files)."""
     data = read_file_bytes(path, max_bytes)
     try:
         return policy_from_bytes(data, max_bytes=max_bytes)
