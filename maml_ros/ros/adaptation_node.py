@@ -65,6 +65,7 @@ from maml_ros.ros.common import (
     run_node,
 )
 from maml_ros.ros.convert import (
+    action_exploring,
     action_from_msg,
     active_task_from_msg,
     check_stamp_near_clock,
@@ -468,11 +469,12 @@ class AdaptationNode(ManagedNode):
     def _on_action(self, msg: JointState) -> None:
         try:
             stamp_ns, action = action_from_msg(msg, self.joint_names)
+            exploring = action_exploring(msg)
             self._check_stamp(stamp_ns)
         except ValueError as err:
             self.status.drop("actions", str(err))
             return
-        self.joiner.add_action(stamp_ns, action)
+        self.joiner.add_action(stamp_ns, action, exploring)
 
     def _on_reward(self, msg: Vector3Stamped) -> None:
         try:

@@ -29,7 +29,12 @@ Conventions:
   adaptation node fails an adaptation on a step labelled with another task or session, which
   catches a restarted driver whose steps arrive before its ``active_task``.
 - ``actions``: ``name`` are the joint names, ``velocity`` is the action the policy took
-  in policy units (before clamping), ``position`` is empty.
+  in policy units (before clamping), ``position`` is empty, and ``header.frame_id`` says
+  whether the action explored: ``"explore"`` (:data:`ACTION_EXPLORING`: the policy's
+  Gaussian noise was added), ``"mean"`` (:data:`ACTION_DETERMINISTIC`: the policy's mean), or
+  empty (a controller that does not say; not checked). The adaptation node discards an
+  evaluation episode with an exploring step and a collected rollout with a deterministic one
+  (someone else switched ``set_exploration`` under it), and says so in its status.
 - ``commands``: joint velocities in rad/s, ordered as the controller's ``joint_names``,
   clamped to its limits (ros2_control's forward command controller convention). The
   controller labels ``layout.dim[0]`` with ``stamp_ns=<stamp>`` of the joint state it answers
@@ -80,6 +85,10 @@ STATUS_TOPIC = "~/status"
 DEFAULT_CONTROLLER = "arm_controller"
 RESET_SERVICE = "reset"
 EXPLORATION_SERVICE = "set_exploration"
+ACTION_EXPLORING = "explore"
+"""``header.frame_id`` of an ``actions`` message whose action had exploration noise."""
+ACTION_DETERMINISTIC = "mean"
+"""``header.frame_id`` of an ``actions`` message whose action was the policy's mean."""
 
 
 def commands_topic(controller: str = DEFAULT_CONTROLLER) -> str:
