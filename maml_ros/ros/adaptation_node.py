@@ -83,6 +83,7 @@ from maml_ros.ros.interfaces import (
     POLICY_TOPIC,
     RESET_SERVICE,
     REWARD_TOPIC,
+    SERVICE_QOS,
     STREAM_QOS,
     TASK_TOPIC,
     actions_topic,
@@ -313,8 +314,10 @@ class ServiceRobot:
     service, the controller's ``set_exploration`` service and the latched ``policy`` topic."""
 
     def __init__(self, node: Node, controller: str) -> None:
-        self._reset = node.create_client(Trigger, RESET_SERVICE)
-        self._explore = node.create_client(SetBool, f"{controller}/{EXPLORATION_SERVICE}")
+        self._reset = node.create_client(Trigger, RESET_SERVICE, qos_profile=SERVICE_QOS)
+        self._explore = node.create_client(
+            SetBool, f"{controller}/{EXPLORATION_SERVICE}", qos_profile=SERVICE_QOS
+        )
         self._policy_pub = node.create_publisher(UInt8MultiArray, POLICY_TOPIC, LATCHED_QOS)
 
     def services_ready(self) -> bool:

@@ -15,7 +15,12 @@ Topic names are relative, so a namespace or a remapping moves them all.
 - ``~/status`` (std_msgs/String holding JSON, RELIABLE + TRANSIENT_LOCAL depth 1): every node
   publishes its counters (dropped inputs by kind and reason) and state there.
 - services: ``reset`` (std_srvs/Trigger, the driver), ``<controller>/set_exploration``
-  (std_srvs/SetBool, the controller).
+  (std_srvs/SetBool, the controller), both with :data:`SERVICE_QOS` (100 requests queued).
+  Every call is answered: a service that cannot serve it now says so at once with
+  ``success: false, message: "busy"`` (the driver's ``reset`` while another reset is still
+  waiting for its physics thread) instead of holding the caller. A caller that makes many
+  concurrent calls should use :data:`SERVICE_QOS` too: with Fast DDS every client of a service
+  reads every response, and rmw's default depth (10) drops its own in a burst of more.
 
 Conventions:
 - A *stamp* is the ``header.stamp`` of the joint state a message belongs to. The controller
@@ -114,6 +119,14 @@ STREAM_QOS = QoSProfile(
 COMMAND_QOS = QoSProfile(
     depth=10, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE
 )
+SERVICE_QOS = QoSProfile(
+    depth=100,
+    history=HistoryPolicy.KEEP_LAST,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
+"""The ``reset`` and ``set_exploration`` services (servers and clients): rmw's services
+default keeps 10 requests, so a burst of concurrent calls lost all but the first ~10."""
 TASK_QOS = COMMAND_QOS
 """RELIABLE, depth 10: the ``task`` topic."""
 TASK_ACK_QOS = STREAM_QOS

@@ -81,6 +81,7 @@ from maml_ros.ros.interfaces import (
     JOINT_STATES_TOPIC,
     LATCHED_QOS,
     POLICY_TOPIC,
+    SERVICE_QOS,
     STREAM_QOS,
     actions_topic,
     commands_topic,
@@ -265,6 +266,7 @@ class PolicyControllerNode(ManagedNode):
             SetBool,
             f"{controller}/{EXPLORATION_SERVICE}",
             self._on_set_exploration,
+            qos_profile=SERVICE_QOS,
         )
         self.create_timer(
             WATCHDOG_PERIOD_S,
