@@ -24,8 +24,10 @@ cancelled, failed), ``adaptation_id`` (one per accepted task change), ``task_id`
 last rollout step to the controller reporting the adapted version, and
 ``task_to_policy_active_ms``), ``inner_device``, ``policy_version``,
 ``run_id``, ``reason`` (why a rollback or failure happened), ``cancellations``, ``ready``
-(the warm-up update is done) and the drop counters by kind (joint_states, actions, reward,
-task, step, rollout, controller_status, buffer_dump).
+(the warm-up update is done), ``starved`` (the inputs that did not arrive when a rollout last
+timed out), ``exploration_mismatches`` (episodes discarded because their actions' exploration
+was not what the protocol asked for) and the drop counters by kind (joint_states, actions,
+reward, task, step, rollout, controller_status, buffer_dump).
 
 Each adaptation starts from the meta-trained weights (``reset_to_meta``, MAML's protocol): if an
 adapted policy is active, the meta weights are republished first as a new version.

@@ -27,6 +27,11 @@ other publisher, when it arrived after the state was published. So a late answer
 taken for a later state. When no answer arrives within ``command_wait_s`` (counted in
 ``lockstep_misses``) the held command is executed.
 
+``reset`` never holds the executor: its callback (a coroutine in a callback group of its own)
+waits for the physics thread to apply it, and a call while another reset is still pending is
+answered at once with ``success: false, message: "busy"`` (counted as ``reset`` in the
+status).
+
 Episodes: ``reset`` puts the arm back home (plus the env's small reset noise) and starts episode
 counter + 1 (the first episode, from start-up, is 0). After ``episode_steps`` steps in an
 episode, with ``hold_after_episode`` on (default), the driver holds the arm still (zero velocity,
