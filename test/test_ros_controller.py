@@ -32,8 +32,19 @@ from maml_ros.meta import InnerConfig
 from maml_ros.rl.checkpoint import PolicyBundle, bundle_to_bytes, save_bundle
 from maml_ros.rl.policy import GaussianMLPPolicy, PolicySpec, numpy_policy
 from maml_ros.ros.common import stamp_to_ns
-from maml_ros.ros.convert import arrays_to_joint_state, command_stamp_ns, policy_to_msg
-from maml_ros.ros.interfaces import COMMAND_QOS, JOINT_STATES_QOS, LATCHED_QOS
+from maml_ros.ros.convert import (
+    action_exploring,
+    arrays_to_joint_state,
+    command_stamp_ns,
+    policy_to_msg,
+)
+from maml_ros.ros.interfaces import (
+    ACTION_DETERMINISTIC,
+    ACTION_EXPLORING,
+    COMMAND_QOS,
+    JOINT_STATES_QOS,
+    LATCHED_QOS,
+)
 from maml_ros.ros.policy_controller_node import (
     DEFAULT_ACTION_SCALE,
     DEFAULT_JOINT_NAMES,
@@ -750,3 +761,19 @@ def test_executable_survives_a_latched_policy_whose_actions_are_not_finite(ros: 
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=15)
     assert code == 0
+
+
+def test_actions_say_whether_they_explored(ros: Ros) -> None:
+    """The actions message's header.frame_id follows the explore parameter at each tick, so a
+    deterministic evaluation can tell that someone else switched exploration on."""
+    quiet = [Parameter("explore", value=True), Parameter("stale_timeout_s", value=60.0)]
+    ctl = ros.add(PolicyControllerNode(**ros.kwargs(), parameter_overrides=quiet))
+    ctl._commands_pub, ctl._actions_pub = ListPublisher(), ListPublisher()
+    install(ctl, constant_bundle(BIAS_A, version=1))
+    ctl._on_joint_state(arrays_to_joint_state(START_NS, JOINTS, np.zeros(7), np.zeros(7)))
+    assert ctl._actions_pub.sent[-1].header.frame_id == ACTION_EXPLORING
+    assert action_exploring(ctl._actions_pub.sent[-1]) is True
+    assert ctl.set_parameters([Parameter("explore", value=False)])[0].successful
+    ctl._on_joint_state(arrays_to_joint_state(START_NS + 1, JOINTS, np.zeros(7), np.zeros(7)))
+    assert ctl._actions_pub.sent[-1].header.frame_id == ACTION_DETERMINISTIC
+    assert action_exploring(ctl._actions_pub.sent[-1]) is False

@@ -492,3 +492,14 @@ def test_task_fuzz(text):
     except ValueError:
         return
     assert convert.task_from_msg(convert.task_to_msg(change.task, change.id)) == change
+
+
+def test_action_exploration_label_round_trip_and_bad_labels():
+    for exploring, label in ((True, "explore"), (False, "mean"), (None, "")):
+        msg = convert.action_to_msg(5, JOINTS, np.zeros(7), exploring=exploring)
+        assert msg.header.frame_id == label
+        assert convert.action_exploring(msg) is exploring
+    msg = convert.action_to_msg(5, JOINTS, np.zeros(7))
+    msg.header.frame_id = "sometimes"
+    with pytest.raises(ValueError, match="frame_id"):
+        convert.action_exploring(msg)

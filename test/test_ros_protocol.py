@@ -31,6 +31,7 @@ from maml_ros.ros.adaptation_node import PARAMS
 from maml_ros.ros.convert import ActiveTask, TaskChange, task_label
 from maml_ros.ros.protocol import (
     NEXT_VERSION_KEY,
+    STARVED_INPUTS,
     AdaptationProtocol,
     PartialRollout,
     StateFile,
@@ -189,6 +190,8 @@ class FakeRobot:
         self.late_spoof_episodes: set[int] = set()  # ... at the next reset (step 3)
         self._late_spoof: tuple[int, int] | None = None
         self.unlabelled_episodes: set[int] = set()  # rewards of step 3 name no task
+        self.forced_explore: bool | None = None  # another node's set_exploration wins
+        self.labels_exploration = True  # actions say whether they explored (the controller)
 
     def confirm(self, change: TaskChange, session: str | None = None) -> None:
         """The driver takes up ``change`` and confirms it on active_task."""
@@ -234,13 +237,14 @@ class FakeRobot:
         return True, f"home; episode {self.episode}"
 
     def _play_episode(self) -> None:
-        self.explore_per_episode.append(self.explore)
+        explore = self.explore if self.forced_explore is None else self.forced_explore
+        self.explore_per_episode.append(explore)
         pos, vel = np.zeros(7), np.zeros(7)
         lose_step = 5 if self.gaps else None
         self.gaps = max(self.gaps - 1, 0)
         for t in range(self.horizon):
             self.stamp_ns += DT_NS
-            action = self.policy.act(np.concatenate([pos, vel]), self.explore, self.rng).copy()
+            action = self.policy.act(np.concatenate([pos, vel]), explore, self.rng).copy()
             state = (pos.copy(), vel.copy())
             vel = np.clip(action, -1.0, 1.0).astype(np.float64)
             pos = pos + DT_NS * 1e-9 * vel
@@ -248,7 +252,9 @@ class FakeRobot:
             if t == lose_step:
                 continue
             self.joiner.add_state(self.stamp_ns, *state)
-            self.joiner.add_action(self.stamp_ns, action)
+            self.joiner.add_action(
+                self.stamp_ns, action, explore if self.labels_exploration else None
+            )
             if t == 3 and self.episode in self.spoof_episodes:
                 self.joiner.add_reward(self.stamp_ns, 0.0, True, self.episode, self.label)
             label = "" if t == 3 and self.episode in self.unlabelled_episodes else self.label
@@ -738,3 +744,101 @@ def test_sigkill_at_any_phase_loses_nothing_adapted(make, tmp_path, kill_at: str
     assert not list(tmp_path.glob(".state.safetensors.*.tmp"))  # the next write swept it
     restarted.send(1)
     assert restarted.wait_final() == "done"  # and the restarted node adapts on
+
+
+# Exploration that does not match what was asked, and starved inputs.
+
+
+def test_an_evaluation_taken_while_exploring_is_discarded_with_the_reason(make) -> None:
+    """Another node switches exploration on for the first (deterministic) evaluation episode:
+    that episode is discarded, counted and replaced; the adaptation completes."""
+    h = make()
+    h.robot.forced_explore = True
+
+    def flood_ends_after_the_first_episode(robot: FakeRobot) -> None:
+        if robot.episode == 2:
+            robot.forced_explore = None
+
+    h.robot.on_reset = flood_ends_after_the_first_episode
+    h.send()
+    assert h.wait_final() == "done"
+    assert h.status.fields["rollouts_discarded"] == 1
+    assert h.status.fields["exploration_mismatches"] == 1
+    reasons = [r for kind, r in h.status.drops if kind == "rollout"]
+    assert len(reasons) == 1 and "an evaluation was taken with exploration" in reasons[0]
+    # The evaluation that counted ran deterministic: the first episode was the discarded one.
+    assert h.robot.explore_per_episode[:2] == [True, False]
+
+
+def test_a_lasting_exploration_flood_fails_the_adaptation_with_the_policy_kept(make) -> None:
+    h = make(max_discarded_rollouts=3)
+    h.robot.forced_explore = True  # every episode explores, whatever the protocol asks
+    h.send()
+    assert h.wait_final() == "failed"
+    reason = h.status.fields["reason"]
+    assert "3 rollouts in a row" in reason and "taken with exploration" in reason, reason
+    assert h.versions() == [0]  # nothing was deployed from a wrongly evaluated policy
+
+
+def test_collected_rollouts_that_do_not_explore_are_discarded(make) -> None:
+    h = make(max_discarded_rollouts=2)
+    h.robot.forced_explore = False  # exploration switched off under the collection
+    h.send()
+    assert h.wait_final() == "failed"
+    assert "collected rollout was taken without exploration" in h.status.fields["reason"]
+
+
+def test_a_controller_that_does_not_label_its_actions_is_not_checked(make) -> None:
+    h = make()
+    h.robot.labels_exploration = False
+    h.robot.forced_explore = True
+    h.send()
+    assert h.wait_final() == "done"
+    assert h.status.fields["rollouts_discarded"] == 0
+
+
+class StreamingRobot(FakeRobot):
+    """Each reset starts a stream (one step every 10 ms for 1 s) that lacks the ``starved``
+    inputs, as a real graph whose controller or driver has stopped publishing one of them."""
+
+    starved: frozenset[str] = frozenset()
+
+    def _play_episode(self) -> None:
+        threading.Thread(target=self._stream, args=(self.episode,), daemon=True).start()
+
+    def _stream(self, episode: int) -> None:
+        for _ in range(100):
+            self.stamp_ns += DT_NS
+            if "state" not in self.starved:
+                self.joiner.add_state(self.stamp_ns, np.zeros(7), np.zeros(7))
+            if "action" not in self.starved:
+                self.joiner.add_action(self.stamp_ns, np.zeros(7), self.explore)
+            if "reward" not in self.starved:
+                self.joiner.add_reward(self.stamp_ns, -1.0, False, episode, self.label)
+            time.sleep(0.01)
+
+
+@pytest.mark.parametrize(
+    ("starved", "named"),
+    [
+        ({"state"}, "no valid joint states for 0.2 s"),
+        ({"action"}, "no actions from the controller for 0.2 s"),
+        ({"reward"}, "no rewards from the driver for 0.2 s"),
+        ({"action", "reward"}, "no actions from the controller, no rewards from the driver"),
+    ],
+)
+def test_the_status_names_the_input_that_starved_the_episode(
+    make, starved: set[str], named: str
+) -> None:
+    h = make(max_discarded_rollouts=2)
+    robot = StreamingRobot(h.protocol.joiner, h.config["horizon"])
+    robot.starved = frozenset(starved)
+    robot.protocol, robot.policy = h.protocol, h.robot.policy
+    h.protocol.robot = h.robot = robot
+    h.send()
+    assert h.wait_final() == "failed"
+    assert named in h.status.fields["reason"], h.status.fields["reason"]
+    assert named in h.status.fields["starved"]
+    others = {"state", "action", "reward"} - starved
+    for part in others:  # the inputs that did arrive are not blamed
+        assert STARVED_INPUTS[part] not in h.status.fields["starved"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -380,3 +381,36 @@ def test_garbage_inputs_never_raise_out_of_a_callback(ros: Ros) -> None:
     feed()
     assert node.status.dropped() > before
     wait_until(lambda: node.status.snapshot()["ticks"] >= 2)  # the physics loop lives on
+
+
+def test_a_reset_while_another_is_pending_is_answered_busy_at_once(ros: Ros) -> None:
+    """The reset callback does not hold the executor while the physics thread is busy: a
+    second call is answered ("busy") while the first is still waiting, and the first is
+    answered when the physics thread applies it."""
+    node = sim_node(ros)
+    apply_requests = node._apply_requests
+    stalled = threading.Event()
+    stalled.set()
+
+    def busy_physics() -> None:  # the physics thread is busy: nothing is applied yet
+        if stalled.is_set():
+            time.sleep(0.01)
+            return
+        apply_requests()
+
+    node._apply_requests = busy_physics
+    probe = ros.add(Node("probe", **ros.kwargs()))
+    first_client = probe.create_client(Trigger, "reset")
+    second_client = probe.create_client(Trigger, "reset")
+    assert first_client.wait_for_service(timeout_sec=10.0)
+    assert second_client.wait_for_service(timeout_sec=10.0)
+    first = first_client.call_async(Trigger.Request())
+    wait_until(lambda: node._pending_resets)
+    second = second_client.call(Trigger.Request(), timeout_sec=10.0)
+    assert second is not None, "the second reset was not answered while the first waited"
+    assert not second.success and second.message == "busy"
+    assert not first.done(), "the first reset waits for the physics thread"
+    assert node.status.dropped("reset") == 1
+    stalled.clear()
+    wait_until(first.done)
+    assert first.result().success and "episode 1" in first.result().message

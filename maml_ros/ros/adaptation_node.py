@@ -24,9 +24,11 @@ cancelled, failed), ``adaptation_id`` (one per accepted task change), ``task_id`
 last rollout step to the controller reporting the adapted version, and
 ``task_to_policy_active_ms``), ``inner_device``, ``policy_version``,
 ``run_id``, ``reason`` (why a rollback or failure happened), ``cancellations``, ``ready``
-(the warm-up update is done), ``resumed`` (the state file was resumed) and the drop counters by
-kind (joint_states, actions, reward, task, step, rollout, controller_status, buffer_dump,
-state_file).
+(the warm-up update is done), ``resumed`` (the state file was resumed), ``starved`` (the
+inputs that did not arrive when a rollout last timed out), ``exploration_mismatches`` (episodes
+discarded because their actions' exploration was not what the protocol asked for) and the drop
+counters by kind (joint_states, actions, reward, task, step, rollout, controller_status,
+buffer_dump, state_file).
 
 Pairing: with ``deploy_key_file`` every policy message is signed (HMAC-SHA256 of its bytes
 under the key, in ``layout.dim[0].label``), so a controller reading the same key file takes
@@ -75,6 +77,7 @@ from maml_ros.ros.common import (
     run_node,
 )
 from maml_ros.ros.convert import (
+    action_exploring,
     action_from_msg,
     active_task_from_msg,
     check_stamp_near_clock,
@@ -92,6 +95,7 @@ from maml_ros.ros.interfaces import (
     POLICY_TOPIC,
     RESET_SERVICE,
     REWARD_TOPIC,
+    SERVICE_QOS,
     STREAM_QOS,
     TASK_TOPIC,
     actions_topic,
@@ -358,8 +362,10 @@ class ServiceRobot:
 
     def __init__(self, node: Node, controller: str, deploy_key: bytes | None = None) -> None:
         self._deploy_key = deploy_key
-        self._reset = node.create_client(Trigger, RESET_SERVICE)
-        self._explore = node.create_client(SetBool, f"{controller}/{EXPLORATION_SERVICE}")
+        self._reset = node.create_client(Trigger, RESET_SERVICE, qos_profile=SERVICE_QOS)
+        self._explore = node.create_client(
+            SetBool, f"{controller}/{EXPLORATION_SERVICE}", qos_profile=SERVICE_QOS
+        )
         self._policy_pub = node.create_publisher(UInt8MultiArray, POLICY_TOPIC, LATCHED_QOS)
 
     def services_ready(self) -> bool:
@@ -539,11 +545,12 @@ class AdaptationNode(ManagedNode):
     def _on_action(self, msg: JointState) -> None:
         try:
             stamp_ns, action = action_from_msg(msg, self.joint_names)
+            exploring = action_exploring(msg)
             self._check_stamp(stamp_ns)
         except ValueError as err:
             self.status.drop("actions", str(err))
             return
-        self.joiner.add_action(stamp_ns, action)
+        self.joiner.add_action(stamp_ns, action, exploring)
 
     def _on_reward(self, msg: Vector3Stamped) -> None:
         try:

@@ -33,6 +33,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension, String, UInt8MultiArray
 
 from maml_ros.ros.common import ns_to_stamp, stamp_to_ns
+from maml_ros.ros.interfaces import ACTION_DETERMINISTIC, ACTION_EXPLORING
 
 if TYPE_CHECKING:
     from maml_ros.rl.checkpoint import PolicyBundle
@@ -407,14 +408,21 @@ def reward_to_msg(
 
 
 def action_to_msg(
-    stamp: Time | int, joint_names: Sequence[str], action: Sequence[float] | np.ndarray
+    stamp: Time | int,
+    joint_names: Sequence[str],
+    action: Sequence[float] | np.ndarray,
+    exploring: bool | None = None,
 ) -> JointState:
-    """An action echo: ``name`` = joints, ``velocity`` = action (policy units), no positions."""
+    """An action echo: ``name`` = joints, ``velocity`` = action (policy units), no positions;
+    ``header.frame_id`` says whether the action explored (:data:`ACTION_EXPLORING`,
+    :data:`ACTION_DETERMINISTIC`; None: left empty, not said)."""
     action = _finite_vector(action, "action")
     if len(action) != len(joint_names):
         raise ValueError(f"action has {len(action)} values for {len(joint_names)} joints")
     msg = JointState()
     msg.header.stamp = as_stamp(stamp)
+    if exploring is not None:
+        msg.header.frame_id = ACTION_EXPLORING if exploring else ACTION_DETERMINISTIC
     msg.name = list(joint_names)
     msg.velocity = action.tolist()
     return msg
@@ -434,6 +442,20 @@ def action_from_msg(msg: JointState, joint_names: Sequence[str]) -> tuple[int, n
     if not np.isfinite(action).all():
         raise ValueError("action contains NaN or infinite values")
     return stamp_ns, action
+
+
+def action_exploring(msg: JointState) -> bool | None:
+    """Whether an action echo explored (``header.frame_id``, see :mod:`interfaces`): True,
+    False, or None when the controller did not say; ValueError for any other label."""
+    label = msg.header.frame_id
+    if label == "":
+        return None
+    if label in (ACTION_EXPLORING, ACTION_DETERMINISTIC):
+        return label == ACTION_EXPLORING
+    raise ValueError(
+        f"action header.frame_id must be '', {ACTION_EXPLORING!r} or {ACTION_DETERMINISTIC!r}, "
+        f"got {label[:80]!r}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -496,6 +518,7 @@ def command_stamp_ns(msg: Float64MultiArray) -> int | None:
 __all__ = [
     "COMMAND_STAMP_LABEL",
     "MAX_TASK_BYTES",
+    "action_exploring",
     "action_from_msg",
     "action_to_msg",
     "arrays_to_joint_state",

@@ -15,7 +15,12 @@ Topic names are relative, so a namespace or a remapping moves them all.
 - ``~/status`` (std_msgs/String holding JSON, RELIABLE + TRANSIENT_LOCAL depth 1): every node
   publishes its counters (dropped inputs by kind and reason) and state there.
 - services: ``reset`` (std_srvs/Trigger, the driver), ``<controller>/set_exploration``
-  (std_srvs/SetBool, the controller).
+  (std_srvs/SetBool, the controller), both with :data:`SERVICE_QOS` (100 requests queued).
+  Every call is answered: a service that cannot serve it now says so at once with
+  ``success: false, message: "busy"`` (the driver's ``reset`` while another reset is still
+  waiting for its physics thread) instead of holding the caller. A caller that makes many
+  concurrent calls should use :data:`SERVICE_QOS` too: with Fast DDS every client of a service
+  reads every response, and rmw's default depth (10) drops its own in a burst of more.
 
 Conventions:
 - A *stamp* is the ``header.stamp`` of the joint state a message belongs to. The controller
@@ -29,7 +34,12 @@ Conventions:
   adaptation node fails an adaptation on a step labelled with another task or session, which
   catches a restarted driver whose steps arrive before its ``active_task``.
 - ``actions``: ``name`` are the joint names, ``velocity`` is the action the policy took
-  in policy units (before clamping), ``position`` is empty.
+  in policy units (before clamping), ``position`` is empty, and ``header.frame_id`` says
+  whether the action explored: ``"explore"`` (:data:`ACTION_EXPLORING`: the policy's
+  Gaussian noise was added), ``"mean"`` (:data:`ACTION_DETERMINISTIC`: the policy's mean), or
+  empty (a controller that does not say; not checked). The adaptation node discards an
+  evaluation episode with an exploring step and a collected rollout with a deterministic one
+  (someone else switched ``set_exploration`` under it), and says so in its status.
 - ``commands``: joint velocities in rad/s, ordered as the controller's ``joint_names``,
   clamped to its limits (ros2_control's forward command controller convention). The
   controller labels ``layout.dim[0]`` with ``stamp_ns=<stamp>`` of the joint state it answers
@@ -111,6 +121,10 @@ STATUS_TOPIC = "~/status"
 DEFAULT_CONTROLLER = "arm_controller"
 RESET_SERVICE = "reset"
 EXPLORATION_SERVICE = "set_exploration"
+ACTION_EXPLORING = "explore"
+"""``header.frame_id`` of an ``actions`` message whose action had exploration noise."""
+ACTION_DETERMINISTIC = "mean"
+"""``header.frame_id`` of an ``actions`` message whose action was the policy's mean."""
 
 
 def commands_topic(controller: str = DEFAULT_CONTROLLER) -> str:
@@ -136,6 +150,14 @@ STREAM_QOS = QoSProfile(
 COMMAND_QOS = QoSProfile(
     depth=10, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE
 )
+SERVICE_QOS = QoSProfile(
+    depth=100,
+    history=HistoryPolicy.KEEP_LAST,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
+"""The ``reset`` and ``set_exploration`` services (servers and clients): rmw's services
+default keeps 10 requests, so a burst of concurrent calls lost all but the first ~10."""
 TASK_QOS = COMMAND_QOS
 """RELIABLE, depth 10: the ``task`` topic."""
 TASK_ACK_QOS = STREAM_QOS

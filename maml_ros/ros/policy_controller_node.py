@@ -9,7 +9,8 @@ publishes
   then clamped to ±``max_velocity``, carrying the joint state's stamp in ``layout.dim[0].label``
   (``stamp_ns=<ns>``, ignored by ros2_control; a lockstep driver pairs states and commands on it);
 - ``<controller>/actions``: the action in policy units (before clamping), stamped with the joint
-  state's stamp, so the adaptation node can join (state, action, reward) on the stamp.
+  state's stamp, so the adaptation node can join (state, action, reward) on the stamp, and
+  labelled (``header.frame_id``) with whether it explored.
 
 Until it has a policy the controller publishes nothing at all (the driver then holds the arm).
 
@@ -84,6 +85,7 @@ from maml_ros.ros.interfaces import (
     JOINT_STATES_TOPIC,
     LATCHED_QOS,
     POLICY_TOPIC,
+    SERVICE_QOS,
     STREAM_QOS,
     actions_topic,
     commands_topic,
@@ -286,6 +288,7 @@ class PolicyControllerNode(ManagedNode):
             SetBool,
             f"{controller}/{EXPLORATION_SERVICE}",
             self._on_set_exploration,
+            qos_profile=SERVICE_QOS,
         )
         self.create_timer(
             WATCHDOG_PERIOD_S,
@@ -375,7 +378,8 @@ class PolicyControllerNode(ManagedNode):
         if active is None or not self._commanding:
             return
         started = time.perf_counter_ns()
-        action = active.policy.act(obs, self.params["explore"], self._rng, out=self._action)
+        explore = self.params["explore"]
+        action = active.policy.act(obs, explore, self._rng, out=self._action)
         self._policy_ns[self._ticks % POLICY_TIMING_WINDOW] = time.perf_counter_ns() - started
         if not np.isfinite(action).all():  # np.clip lets NaN through: never send one
             self._hold_and_fall_back(active, msg)
@@ -384,7 +388,9 @@ class PolicyControllerNode(ManagedNode):
         np.multiply(self._command, self.params["action_scale"], out=self._command)
         np.clip(self._command, -self._limits, self._limits, out=self._command)
         self._commands_pub.publish(commands_to_msg(self._command, stamp=msg.header.stamp))
-        self._actions_pub.publish(action_to_msg(msg.header.stamp, self.joint_names, action))
+        self._actions_pub.publish(
+            action_to_msg(msg.header.stamp, self.joint_names, action, exploring=explore)
+        )
         self._ticks += 1  # the status reads it when it publishes
 
     def _check_stamp(self, stamp_ns: int) -> None:

@@ -84,11 +84,19 @@ class Step:
     """Driver generation: increases whenever the joint-state stamps go backwards (restart)."""
     task_label: str = ""
     """``<task id>@<driver session>`` the reward was earned under ("" when not named)."""
+    exploring: bool | None = None
+    """Whether the controller's action explored (None: the controller did not say)."""
 
 
 TASK_SWITCH_GRACE_S = 1.0
 """How long a driver's switch to another task (same session) waits for the task message that
 explains it (then the adaptation is cancelled, not failed)."""
+STARVED_INPUTS = {
+    "state": "no valid joint states",
+    "action": "no actions from the controller",
+    "reward": "no rewards from the driver",
+}
+"""How :meth:`StepJoiner.starvation` names each input that did not arrive."""
 PERIOD_WINDOW = 64
 """The control period is the median of the last this many joint-state stamp deltas."""
 PERIOD_BOUNDS_NS = (100_000, 10_000_000_000)
@@ -108,6 +116,7 @@ CLEARED_RESULTS = {
     "collect_ms": None,
     "policy_active_after_rollouts_ms": None,
     "task_to_policy_active_ms": None,
+    "starved": None,
 }
 """Status fields of one adaptation, as they read before it has results."""
 
@@ -146,6 +155,7 @@ class StepJoiner:
         self.steps_joined = 0
         self._recent_rewards: OrderedDict[int, tuple] = OrderedDict()  # completed stamps
         self._conflicted: OrderedDict[int, None] = OrderedDict()
+        self._arrived: dict[str, float] = {}  # part -> time.monotonic() of its last arrival
 
     def add_state(self, stamp_ns: int, positions: np.ndarray, velocities: np.ndarray) -> None:
         """Buffers the joint state of ``stamp_ns``."""
@@ -169,10 +179,29 @@ class StepJoiner:
             deltas = sorted(self._deltas)
         return deltas[(len(deltas) - 1) // 2] if deltas else None
 
-    def add_action(self, stamp_ns: int, action: np.ndarray) -> None:
-        """Buffers the action taken from the state of ``stamp_ns``."""
+    def add_action(self, stamp_ns: int, action: np.ndarray, exploring: bool | None = None) -> None:
+        """Buffers the action taken from the state of ``stamp_ns`` (``exploring``: whether
+        the controller says it explored, None when it does not say)."""
         with self._cond:
-            self._add(stamp_ns, "action", action)
+            self._add(stamp_ns, "action", (action, exploring))
+
+    def starvation(self, window_s: float) -> str:
+        """Which inputs starved the joiner in the last ``window_s``: "no joint states for
+        2.0 s", "no actions from the controller ...", "no rewards from the driver ...", or,
+        when all three arrive, that their stamps do not join."""
+        since = time.monotonic() - window_s
+        with self._cond:
+            missing = [
+                what
+                for part, what in STARVED_INPUTS.items()
+                if self._arrived.get(part, -math.inf) < since
+            ]
+        if not missing:
+            return (
+                f"joint states, actions and rewards arrive but no step completed for "
+                f"{window_s} s (their stamps do not match)"
+            )
+        return ", ".join(missing) + f" for {window_s} s"
 
     def add_reward(
         self, stamp_ns: int, reward: float, success: bool, episode: int, task_label: str = ""
@@ -217,6 +246,7 @@ class StepJoiner:
         )
 
     def _add(self, stamp_ns: int, part: str, value: Any) -> None:
+        self._arrived[part] = time.monotonic()
         if self._last_completed_ns is not None and stamp_ns <= self._last_completed_ns:
             earlier = self._recent_rewards.get(stamp_ns) if part == "reward" else None
             if earlier is not None and earlier != value:
@@ -246,7 +276,7 @@ class StepJoiner:
             self._recent_rewards[stamp_ns] = entry["reward"]
             if len(self._recent_rewards) > self._capacity:
                 self._recent_rewards.popitem(last=False)
-            (positions, velocities), action = entry["state"], entry["action"]
+            (positions, velocities), (action, exploring) = entry["state"], entry["action"]
             reward, success, episode, task_label = entry["reward"]
             self._completed.append(
                 Step(
@@ -259,6 +289,7 @@ class StepJoiner:
                     episode=int(episode),
                     generation=self.generation,
                     task_label=task_label,
+                    exploring=exploring,
                 )
             )
             self.steps_joined += 1
@@ -496,6 +527,7 @@ class AdaptationProtocol:
         self.adaptation_id = 0  # task changes taken up
         self.cancellations = 0
         self.rollouts_discarded = 0
+        self.exploration_mismatches = 0
         self._next_version = 0
         self._accepting = False
         self._stopping = threading.Event()
@@ -876,7 +908,7 @@ class AdaptationProtocol:
         while len(episodes) < count or self._drop_spoiled(episodes):
             try:
                 self._set_exploration(collecting, cfg)
-                steps = self._run_episode(cfg)
+                steps = self._run_episode(cfg, explore=collecting)
             except PartialRollout as err:
                 self.status.drop("rollout", str(err))
                 self.rollouts_discarded += 1
@@ -927,8 +959,9 @@ class AdaptationProtocol:
         if not ok:
             raise AdaptationFailed(f"set_exploration({on}) refused: {message}")
 
-    def _run_episode(self, cfg: Mapping[str, Any]) -> list[Step]:
-        """Resets the driver and gathers the next ``horizon`` steps of the new episode."""
+    def _run_episode(self, cfg: Mapping[str, Any], explore: bool) -> list[Step]:
+        """Resets the driver and gathers the next ``horizon`` steps of the new episode; a step
+        whose action explored when ``explore`` is off (or the other way round) loses it."""
         self.joiner.clear()
         episode_before = self.joiner.last_episode
         ok, message = self.robot.reset(cfg["service_timeout_s"], self._check_cancel)
@@ -966,6 +999,15 @@ class AdaptationProtocol:
                         f"{round(gap / period) - 1} control step(s) missing after "
                         f"{len(steps)} steps (lost messages)"
                     )
+            if step.exploring is not None and step.exploring != explore:
+                self.exploration_mismatches += 1
+                self.status.set(exploration_mismatches=self.exploration_mismatches)
+                raise PartialRollout(
+                    f"step {len(steps)} of {'a collected rollout' if explore else 'an evaluation'}"
+                    f" was taken {'without' if explore else 'with'} exploration, which was "
+                    f"asked {'on' if explore else 'off'} (set_exploration changed by another "
+                    "node?)"
+                )
             steps.append(step)
             if self._first_rollout_step_pending:
                 self._first_rollout_step_pending = False
@@ -984,7 +1026,11 @@ class AdaptationProtocol:
             self._check_task_unchanged()
             left = deadline - time.monotonic()
             if left <= 0:
-                raise PartialRollout(f"no complete control step for {cfg['step_timeout_s']} s")
+                starved = self.joiner.starvation(cfg["step_timeout_s"])
+                self.status.set(starved=starved)
+                raise PartialRollout(
+                    f"no complete control step for {cfg['step_timeout_s']} s: {starved}"
+                )
             step = self.joiner.wait_step(min(left, 0.05))
             if step is None:
                 continue

@@ -27,6 +27,11 @@ other publisher, when it arrived after the state was published. So a late answer
 taken for a later state. When no answer arrives within ``command_wait_s`` (counted in
 ``lockstep_misses``) the held command is executed.
 
+``reset`` never holds the executor: its callback (a coroutine in a callback group of its own)
+waits for the physics thread to apply it, and a call while another reset is still pending is
+answered at once with ``success: false, message: "busy"`` (counted as ``reset`` in the
+status).
+
 Episodes: ``reset`` puts the arm back home (plus the env's small reset noise) and starts episode
 counter + 1 (the first episode, from start-up, is 0). After ``episode_steps`` steps in an
 episode, with ``hold_after_episode`` on (default), the driver holds the arm still (zero velocity,
@@ -41,11 +46,13 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import numpy as np
 from geometry_msgs.msg import Vector3Stamped
+from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
@@ -73,6 +80,7 @@ from maml_ros.ros.interfaces import (
     LATCHED_QOS,
     RESET_SERVICE,
     REWARD_TOPIC,
+    SERVICE_QOS,
     STREAM_QOS,
     commands_topic,
 )
@@ -82,6 +90,8 @@ from maml_ros.sim import ArmEnv, TaskSpec, TaskSpecError, nominal_task
 CLOCK_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 """Reliable, so both reliable and best-effort (rclpy's TimeSource) subscribers match."""
 RESET_TIMEOUT_S = 5.0
+BUSY = "busy"
+"""The reset's answer while another reset is waiting for the physics thread."""
 
 
 def _task_json_problem(text: str) -> str | None:
@@ -174,6 +184,14 @@ class _Command:
         return self.seq > seq_before and self.stamp_ns in (None, stamp_ns)
 
 
+class _NextSpin:
+    """Awaitable that gives the executor back once (rclpy resumes the task at its next
+    wake-up)."""
+
+    def __await__(self) -> Generator[None, None, None]:
+        yield
+
+
 @dataclass
 class _ResetRequest:
     done: threading.Event = field(default_factory=threading.Event)
@@ -234,7 +252,16 @@ class SimArmNode(Node):
             COMMAND_QOS,
         )
         self.task_inbox = TaskInbox(self, self.status, self._on_task)
-        self.create_service(Trigger, RESET_SERVICE, self._on_reset)
+        # The reset callback is a coroutine in a group of its own: while it waits for the
+        # physics thread, the executor goes on (commands, and other reset calls: busy).
+        self._wake = self.create_guard_condition(lambda: None)
+        self.create_service(
+            Trigger,
+            RESET_SERVICE,
+            self._on_reset,
+            qos_profile=SERVICE_QOS,
+            callback_group=ReentrantCallbackGroup(),
+        )
         self._confirm_task(self._sim_ns + self._period_ns)
         self._update_status()
         self._worker = threading.Thread(target=self._run, name="sim_arm_physics", daemon=True)
@@ -280,12 +307,26 @@ class SimArmNode(Node):
         self.get_logger().info(f"task {change.id} ({change.task.family}) received")
         return None
 
-    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+    async def _on_reset(
+        self, request: Trigger.Request, response: Trigger.Response
+    ) -> Trigger.Response:
+        """Queues a reset and answers once the physics thread applied it, without holding the
+        executor; a call while another reset is pending is answered "busy" at once."""
         reset = _ResetRequest()
         with self._cond:
-            self._pending_resets.append(reset)
-            self._cond.notify_all()
-        if not reset.done.wait(RESET_TIMEOUT_S) or reset.episode < 0:
+            busy = bool(self._pending_resets)
+            if not busy:
+                self._pending_resets.append(reset)
+                self._cond.notify_all()
+        if busy:
+            self.status.drop("reset", "busy: another reset is waiting for the physics thread")
+            response.success = False
+            response.message = BUSY
+            return response
+        deadline = time.monotonic() + RESET_TIMEOUT_S
+        while not reset.done.is_set() and time.monotonic() < deadline:
+            await _NextSpin()  # resumed at the executor's next wake-up (self._wake: at once)
+        if not reset.done.is_set() or reset.episode < 0:
             response.success = False
             response.message = "reset timed out: the physics loop is not running"
             return response
@@ -338,6 +379,7 @@ class SimArmNode(Node):
             for reset in resets:
                 reset.episode = self._episode
                 reset.done.set()
+            self._wake.trigger()  # the waiting reset callback answers now
 
     def _tick(self) -> None:
         self._apply_requests()
@@ -445,6 +487,7 @@ class SimArmNode(Node):
         with self._cond:
             for reset in self._pending_resets:
                 reset.done.set()
+            self._pending_resets.clear()
         if self.env is not None:
             self.env.close()
             self.env = None
@@ -457,8 +500,9 @@ class SimArmNode(Node):
 def main(args: list[str] | None = None) -> int:
     """Entry point of the ``sim_arm_node`` executable."""
     # One executor thread: the physics runs on its own thread, and rclpy's SingleThreadedExecutor
-    # delivers commands faster than the multi-threaded one. A reset request (whose callback
-    # blocks until the physics thread has applied it) pre-empts the lockstep wait.
+    # delivers commands faster than the multi-threaded one. A reset request (whose coroutine
+    # callback waits, without blocking the executor, until the physics thread has applied it)
+    # pre-empts the lockstep wait.
     return run_node(SimArmNode, args)
 
 
