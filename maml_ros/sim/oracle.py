@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pybullet as pb
 
-from maml_ros.sim.arm_env import EE_LINK, ArmEnv
+from maml_ros.sim.arm_env import ArmEnv
 
 GAIN = 4.0
 """Proportional gain (1/s) from end-effector error to end-effector velocity."""
@@ -25,7 +25,7 @@ def oracle_action(env: ArmEnv, gain: float = GAIN, damping: float = DAMPING) -> 
     positions = env.true_joint_positions().tolist()
     zeros = [0.0] * len(positions)
     linear, _ = pb.calculateJacobian(
-        env.robot_id, EE_LINK, [0.0, 0.0, 0.0], positions, zeros, zeros, **cid
+        env.robot_id, env.ee_link, [0.0, 0.0, 0.0], positions, zeros, zeros, **cid
     )
     jacobian = np.array(linear)
     joint_gain = np.array(env.task.joint_gain)
