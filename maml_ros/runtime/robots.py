@@ -276,17 +276,19 @@ def robot_problem(name: Any) -> str | None:
     )
 
 
-def policy_robot(metadata: dict[str, Any]) -> tuple[str, tuple[str, ...] | None]:
-    """(robot name, joint order) a policy's metadata declares; a policy without them is the
-    default robot's (checkpoints from before robots had names), joint order None = unstated."""
-    robot = metadata.get("robot", DEFAULT_ROBOT)
+def policy_mismatch(
+    metadata: dict[str, Any], robot: str, joint_names: list[str] | tuple[str, ...]
+) -> str | None:
+    """Why a policy with ``metadata`` cannot drive ``robot`` with ``joint_names``, or None.
+
+    A policy names its robot (``metadata["robot"]``; none: the default robot, as every
+    checkpoint from before robots had names) and may name its joint order
+    (``metadata["joint_names"]``, compared as is when present).
+    """
+    policy_robot = metadata.get("robot", DEFAULT_ROBOT)
+    if policy_robot != robot:
+        return f"policy is for robot {policy_robot!r}, this node drives {robot!r}"
     names = metadata.get("joint_names")
-    if names is None and robot in ROBOTS:
-        names = list(ROBOTS[robot].joint_names)
-    if not isinstance(robot, str):
-        robot = repr(robot)
-    if names is not None and not (
-        isinstance(names, list) and all(isinstance(n, str) for n in names)
-    ):
-        return robot, None
-    return robot, None if names is None else tuple(names)
+    if names is not None and names != list(joint_names):  # any JSON value: compare as is
+        return f"policy joint_names {names} differ from this node's {list(joint_names)}"
+    return None
