@@ -32,6 +32,8 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
 from launch_ros.parameter_descriptions import ParameterValue
 
+from maml_ros.runtime.robots import robot_names
+
 PACKAGE = "maml_ros"
 STARTUP_ERROR = 2
 """The exit code of a maml_ros node that cannot start (maml_ros.ros.common.run_node)."""
@@ -61,6 +63,7 @@ def _nodes(context: LaunchContext) -> list:
     if not os.path.isfile(params_file):
         raise LaunchFailure(f"params_file:={params_file} does not exist (or is not a file)")
     use_sim_time = ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)
+    robot = {"robot": ParameterValue(LaunchConfiguration("robot"), value_type=str)}
 
     def node(
         executable: str, name: str, overrides: dict, respawn: bool, lifecycle: bool = True
@@ -83,17 +86,18 @@ def _nodes(context: LaunchContext) -> list:
         *node(
             "sim_arm_node",
             "sim_arm",
-            {"publish_clock": use_sim_time},
+            {"publish_clock": use_sim_time, **robot},
             respawn=True,
             lifecycle=False,
         ),
-        *node("policy_controller_node", "policy_controller", {}, respawn=True),
+        *node("policy_controller_node", "policy_controller", robot, respawn=True),
         *node(
             "adaptation_node",
             "adaptation",
             {
                 "checkpoint": ParameterValue(LaunchConfiguration("checkpoint"), value_type=str),
                 "device": ParameterValue(LaunchConfiguration("device"), value_type=str),
+                **robot,
             },
             respawn=False,
         ),
@@ -109,6 +113,13 @@ def generate_launch_description() -> LaunchDescription:
                 "checkpoint",
                 default_value="",
                 description="Policy checkpoint; empty = the shipped models/arm_maml.safetensors",
+            ),
+            DeclareLaunchArgument(
+                "robot",
+                default_value="kuka_iiwa",
+                choices=list(robot_names()),
+                description="Robot description of all three nodes (maml_ros.runtime.robots); "
+                "only kuka_iiwa has a shipped checkpoint",
             ),
             DeclareLaunchArgument(
                 "device",

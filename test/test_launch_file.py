@@ -34,7 +34,15 @@ def described(**arguments: str) -> tuple[dict, list]:
 
 def test_arguments_nodes_and_exit_handlers() -> None:
     declared, actions = described()
-    assert set(declared) == {"checkpoint", "device", "namespace", "use_sim_time", "params_file"}
+    assert set(declared) == {
+        "checkpoint",
+        "device",
+        "namespace",
+        "use_sim_time",
+        "params_file",
+        "robot",
+    }
+    assert set(declared["robot"].choices) == {"kuka_iiwa", "franka_panda", "xarm6"}
     nodes = [a for a in actions if isinstance(a, LaunchNode)]
     assert sorted(n.node_executable for n in nodes) == [
         "adaptation_node",

@@ -292,3 +292,13 @@ def policy_mismatch(
     if names is not None and names != list(joint_names):  # any JSON value: compare as is
         return f"policy joint_names {names} differ from this node's {list(joint_names)}"
     return None
+
+
+def no_shipped_model_message(robot: str, prog: str) -> str:
+    """What ``prog`` says when asked for ``robot`` without a checkpoint: only the default robot
+    has a shipped model; how to train one."""
+    return (
+        f"{prog}: no trained policy ships for robot {robot!r} (only {DEFAULT_ROBOT} has one); "
+        f"train one with `make train ROBOT={robot}` (maml-ros-train --robot {robot}) and pass "
+        "its runs/train/policy_best.safetensors"
+    )
