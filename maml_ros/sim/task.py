@@ -397,7 +397,12 @@ DEFAULT_METRICS = ("return", "success", "final_distance")
 
 @dataclass(frozen=True)
 class TaskFamily:
-    """One task family (see the module docstring)."""
+    """One task family: ``sample(rng, split, robot)`` returns the TaskSpec fields of a task from
+    ``split``; ``split(task, robot)`` says which region a task is in (``"train"``, ``"test"``
+    or None; the two must be disjoint); ``problem(task, robot)`` says why a task is no valid
+    task of the family (or None); ``apply(env, task)``, when given, runs after
+    ``ArmEnv.set_task`` applied the generic fields; ``metrics`` names the keys evaluation is to
+    report (not read by ``rl/evaluate.py`` yet, which still names reach and dynamics)."""
 
     name: str
     sample: Sampler
