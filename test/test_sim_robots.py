@@ -123,3 +123,21 @@ def test_invalid_descriptions_are_rejected_with_the_reason() -> None:
     with pytest.raises(RobotSpecError, match="unknown robot"):
         get_robot("r2d2")
     assert get_robot(DEFAULT_ROBOT) is KUKA_IIWA
+
+
+@pytest.mark.parametrize("name", sorted(ROBOTS))
+def test_the_oracle_reaches_a_goal_on_every_robot(name: str) -> None:
+    """The scripted reference controller works on any description (the Panda's fingers are
+    degrees of freedom PyBullet's Jacobian counts)."""
+    from maml_ros.sim.oracle import oracle_action
+
+    task = sample_tasks("reach", 1, "train", seed=0, robot=name)[0]
+    env = ArmEnv(task, robot=name, horizon=200)
+    try:
+        env.reset(seed=0)
+        start = np.linalg.norm(env.ee_position() - env.goal)
+        for _ in range(120):
+            *_, info = env.step(oracle_action(env))
+        assert info["distance"] < min(0.05, start / 2), (start, info["distance"])
+    finally:
+        env.close()

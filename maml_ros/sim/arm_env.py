@@ -162,8 +162,11 @@ class ArmEnv(gym.Env):
             pb.setCollisionFilterGroupMask(self._robot, link, 0, 0, **self._cid)
         by_name = {}
         links = {}
+        self._movable: list[int] = []  # PyBullet's degrees of freedom, in index order
         for j in range(total):
             info = pb.getJointInfo(self._robot, j, **self._cid)
+            if info[2] != pb.JOINT_FIXED:
+                self._movable.append(j)
             by_name[info[1].decode()] = j
             links[info[12].decode()] = j
         missing = [name for name in (*spec.joint_names, *spec.fixed_joints) if name not in by_name]
@@ -362,6 +365,16 @@ class ArmEnv(gym.Env):
 
     def _new_obs(self) -> np.ndarray:
         return np.empty(2 * self._n, dtype=np.float32)
+
+    @property
+    def dof_joints(self) -> tuple[int, ...]:
+        """PyBullet indices of every movable joint (arm and fingers), in index order."""
+        return tuple(self._movable)
+
+    @property
+    def arm_joints(self) -> tuple[int, ...]:
+        """PyBullet indices of the arm joints, in policy order."""
+        return tuple(self._joints)
 
     @property
     def ee_link(self) -> int:
