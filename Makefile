@@ -65,14 +65,18 @@ lint: setup
 params: setup
 	$(ENV) python -m maml_ros.ros.params_doc --write
 
+# ROBOT= a maml_ros.runtime.robots name (default kuka_iiwa, the only one with a shipped model).
+ROBOT ?= kuka_iiwa
+ROBOT_ARG := $(if $(filter-out kuka_iiwa,$(ROBOT)),--robot $(ROBOT))
+
 demo: setup
-	$(ENV) tools/isolated.sh maml-ros-demo --out out/demo
+	$(ENV) tools/isolated.sh maml-ros-demo --out out/demo $(ROBOT_ARG) $(DEMO_ARGS)
 
 train: setup
-	$(ENV) maml-ros-train --config config/train.yaml --out runs/train $(TRAIN_ARGS)
+	$(ENV) maml-ros-train --config config/train.yaml --out runs/train $(ROBOT_ARG) $(TRAIN_ARGS)
 
 eval: setup
-	$(ENV) maml-ros-eval --out out/eval $(EVAL_ARGS)
+	$(ENV) maml-ros-eval --out out/eval $(ROBOT_ARG) $(EVAL_ARGS)
 
 $(BENCHES): bench-%: setup
 	$(ENV) tools/isolated.sh python bench/bench_$*.py $(BENCH_ARGS)

@@ -43,6 +43,7 @@ from launch_ros.actions import LifecycleNode, Node
 from launch_ros.parameter_descriptions import ParameterValue
 
 from maml_ros.runtime.deployment import create_deploy_key
+from maml_ros.runtime.robots import robot_names
 
 PACKAGE = "maml_ros"
 STARTUP_ERROR = 2
@@ -92,6 +93,7 @@ def _nodes(context: LaunchContext) -> list:
     elif key_file == NO_KEY:
         key_file = ""
     paired = {"deploy_key_file": key_file}
+    robot = {"robot": ParameterValue(LaunchConfiguration("robot"), value_type=str)}
 
     def node(
         executable: str, name: str, overrides: dict, respawn: bool, lifecycle: bool = True
@@ -115,11 +117,11 @@ def _nodes(context: LaunchContext) -> list:
         *node(
             "sim_arm_node",
             "sim_arm",
-            {"publish_clock": use_sim_time},
+            {"publish_clock": use_sim_time, **robot},
             respawn=True,
             lifecycle=False,
         ),
-        *node("policy_controller_node", "policy_controller", paired, respawn=True),
+        *node("policy_controller_node", "policy_controller", {**paired, **robot}, respawn=True),
         *node(
             "adaptation_node",
             "adaptation",
@@ -129,6 +131,7 @@ def _nodes(context: LaunchContext) -> list:
                 "state_file": ParameterValue(LaunchConfiguration("state_file"), value_type=str),
                 "resume": ParameterValue(LaunchConfiguration("resume"), value_type=bool),
                 **paired,
+                **robot,
             },
             respawn=False,
         ),
@@ -144,6 +147,13 @@ def generate_launch_description() -> LaunchDescription:
                 "checkpoint",
                 default_value="",
                 description="Policy checkpoint; empty = the shipped models/arm_maml.safetensors",
+            ),
+            DeclareLaunchArgument(
+                "robot",
+                default_value="kuka_iiwa",
+                choices=list(robot_names()),
+                description="Robot description of all three nodes (maml_ros.runtime.robots); "
+                "only kuka_iiwa has a shipped checkpoint",
             ),
             DeclareLaunchArgument(
                 "device",

@@ -48,7 +48,9 @@ def test_arguments_nodes_and_exit_handlers() -> None:
         "deploy_key_file",
         "state_file",
         "resume",
+        "robot",
     }
+    assert set(declared["robot"].choices) == {"kuka_iiwa", "franka_panda", "xarm6"}
     nodes = [a for a in actions if isinstance(a, LaunchNode)]
     assert sorted(n.node_executable for n in nodes) == [
         "adaptation_node",

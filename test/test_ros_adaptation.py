@@ -620,3 +620,31 @@ def test_a_checkpoint_whose_actions_are_not_finite_is_refused(tmp_path: Path) ->
             )
     finally:
         rclpy.try_shutdown(context=context)
+
+
+def test_a_checkpoint_for_another_robot_is_refused(
+    harness_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    """A Panda checkpoint has the iiwa's sizes (7 joints): only its robot tells them apart."""
+    h = harness_factory()
+    panda = small_bundle().replace(
+        metadata={"robot": "franka_panda", "joint_names": [f"panda_joint{i}" for i in range(1, 8)]}
+    )
+    path = tmp_path / "panda.safetensors"
+    save_bundle(path, panda)
+    with pytest.raises(ValueError, match="policy is for robot 'franka_panda'"):
+        AdaptationNode(
+            context=h.context, parameter_overrides=[Parameter("checkpoint", value=str(path))]
+        )
+    node = AdaptationNode(
+        context=h.context,
+        parameter_overrides=[
+            Parameter("checkpoint", value=str(path)),
+            Parameter("robot", value="franka_panda"),
+        ],
+    )
+    try:
+        assert node.joint_names == [f"panda_joint{i}" for i in range(1, 8)]
+        assert node.protocol.meta_bundle is not None
+    finally:
+        node.destroy_node()

@@ -51,6 +51,7 @@ from maml_ros.ros.policy_controller_node import (
     RESYNC_STATES,
     PolicyControllerNode,
 )
+from maml_ros.runtime.robots import get_robot
 from maml_ros.sim import ArmEnv
 
 JOINTS = DEFAULT_JOINT_NAMES
@@ -231,6 +232,9 @@ def test_swaps_to_newer_policies_and_keeps_the_last_good_one(ros: Ros) -> None:
         "joint names not a list": constant_bundle(BIAS_A, version=3).replace(
             metadata={"joint_names": 7}
         ),
+        "another robot": constant_bundle(BIAS_A, version=3).replace(
+            metadata={"robot": "franka_panda", "joint_names": JOINTS}
+        ),
     }
     for count, (what, payload) in enumerate(bad_inputs.items(), start=1):
         rig.send_policy(payload)
@@ -319,6 +323,32 @@ def test_an_adapted_policy_is_never_replaced_by_an_unadapted_one_of_another_run(
     rig.send_policy(constant_bundle(BIAS_A, version=0, run_id="run-d").replace(metadata=override))
     wait_until(lambda: rig.ctl.status.snapshot()["run_id"] == "run-d")
     assert rig.ctl.status.snapshot()["policy_adapted"] is False
+
+
+def test_the_robot_parameter_sets_the_joints_and_refuses_other_robots_policies(ros: Ros) -> None:
+    """An xArm 6 controller: its six joints, states in any order, and a policy from another
+    robot (an old checkpoint without a robot is the iiwa's) refused and counted."""
+    xarm = get_robot("xarm6")
+    names = list(xarm.joint_names)
+    overrides = [Parameter("robot", value="xarm6"), Parameter("explore", value=False)]
+    ctl = ros.add(PolicyControllerNode(**ros.kwargs(), parameter_overrides=overrides))
+    assert ctl.joint_names == names
+    six = constant_bundle(BIAS_A, obs_dim=12, act_dim=6)
+    old = six.replace(metadata={})  # no robot: the iiwa's
+    assert not ctl.handle_policy(policy_to_msg(old))
+    assert ctl.status.dropped("policy") == 1
+    reason = ctl.status.snapshot()["last_drop_reason"]["policy"]
+    assert "policy is for robot 'kuka_iiwa'" in reason
+    mine = six.replace(metadata={"robot": "xarm6", "joint_names": names})
+    assert ctl.handle_policy(policy_to_msg(mine))
+    assert ctl.status.snapshot()["has_policy"]
+    before = ctl._ticks
+    order = list(reversed(names))  # joint_state_broadcaster publishes in its own order
+    stamp = time.time_ns()
+    ctl._on_joint_state(arrays_to_joint_state(stamp, order, np.arange(6.0) / 10, np.zeros(6)))
+    assert ctl.status.dropped("joint_state") == 0
+    assert ctl._ticks == before + 1
+    np.testing.assert_allclose(ctl._obs[:6], np.arange(6.0)[::-1] / 10, atol=1e-6)
 
 
 def test_bad_joint_states_are_dropped(ros: Ros) -> None:

@@ -43,8 +43,13 @@ class EnvSection:
     horizon: int | None = None
     families: tuple[str, ...] = ("reach", "dynamics", "reach+dynamics")
     family_weights: tuple[float, ...] = (0.5, 0.25, 0.25)
+    robot: str = "kuka_iiwa"
 
     def validate(self) -> None:
+        from maml_ros.runtime.robots import robot_problem
+
+        problem = robot_problem(self.robot)
+        _require(problem is None, f"env.robot: {problem}")
         _require(
             self.name in ("arm", "point"), f"env.name must be 'arm' or 'point', got {self.name!r}"
         )

@@ -174,7 +174,10 @@ class PointTaskSource:
 class ArmTaskSource:
     """Mixture of the sim's task families, sampled with :func:`maml_ros.sim.sample_tasks`."""
 
-    def __init__(self, families: Sequence[str], family_weights: Sequence[float]) -> None:
+    def __init__(
+        self, families: Sequence[str], family_weights: Sequence[float], robot: str = "kuka_iiwa"
+    ) -> None:
+        self.robot = robot
         if len(families) != len(family_weights) or not families:
             raise ValueError("families and family_weights must be non-empty and of equal length")
         weights = np.asarray(family_weights, dtype=np.float64)
@@ -187,13 +190,15 @@ class ArmTaskSource:
         from maml_ros.sim import sample_tasks
 
         if family is not None:
-            return list(sample_tasks(family, n, split=split, seed=seed))
+            return list(sample_tasks(family, n, split=split, seed=seed, robot=self.robot))
         rng = np.random.default_rng(seed)
         counts = rng.multinomial(n, self.weights)
         tasks: list[Any] = []
         for i, (fam, count) in enumerate(zip(self.families, counts, strict=True)):
             if count:
-                tasks.extend(sample_tasks(fam, int(count), split=split, seed=seed * 31 + i))
+                tasks.extend(
+                    sample_tasks(fam, int(count), split=split, seed=seed * 31 + i, robot=self.robot)
+                )
         order = rng.permutation(len(tasks))
         return [tasks[i] for i in order]
 
@@ -308,12 +313,14 @@ def make_env(
     horizon: int | None = None,
     backend: str = "local",
     ray_address: str | None = None,
+    robot: str = "kuka_iiwa",
 ) -> BatchEnv:
     """``"arm"``: the sim's VecArmEnv (workers > 1) or in-process ArmEnvs; ``"point"``: toy.
 
     ``backend="ray"`` puts the arm's envs in ``workers`` Ray actors instead (a local Ray, or
     the cluster at ``ray_address``; ``"auto"``: the one ``ray start`` runs); ``horizon``
-    (None: the arm's default of 50 steps) sets the arm's episode length.
+    (None: the arm's default of 50 steps) sets the arm's episode length; ``robot`` names the
+    arm's description (``maml_ros.runtime.robots``).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
@@ -324,7 +331,9 @@ def make_env(
             raise ValueError("the ray backend simulates the arm; the point toy runs in-process")
         return PointNavEnv(num_envs, horizon=horizon or 20)
     if name == "arm":
-        kwargs = {} if horizon is None else {"horizon": int(horizon)}
+        kwargs: dict[str, Any] = {} if horizon is None else {"horizon": int(horizon)}
+        if robot != "kuka_iiwa":  # the default robot's kwargs stay as they were
+            kwargs["robot"] = robot
         if backend == "ray":
             return VecArmBatchEnv(num_envs, workers, kwargs, "ray", ray_address)
         env: BatchEnv
@@ -341,7 +350,7 @@ def make_env(
 
 
 def make_task_source(
-    name: str, families: Sequence[str], family_weights: Sequence[float]
+    name: str, families: Sequence[str], family_weights: Sequence[float], robot: str = "kuka_iiwa"
 ) -> TaskSource:
     """Task sampler matching :func:`make_env`."""
     if name == "point":
@@ -351,5 +360,5 @@ def make_task_source(
         ]
         return PointTaskSource(weights)
     if name == "arm":
-        return ArmTaskSource(families, family_weights)
+        return ArmTaskSource(families, family_weights, robot)
     raise ValueError(f"unknown env {name!r}; expected 'arm' or 'point'")

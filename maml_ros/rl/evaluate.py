@@ -52,6 +52,13 @@ from maml_ros.rl.policy import GaussianMLPPolicy
 from maml_ros.rl.sampling import RolloutBatch, sample_rollouts
 from maml_ros.rl.train import add_backend_arguments, check_backend_arguments
 from maml_ros.rl.trainer import MetaTrainer
+from maml_ros.runtime.robots import (
+    DEFAULT_ROBOT,
+    get_robot,
+    no_shipped_model_message,
+    policy_mismatch,
+    robot_names,
+)
 
 SUMMARY_KEYS = (
     "reach_success_pre",
@@ -157,7 +164,13 @@ def random_init_bundle(meta: PolicyBundle, seed: int) -> PolicyBundle:
 
 
 def oracle_return(
-    meta: PolicyBundle, task: Any, task_source: Any, cfg: EvalConfig, seed: int, env_name: str
+    meta: PolicyBundle,
+    task: Any,
+    task_source: Any,
+    cfg: EvalConfig,
+    seed: int,
+    env_name: str,
+    robot: str = DEFAULT_ROBOT,
 ) -> float:
     """Eval return of PPO trained on ``task`` alone from theta (multi-task trainer, one task)."""
 
@@ -176,7 +189,7 @@ def oracle_return(
     train_cfg = config_from_dict(
         {
             "seed": seed,
-            "env": {"name": env_name, "num_envs": cfg.k, "workers": 1},
+            "env": {"name": env_name, "num_envs": cfg.k, "workers": 1, "robot": robot},
             "policy": {"hidden": list(meta.spec.hidden), "init_log_std": meta.spec.init_log_std},
             "outer": {
                 "algo": "multitask",
@@ -188,7 +201,7 @@ def oracle_return(
             "pg": meta.pg.to_dict(),
         }
     )
-    env = make_env(env_name, cfg.k, 1)
+    env = make_env(env_name, cfg.k, 1, robot=robot)
     try:
         trainer = MetaTrainer(train_cfg, env, OneTask())
         trainer.set_obs_normalization(meta.obs_mean, meta.obs_std)
@@ -374,6 +387,7 @@ def run_eval(
     cfg: EvalConfig,
     out: Path,
     env_name: str = "arm",
+    robot: str = DEFAULT_ROBOT,
     backend: str = "local",
     ray_address: str | None = None,
 ) -> dict[str, Any]:
@@ -384,10 +398,15 @@ def run_eval(
     """
     t0 = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
-    task_source = make_task_source(env_name, ["reach", "dynamics"], [1.0, 1.0])
+    task_source = make_task_source(env_name, ["reach", "dynamics"], [1.0, 1.0], robot)
     n_tasks = cfg.n_reach + cfg.n_dynamics
     env = make_env(
-        env_name, n_tasks * cfg.eval_episodes, cfg.workers, backend=backend, ray_address=ray_address
+        env_name,
+        n_tasks * cfg.eval_episodes,
+        cfg.workers,
+        backend=backend,
+        ray_address=ray_address,
+        robot=robot,
     )
     results: list[TaskResult] = []
     per_lr: dict[str, dict[float, list[float]]] = {}
@@ -413,7 +432,7 @@ def run_eval(
                     )
             for result, task in zip(seed_results, tasks, strict=True):
                 if result.family == "dynamics":
-                    trained = oracle_return(meta, task, task_source, cfg, seed, env_name)
+                    trained = oracle_return(meta, task, task_source, cfg, seed, env_name, robot)
                     adapted = max(
                         result.returns["post1"], result.returns["post3"], result.returns["pre"]
                     )
@@ -464,6 +483,12 @@ def main(argv: list[str] | None = None) -> int:
         "--workers", type=int, help="sim worker processes or Ray actors (default 2)"
     )
     parser.add_argument("--env", default="arm", choices=["arm", "point"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--robot",
+        default=DEFAULT_ROBOT,
+        choices=robot_names(),
+        help=f"robot description (only {DEFAULT_ROBOT} has a shipped model)",
+    )
     add_backend_arguments(parser)
     args = parser.parse_args(argv)
     check_backend_arguments(parser, args)
@@ -478,10 +503,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.seeds < 1:
             parser.error("--seeds must be >= 1")
         cfg = dataclasses.replace(cfg, seeds=tuple(range(args.seeds)))
+    if args.robot != DEFAULT_ROBOT and not args.policy:
+        message = no_shipped_model_message(args.robot, "maml-ros-eval")
+        print(f"{message} as --policy (EVAL_ARGS=--policy=...)", file=sys.stderr)
+        return 2
     try:
         meta = load_bundle(args.policy or find_shipped_model())
+        mismatch = policy_mismatch(meta.metadata, args.robot, get_robot(args.robot).joint_names)
+        if args.env == "arm" and mismatch:
+            raise CheckpointError(f"{args.policy or 'the shipped model'}: {mismatch} (--robot)")
         multitask = None
-        if args.multitask:
+        if args.robot != DEFAULT_ROBOT and not args.multitask:
+            pass  # no shipped baseline for this robot: skip fine-tuning
+        elif args.multitask:
             multitask = load_bundle(args.multitask)
         else:
             try:
@@ -500,6 +534,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg,
         Path(args.out),
         env_name=args.env,
+        robot=args.robot,
         backend=args.backend,
         ray_address=args.ray_address,
     )

@@ -61,9 +61,16 @@ def default_env_factory(
 ) -> tuple[BatchEnv, TaskSource]:
     """The env and task source named by the config, on ``backend`` (``local`` or ``ray``)."""
     env = make_env(
-        cfg.env.name, cfg.env.num_envs, cfg.env.workers, cfg.env.horizon, backend, ray_address
+        cfg.env.name,
+        cfg.env.num_envs,
+        cfg.env.workers,
+        cfg.env.horizon,
+        backend,
+        ray_address,
+        robot=cfg.env.robot,
     )
-    return env, make_task_source(cfg.env.name, cfg.env.families, cfg.env.family_weights)
+    tasks = make_task_source(cfg.env.name, cfg.env.families, cfg.env.family_weights, cfg.env.robot)
+    return env, tasks
 
 
 def backend_env_factory(backend: str, ray_address: str | None = None) -> EnvFactory:
@@ -273,6 +280,16 @@ def _write_json(path: Path, data: Any) -> None:
     atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
+def _robot_metadata(cfg: TrainConfig) -> dict[str, Any]:
+    """The robot a policy drives and its joint order (the nodes check both)."""
+    if cfg.env.name != "arm":
+        return {}
+    from maml_ros.runtime.robots import get_robot
+
+    robot = get_robot(cfg.env.robot)
+    return {"robot": robot.name, "joint_names": list(robot.joint_names)}
+
+
 def train(
     cfg: TrainConfig,
     out: Path,
@@ -294,6 +311,7 @@ def train(
         "task_families": list(cfg.env.families),
         "family_weights": list(cfg.env.family_weights),
         "env": cfg.env.name,
+        **_robot_metadata(cfg),
         "run_id": f"train-{commit[:8]}-seed{cfg.seed}",
     }
     env, tasks = env_factory(cfg)
@@ -366,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workers", type=int, help="override env.workers (sim processes or Ray actors)"
     )
+    parser.add_argument("--robot", help="override env.robot (a maml_ros.runtime.robots name)")
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error("--threads must be >= 1")
@@ -377,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
             cfg = dataclasses.replace(cfg, iterations=args.iterations).validate()
         if args.workers is not None:
             env = dataclasses.replace(cfg.env, workers=args.workers)
+            cfg = dataclasses.replace(cfg, env=env).validate()
+        if args.robot is not None:
+            env = dataclasses.replace(cfg.env, robot=args.robot)
             cfg = dataclasses.replace(cfg, env=env).validate()
     except ConfigError as exc:
         print(f"maml-ros-train: {exc}", file=sys.stderr)

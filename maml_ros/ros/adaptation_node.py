@@ -110,6 +110,7 @@ from maml_ros.ros.protocol import (
 )
 from maml_ros.ros.tasks import TaskInbox
 from maml_ros.runtime import deploy_key_problem, read_deploy_key
+from maml_ros.runtime.robots import DEFAULT_ROBOT, get_robot, policy_mismatch, robot_problem
 
 JOINT_STATE_BUFFER_QOS = QoSProfile(
     depth=100,
@@ -121,8 +122,9 @@ JOINT_STATE_BUFFER_QOS = QoSProfile(
 lost cannot be used, so this node keeps up to 100 states while its process is descheduled."""
 SHIPPED_CHECKPOINT = "models/arm_maml.safetensors"
 """Path of the meta-trained checkpoint inside share/maml_ros."""
-DEFAULT_JOINT_NAMES = [f"lbr_iiwa_joint_{i}" for i in range(1, 8)]
-"""The simulated KUKA iiwa's joints (``ArmEnv.joint_names``)."""
+DEFAULT_JOINT_NAMES = list(get_robot(DEFAULT_ROBOT).joint_names)
+"""The default robot's joints (the KUKA iiwa's); left at this default, ``joint_names`` follows
+the ``robot`` parameter."""
 MAX_CONTROLLER_STATUS_CHARS = 64 * 1024
 """Longer controller status messages are dropped before parsing."""
 
@@ -287,9 +289,16 @@ PARAMS = (
         float_range=(0.0, 600.0),
     ),
     ParamSpec(
+        "robot",
+        DEFAULT_ROBOT,
+        "Robot description (maml_ros.runtime.robots): a checkpoint for another robot is refused",
+        robot_problem,
+        read_only=True,
+    ),
+    ParamSpec(
         "joint_names",
         DEFAULT_JOINT_NAMES,
-        "Joint order of the policy's observation and action",
+        "Joint order of the policy's observation and action (the default follows robot)",
         _check_joint_names,
         read_only=True,
     ),
@@ -431,7 +440,10 @@ class AdaptationNode(ManagedNode):
         self._worker: threading.Thread | None = None
         self.status = NodeStatus(self)
         self.params = ValidatedParameters(self, PARAMS, self._on_parameter_change)
+        self.robot = self.params["robot"]
         self.joint_names = list(self.params["joint_names"])
+        if self.joint_names == DEFAULT_JOINT_NAMES:
+            self.joint_names = list(get_robot(self.robot).joint_names)
         torch.set_num_threads(self.params["torch_threads"])
         controller = self.params["controller_name"]
         key_file = self.params["deploy_key_file"]
@@ -494,6 +506,9 @@ class AdaptationNode(ManagedNode):
                 f"checkpoint {path} has obs_dim {bundle.spec.obs_dim} / act_dim "
                 f"{bundle.spec.act_dim}; {n} joints need {2 * n} / {n}"
             )
+        mismatch = policy_mismatch(bundle.metadata, self.robot, self.joint_names)
+        if mismatch:
+            raise ValueError(f"checkpoint {path}: {mismatch}")
         resumed, override = None, False
         if self.params["state_file"]:
             self.protocol.state = StateFile(self.params["state_file"], parent_sha256, max_bytes)

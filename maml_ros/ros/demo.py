@@ -37,6 +37,7 @@ from maml_ros.ros.convert import TaskChange
 from maml_ros.ros.interfaces import LATCHED_QOS
 from maml_ros.ros.tasks import DEFAULT_REQUIRED, TaskDelivery
 from maml_ros.runtime.deployment import create_deploy_key
+from maml_ros.runtime.robots import DEFAULT_ROBOT, no_shipped_model_message, robot_names
 from maml_ros.sim import TaskSpec, sample_tasks
 
 EXECUTABLES = ("sim_arm_node", "policy_controller_node", "adaptation_node")
@@ -65,11 +66,11 @@ def installed_config() -> Path:
     return Path(get_package_share_directory("maml_ros")) / "config" / "adapt.yaml"
 
 
-def demo_tasks(seed: int) -> list[TaskSpec]:
-    """One held-out reach task and one held-out dynamics task."""
+def demo_tasks(seed: int, robot: str = DEFAULT_ROBOT) -> list[TaskSpec]:
+    """One held-out reach task and one held-out dynamics task for ``robot``."""
     return [
-        sample_tasks("reach", 1, split="test", seed=seed)[0],
-        sample_tasks("dynamics", 1, split="test", seed=seed)[0],
+        sample_tasks("reach", 1, split="test", seed=seed, robot=robot)[0],
+        sample_tasks("dynamics", 1, split="test", seed=seed, robot=robot)[0],
     ]
 
 
@@ -217,12 +218,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="sim speed override (default: the params file's, 1 = real time)",
     )
     parser.add_argument("--rollouts", type=int, default=None, help="override K")
+    parser.add_argument(
+        "--robot",
+        default=DEFAULT_ROBOT,
+        choices=robot_names(),
+        help=f"robot description (only {DEFAULT_ROBOT} has a shipped checkpoint)",
+    )
     parser.add_argument("--timeout-s", type=float, default=180.0, help="per adaptation")
     args = parser.parse_args(argv)
     if (args.real_time_factor is not None and args.real_time_factor < 0) or args.timeout_s <= 0:
         parser.error("--real-time-factor must be >= 0 and --timeout-s > 0")
     if args.rollouts is not None and args.rollouts < 1:
         parser.error("--rollouts must be >= 1")
+    if args.robot != DEFAULT_ROBOT and not args.checkpoint:
+        parser.exit(2, no_shipped_model_message(args.robot, parser.prog) + " as --checkpoint\n")
     return args
 
 
@@ -239,8 +248,11 @@ def node_commands(
     if args.rollouts is not None:
         adaptation += ["-p", f"rollouts:={args.rollouts}"]
     sim_arm, controller = [], list(paired)
+    if args.robot != DEFAULT_ROBOT:
+        robot = ["-p", f"robot:={args.robot}"]
+        adaptation, sim_arm, controller = adaptation + robot, list(robot), controller + robot
     if args.real_time_factor is not None:
-        sim_arm = ["-p", f"real_time_factor:={args.real_time_factor}"]
+        sim_arm += ["-p", f"real_time_factor:={args.real_time_factor}"]
         if args.real_time_factor != 1.0:  # sim stamps drift away from the wall clock
             controller += ["-p", "stamp_tolerance_s:=0.0"]
             adaptation += ["-p", "stamp_tolerance_s:=0.0"]
@@ -270,7 +282,7 @@ def run_demo(args: argparse.Namespace) -> list[dict[str, Any]]:
         watcher.wait(lambda s: s.get("phase") == "idle", 60.0, procs, "the adaptation node")
         # A node of its own: TaskDelivery spins it while it waits for the acknowledgements.
         delivery = TaskDelivery(rclpy.create_node("maml_ros_demo_tasks"), DEFAULT_REQUIRED)
-        for index, task in enumerate(demo_tasks(args.seed), start=1):
+        for index, task in enumerate(demo_tasks(args.seed, args.robot), start=1):
             print(f"[demo] task {index}: {task.family} {task.to_json()}", flush=True)
             t0 = time.monotonic()
             change = TaskChange(f"demo-{index}", task)

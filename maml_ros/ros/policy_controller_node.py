@@ -101,9 +101,11 @@ from maml_ros.runtime import (
     read_policy_file,
     replacement_refusal,
 )
+from maml_ros.runtime.robots import DEFAULT_ROBOT, get_robot, policy_mismatch, robot_problem
 
-DEFAULT_JOINT_NAMES = [f"lbr_iiwa_joint_{i}" for i in range(1, 8)]
-"""The simulated KUKA iiwa's joints (``ArmEnv.joint_names``)."""
+DEFAULT_JOINT_NAMES = list(get_robot(DEFAULT_ROBOT).joint_names)
+"""The default robot's joints (the KUKA iiwa's, ``ArmEnv.joint_names``); left at this default,
+``joint_names`` follows the ``robot`` parameter."""
 DEFAULT_ACTION_SCALE = 1.5
 """rad/s per policy unit: ``ArmEnv``'s default ``max_joint_velocity``."""
 WATCHDOG_PERIOD_S = 0.02
@@ -125,6 +127,12 @@ def _joint_names_problem(value: Any) -> str | None:
     return None
 
 
+def _effective_joint_names(robot: str, joint_names: Any) -> list[str]:
+    """``joint_names``, or the robot's own when left at the default (the iiwa's)."""
+    names = list(joint_names)
+    return list(get_robot(robot).joint_names) if names == DEFAULT_JOINT_NAMES else names
+
+
 def _positive_finite_problem(name: str, value: Any) -> str | None:
     values = list(value)
     if not values or not all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in values):
@@ -142,9 +150,16 @@ PARAMS = (
         read_only=True,
     ),
     ParamSpec(
+        "robot",
+        DEFAULT_ROBOT,
+        "Robot description (maml_ros.runtime.robots): policies for another robot are refused",
+        validator=robot_problem,
+        read_only=True,
+    ),
+    ParamSpec(
         "joint_names",
         DEFAULT_JOINT_NAMES,
-        "Joint order of the observation, the action and the commands",
+        "Joint order of the observation, the action and the commands (the default follows robot)",
         validator=_joint_names_problem,
         read_only=True,
     ),
@@ -227,7 +242,8 @@ class PolicyControllerNode(ManagedNode):
         self.params = ValidatedParameters(
             self, PARAMS, on_change=self._on_param_change, cross_check=self._max_velocity_problem
         )
-        self.joint_names = list(self.params["joint_names"])
+        self.robot = self.params["robot"]
+        self.joint_names = _effective_joint_names(self.robot, self.params["joint_names"])
         n = len(self.joint_names)
         key_file = self.params["deploy_key_file"]
         self._deploy_key = read_deploy_key(key_file) if key_file else None
@@ -235,6 +251,7 @@ class PolicyControllerNode(ManagedNode):
             self.get_logger().warning(
                 "no deploy_key_file: any publisher on 'policy' can replace the policy"
             )
+        self._obs = np.empty(2 * n, dtype=np.float32)
         self._ticks = 0
         self._policy_ns = np.zeros(POLICY_TIMING_WINDOW, dtype=np.int64)  # ring, per tick
         self.status = NodeStatus(self, refresh=self._tick_fields)
@@ -343,7 +360,11 @@ class PolicyControllerNode(ManagedNode):
         """max_velocity has one value, or one per joint (joint_names is read-only)."""
         if name != "max_velocity":
             return None
-        n = len(self.get_parameter("joint_names").value)
+        n = len(
+            _effective_joint_names(
+                self.get_parameter("robot").value, self.get_parameter("joint_names").value
+            )
+        )
         if len(value) not in (1, n):
             return f"max_velocity must have 1 or {n} (joint count) values, got {len(value)}"
         return None
@@ -363,7 +384,7 @@ class PolicyControllerNode(ManagedNode):
     def _on_joint_state(self, msg: JointState) -> None:
         try:
             positions, velocities, stamp_ns = joint_state_to_arrays(msg, self.joint_names)
-            obs = observation_from_joint_state(positions, velocities)
+            obs = observation_from_joint_state(positions, velocities, self._obs)
             self._check_stamp(stamp_ns)
         except ValueError as exc:
             self.status.drop("joint_state", str(exc))
@@ -521,10 +542,7 @@ class PolicyControllerNode(ManagedNode):
                 f"policy spec obs_dim={bundle.spec.obs_dim}, act_dim={bundle.spec.act_dim} does "
                 f"not match {n} joints (expected {2 * n} and {n})"
             )
-        names = bundle.metadata.get("joint_names")
-        if names is not None and names != self.joint_names:  # any JSON value: compare as is
-            return f"policy joint_names {names} differ from the controller's {self.joint_names}"
-        return None
+        return policy_mismatch(bundle.metadata, self.robot, self.joint_names)
 
     def _not_newer(self, bundle: PolicyData) -> str | None:
         """Why ``bundle`` does not replace the current policy (the acceptance rule), or None."""

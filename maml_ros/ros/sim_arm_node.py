@@ -85,6 +85,7 @@ from maml_ros.ros.interfaces import (
     commands_topic,
 )
 from maml_ros.ros.tasks import TaskInbox
+from maml_ros.runtime.robots import DEFAULT_ROBOT, robot_problem
 from maml_ros.sim import ArmEnv, TaskSpec, TaskSpecError, nominal_task
 
 CLOCK_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -160,6 +161,13 @@ PARAMS = [
     ),
     ParamSpec("seed", 0, "Seed of the env's reset noise", int_range=(0, 2**31 - 1), read_only=True),
     ParamSpec(
+        "robot",
+        DEFAULT_ROBOT,
+        "Robot description (maml_ros.runtime.robots) the simulated arm is built from",
+        validator=robot_problem,
+        read_only=True,
+    ),
+    ParamSpec(
         "transition_log",
         "",
         "Append one JSON line per executed step to this file ('' = off)",
@@ -215,9 +223,13 @@ class SimArmNode(Node):
         task = (
             TaskSpec.from_json(self.params["initial_task"])
             if self.params["initial_task"]
-            else nominal_task()
+            else nominal_task(self.params["robot"])
         )
-        self.env = ArmEnv(task)
+        if task.robot != self.params["robot"]:
+            raise ValueError(
+                f"initial_task is for robot {task.robot!r}, this arm is {self.params['robot']!r}"
+            )
+        self.env = ArmEnv(task, robot=self.params["robot"])
         self._session = uuid.uuid4().hex[:12]
         self._task = TaskChange(task_id_of(task), task)
         self.env.reset(seed=self.params["seed"])

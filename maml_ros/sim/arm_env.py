@@ -1,4 +1,5 @@
-"""The simulated KUKA LBR iiwa: a gymnasium env in PyBullet DIRECT mode.
+"""The simulated arm (a ``RobotSpec``; the KUKA LBR iiwa by default): a gymnasium env in PyBullet
+DIRECT mode.
 
 Physics runs at a fixed ``physics_hz`` (240 Hz); the policy acts at ``control_hz`` (40 Hz, so six
 physics sub-steps per action). An action in [-1, 1]^7 is scaled by ``max_joint_velocity`` (rad/s)
@@ -29,21 +30,23 @@ import pybullet as pb
 import pybullet_data
 
 from maml_ros.runtime import observation_from_joint_state
-from maml_ros.sim.task import NUM_JOINTS, TaskSpec, nominal_task
+from maml_ros.runtime.robots import DEFAULT_ROBOT, KUKA_IIWA, RobotSpec, get_robot
+from maml_ros.sim.task import NUM_JOINTS, TaskSpec, TaskSpecError, get_family, nominal_task
 
-URDF = "kuka_iiwa/model.urdf"
+URDF = KUKA_IIWA.urdf
 EE_LINK = 6
-"""Index of the link whose frame origin is the end-effector point (lbr_iiwa_link_7)."""
-HOME_POSE = (0.0, 0.5, 0.0, -1.6, 0.0, 1.0, 0.0)
+"""The iiwa's end-effector link index (lbr_iiwa_link_7); an env's own is ``env.ee_link``."""
+HOME_POSE = KUKA_IIWA.home_pose
 """Home joint positions (rad); the end effector then sits near the goal cube's centre."""
-JOINT_FORCE_LIMITS = (176.0, 176.0, 110.0, 110.0, 110.0, 40.0, 40.0)
-"""Motor torque limits (N·m) of the KUKA LBR iiwa 7 R800."""
+JOINT_FORCE_LIMITS = KUKA_IIWA.torque_limits
+"""Motor torque limits (N·m) of the KUKA LBR iiwa 7 R800 (other robots: ``RobotSpec``)."""
 PAYLOAD_RADIUS = 0.05
 """The payload is a solid sphere of this radius (m) at the end-effector link's centre of mass."""
 MAX_OBS_VELOCITY = 20.0
 """Joint speed bound (rad/s) of the observation space, far above any iiwa joint's speed."""
 OBS_DIM = 2 * NUM_JOINTS
 ACT_DIM = NUM_JOINTS
+"""The default robot's sizes; an env's own: ``observation_space`` / ``action_space``."""
 
 
 class PhysicsWorld:
@@ -109,7 +112,9 @@ class ArmEnv(gym.Env):
         reset_noise: float = 0.01,
         render_mode: str | None = None,
         world: PhysicsWorld | None = None,
+        robot: str | RobotSpec = DEFAULT_ROBOT,
     ) -> None:
+        self.robot = get_robot(robot)
         if world is not None:
             if world.client is None:
                 raise ValueError("world is closed")
@@ -148,32 +153,58 @@ class ArmEnv(gym.Env):
         self._client = self._world.client
         self._cid = {"physicsClientId": self._client}
         self._base = self._world.allocate_base()
-        self._robot = pb.loadURDF(URDF, self._base, useFixedBase=True, **self._cid)
-        for link in range(-1, NUM_JOINTS):  # collides with nothing, not even other arms
+        spec = self.robot
+        n = spec.num_joints
+        self._n = n
+        self._robot = pb.loadURDF(spec.urdf, self._base, useFixedBase=True, **self._cid)
+        total = pb.getNumJoints(self._robot, **self._cid)
+        for link in range(-1, total):  # collides with nothing, not even other arms
             pb.setCollisionFilterGroupMask(self._robot, link, 0, 0, **self._cid)
-        self._joints = list(range(NUM_JOINTS))
+        by_name = {}
+        links = {}
+        self._movable: list[int] = []  # PyBullet's degrees of freedom, in index order
+        for j in range(total):
+            info = pb.getJointInfo(self._robot, j, **self._cid)
+            if info[2] != pb.JOINT_FIXED:
+                self._movable.append(j)
+            by_name[info[1].decode()] = j
+            links[info[12].decode()] = j
+        missing = [name for name in (*spec.joint_names, *spec.fixed_joints) if name not in by_name]
+        if missing or spec.ee_link not in links:
+            raise ValueError(
+                f"robot {spec.name!r}: {spec.urdf} has no joint(s) {missing} or no link "
+                f"{spec.ee_link!r}"
+            )
+        self._joints = [by_name[name] for name in spec.joint_names]
+        self._ee_link = links[spec.ee_link]
+        for name, position in spec.fixed_joints.items():  # fingers: held where they are
+            j = by_name[name]
+            pb.resetJointState(self._robot, j, position, 0.0, **self._cid)
+            pb.setJointMotorControl2(
+                self._robot, j, pb.POSITION_CONTROL, targetPosition=position, **self._cid
+            )
         infos = [pb.getJointInfo(self._robot, j, **self._cid) for j in self._joints]
         self.joint_names: tuple[str, ...] = tuple(info[1].decode() for info in infos)
         self.joint_lower = np.array([info[8] for info in infos])
         self.joint_upper = np.array([info[9] for info in infos])
-        ee_dynamics = pb.getDynamicsInfo(self._robot, EE_LINK, **self._cid)
+        ee_dynamics = pb.getDynamicsInfo(self._robot, self._ee_link, **self._cid)
         self._base_damping = np.array([info[6] for info in infos])  # 0.5 in the URDF
         self._ee_mass = float(ee_dynamics[0])
         self._ee_inertia = np.array(ee_dynamics[2], dtype=float)
-        self._force_limits = np.array(JOINT_FORCE_LIMITS)
+        self._force_limits = np.array(spec.torque_limits)
 
         position_margin = 0.5  # encoder offsets and joint-limit overshoot
-        low = np.concatenate([self.joint_lower - position_margin, [-MAX_OBS_VELOCITY] * NUM_JOINTS])
-        high = np.concatenate([self.joint_upper + position_margin, [MAX_OBS_VELOCITY] * NUM_JOINTS])
+        low = np.concatenate([self.joint_lower - position_margin, [-MAX_OBS_VELOCITY] * n])
+        high = np.concatenate([self.joint_upper + position_margin, [MAX_OBS_VELOCITY] * n])
         self.observation_space = gym.spaces.Box(
             low.astype(np.float32), high.astype(np.float32), dtype=np.float32
         )
-        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(ACT_DIM,), dtype=np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(n,), dtype=np.float32)
 
         self._steps = 0
         self._goal_marker: int | None = None
-        self.set_task(task if task is not None else nominal_task())
-        self._reset_joints(np.array(HOME_POSE))
+        self.set_task(task if task is not None else nominal_task(spec.name))
+        self._reset_joints(np.array(spec.home_pose))
 
     # --- task -----------------------------------------------------------------------------
 
@@ -191,6 +222,10 @@ class ArmEnv(gym.Env):
         """Apply ``task`` now: goal, actuator gains, damping, payload and encoder offsets."""
         if not isinstance(task, TaskSpec):
             raise TypeError(f"task must be a TaskSpec, got {type(task).__name__}")
+        if task.robot != self.robot.name:
+            raise TaskSpecError(
+                f"task is for robot {task.robot!r}, this arm is {self.robot.name!r}"
+            )
         self._task = task
         self._goal = np.array(task.goal, dtype=float)
         self._goal_tuple = task.goal
@@ -202,18 +237,21 @@ class ArmEnv(gym.Env):
         self._forces = np.where(dead, self._force_limits, self._force_limits * gain)
         self._offsets = np.array(task.encoder_offset, dtype=float)
         damping = self._base_damping + np.array(task.joint_damping)  # extra viscous friction
-        for j in self._joints:
-            pb.changeDynamics(self._robot, j, jointDamping=float(damping[j]), **self._cid)
+        for i, j in enumerate(self._joints):  # damping[i] is arm joint i, not PyBullet index i
+            pb.changeDynamics(self._robot, j, jointDamping=float(damping[i]), **self._cid)
         payload = task.payload_kg
         sphere_inertia = 0.4 * payload * PAYLOAD_RADIUS**2
         pb.changeDynamics(
             self._robot,
-            EE_LINK,
+            self._ee_link,
             mass=self._ee_mass + payload,
             localInertiaDiagonal=list(self._ee_inertia + sphere_inertia),
             **self._cid,
         )
-        self._command(np.zeros(NUM_JOINTS))
+        self._command(np.zeros(self._n))
+        family = get_family(task.family)
+        if family.apply is not None:
+            family.apply(self, task)
 
     # --- gymnasium API --------------------------------------------------------------------
 
@@ -228,14 +266,14 @@ class ArmEnv(gym.Env):
         if options and options.get("task") is not None:
             task = options["task"]
             self.set_task(TaskSpec.from_json(task) if isinstance(task, str) else task)
-        noise = self.np_random.uniform(-self.reset_noise, self.reset_noise, NUM_JOINTS)
-        self._reset_joints(np.array(HOME_POSE) + noise)
+        noise = self.np_random.uniform(-self.reset_noise, self.reset_noise, self._n)
+        self._reset_joints(np.array(self.robot.home_pose) + noise)
         self._steps = 0
         positions, velocities = self.joint_state()
         ee = self.ee_position()
         distance = float(np.linalg.norm(ee - self._goal))
         info = {"success": distance < self.success_threshold, "distance": distance, "ee_pos": ee}
-        return observation_from_joint_state(positions, velocities), info
+        return observation_from_joint_state(positions, velocities, self._new_obs()), info
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Apply one action for ``substeps`` physics steps; see the module doc for the reward."""
@@ -248,8 +286,8 @@ class ArmEnv(gym.Env):
     def _command_action(self, action: Any) -> np.ndarray:
         """Validate, clip and command ``action`` (first half of a step); returns it clipped."""
         action = np.asarray(action, dtype=np.float64)
-        if action.shape != (ACT_DIM,):
-            raise ValueError(f"action must have shape ({ACT_DIM},), got {action.shape}")
+        if action.shape != (self._n,):
+            raise ValueError(f"action must have shape ({self._n},), got {action.shape}")
         if not np.isfinite(action).all():
             raise ValueError("action holds a non-finite value")
         action = np.minimum(np.maximum(action, -1.0), 1.0)
@@ -260,8 +298,8 @@ class ArmEnv(gym.Env):
         """Observation, reward and info after the world moved (second half of step)."""
         self._steps += 1
         states = pb.getJointStates(self._robot, self._joints, **self._cid)
-        positions = np.fromiter((s[0] for s in states), float, NUM_JOINTS) + self._offsets
-        velocities = np.fromiter((s[1] for s in states), float, NUM_JOINTS)
+        positions = np.fromiter((s[0] for s in states), float, self._n) + self._offsets
+        velocities = np.fromiter((s[1] for s in states), float, self._n)
         ee = self._ee_tuple()
         distance = math.dist(ee, self._goal_tuple)
         reward = -distance - self.action_cost * float(action @ action)
@@ -270,7 +308,7 @@ class ArmEnv(gym.Env):
             "distance": distance,
             "ee_pos": np.array(ee),
         }
-        obs = observation_from_joint_state(positions, velocities)
+        obs = observation_from_joint_state(positions, velocities, self._new_obs())
         return obs, reward, False, self._steps >= self.horizon, info
 
     def render(self) -> np.ndarray | None:
@@ -293,8 +331,8 @@ class ArmEnv(gym.Env):
     def joint_state(self) -> tuple[np.ndarray, np.ndarray]:
         """Observed joint positions (true + encoder offset, rad) and velocities (rad/s)."""
         states = pb.getJointStates(self._robot, self._joints, **self._cid)
-        positions = np.fromiter((s[0] for s in states), float, NUM_JOINTS) + self._offsets
-        velocities = np.fromiter((s[1] for s in states), float, NUM_JOINTS)
+        positions = np.fromiter((s[0] for s in states), float, self._n) + self._offsets
+        velocities = np.fromiter((s[1] for s in states), float, self._n)
         return positions, velocities
 
     def true_joint_positions(self) -> np.ndarray:
@@ -308,7 +346,9 @@ class ArmEnv(gym.Env):
 
     def _ee_tuple(self) -> tuple[float, float, float]:
         # Without computeForwardKinematics the link state lags one physics step behind.
-        state = pb.getLinkState(self._robot, EE_LINK, computeForwardKinematics=True, **self._cid)
+        state = pb.getLinkState(
+            self._robot, self._ee_link, computeForwardKinematics=True, **self._cid
+        )
         x, y, z = state[4]
         bx, by, bz = self._base
         return (x - bx, y - by, z - bz)
@@ -322,6 +362,24 @@ class ArmEnv(gym.Env):
     def base_position(self) -> tuple[float, float, float]:
         """World position of the arm's base; goals and ``ee_pos`` are relative to it."""
         return self._base
+
+    def _new_obs(self) -> np.ndarray:
+        return np.empty(2 * self._n, dtype=np.float32)
+
+    @property
+    def dof_joints(self) -> tuple[int, ...]:
+        """PyBullet indices of every movable joint (arm and fingers), in index order."""
+        return tuple(self._movable)
+
+    @property
+    def arm_joints(self) -> tuple[int, ...]:
+        """PyBullet indices of the arm joints, in policy order."""
+        return tuple(self._joints)
+
+    @property
+    def ee_link(self) -> int:
+        """PyBullet link index of the end-effector point."""
+        return self._ee_link
 
     @property
     def robot_id(self) -> int:
@@ -341,4 +399,4 @@ class ArmEnv(gym.Env):
     def _reset_joints(self, positions: np.ndarray) -> None:
         for j, q in zip(self._joints, positions, strict=True):
             pb.resetJointState(self._robot, j, float(q), 0.0, **self._cid)
-        self._command(np.zeros(NUM_JOINTS))
+        self._command(np.zeros(self._n))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pybullet as pb
 
-from maml_ros.sim.arm_env import EE_LINK, ArmEnv
+from maml_ros.sim.arm_env import ArmEnv
 
 GAIN = 4.0
 """Proportional gain (1/s) from end-effector error to end-effector velocity."""
@@ -20,14 +20,16 @@ DAMPING = 0.05
 
 
 def oracle_action(env: ArmEnv, gain: float = GAIN, damping: float = DAMPING) -> np.ndarray:
-    """Action in [-1, 1]^7 that drives ``env``'s end effector toward its goal."""
+    """Action in [-1, 1]^joints that drives ``env``'s end effector toward its goal."""
     cid = {"physicsClientId": env.physics_client}
-    positions = env.true_joint_positions().tolist()
+    dofs = env.dof_joints  # every movable joint, fingers included, as PyBullet wants them
+    positions = [s[0] for s in pb.getJointStates(env.robot_id, dofs, **cid)]
     zeros = [0.0] * len(positions)
     linear, _ = pb.calculateJacobian(
-        env.robot_id, EE_LINK, [0.0, 0.0, 0.0], positions, zeros, zeros, **cid
+        env.robot_id, env.ee_link, [0.0, 0.0, 0.0], positions, zeros, zeros, **cid
     )
-    jacobian = np.array(linear)
+    columns = [dofs.index(j) for j in env.arm_joints]
+    jacobian = np.array(linear)[:, columns]
     joint_gain = np.array(env.task.joint_gain)
     jacobian[:, joint_gain == 0.0] = 0.0
     error = env.goal - env.ee_position()

@@ -28,9 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from maml_ros.sim.arm_env import ACT_DIM, OBS_DIM
 from maml_ros.sim.task import TaskSpec
-from maml_ros.sim.vec_env import ROW, EnvGroup, row_info, split_rows
+from maml_ros.sim.vec_env import EnvGroup, robot_dims, row_info, row_width, split_rows
 
 log = logging.getLogger("maml_ros.ray")
 
@@ -158,6 +157,7 @@ class RayArmEnv:
             ray.exceptions.ObjectLostError,
         )
         self._kwargs_json = json.dumps(env_kwargs or {})  # plain data only: fails early otherwise
+        self.obs_dim, self.act_dim = robot_dims(env_kwargs)
         self.n_envs = n_envs
         self.n_workers = n_workers
         self.shared_world = shared_world
@@ -217,16 +217,16 @@ class RayArmEnv:
             for actor, (lo, hi) in zip(self.actors, self._groups(), strict=True)
         ]
         rows = self._gather(refs, "reset")
-        return rows[:, :OBS_DIM].copy()
+        return split_rows(rows)[0]
 
     def step(
         self, actions: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """One control step of every env; returns obs, rewards, terminated, truncated, success."""
         actions = np.ascontiguousarray(actions, dtype=np.float32)
-        if actions.shape != (self.n_envs, ACT_DIM):
+        if actions.shape != (self.n_envs, self.act_dim):
             raise ValueError(
-                f"actions must have shape ({self.n_envs}, {ACT_DIM}), got {actions.shape}"
+                f"actions must have shape ({self.n_envs}, {self.act_dim}), got {actions.shape}"
             )
         if not np.isfinite(actions).all():
             raise ValueError("actions hold a non-finite value")
@@ -293,7 +293,7 @@ class RayArmEnv:
         if self._closed:
             raise RuntimeError("RayArmEnv is closed")
         ray = self._ray
-        rows = np.empty((self.n_envs, ROW), dtype=np.float32)
+        rows = np.empty((self.n_envs, row_width(self.obs_dim)), dtype=np.float32)
         deadline = time.monotonic() + self.timeout_s
         try:  # the common case in one call
             for part, (lo, hi) in zip(

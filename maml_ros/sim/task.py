@@ -1,12 +1,16 @@
 """Task specifications for the simulated arm: what changes from one task to the next.
 
 A :class:`TaskSpec` is a small frozen dataclass with a JSON form; the same JSON text is the
-payload of the ROS ``task`` message (std_msgs/String). Families:
+payload of the ROS ``task`` message (std_msgs/String). It belongs to one robot
+(:mod:`maml_ros.runtime.robots`; ``"robot"`` is left out of the JSON for the default
+``kuka_iiwa``, so its task messages are as they always were): joint vectors have one value per
+joint of that robot and the goal must lie in its workspace. Families are plug-ins
+(:class:`TaskFamily`, :func:`register_family`, at the end of this module); the built-in ones:
 
-- ``"reach"``: a hidden end-effector goal inside the goal cube; the body is nominal.
+- ``"reach"``: a hidden end-effector goal inside the robot's goal cube; the body is nominal.
 - ``"dynamics"``: the body changed (per-joint actuator gain, joint damping, a payload at the
-  end effector, encoder offsets); the goal is the fixed :data:`DEFAULT_GOAL`, so this family is
-  judged with the same reach reward as ``"reach"``.
+  end effector, encoder offsets); the goal is the robot's fixed ``default_goal``, so this family
+  is judged with the same reach reward as ``"reach"``.
 - ``"reach+dynamics"``: both at once.
 
 :func:`sample_tasks` draws seeded meta-train and held-out meta-test sets from disjoint regions
@@ -18,35 +22,44 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from maml_ros.runtime.robots import DEFAULT_ROBOT, KUKA_IIWA, RobotSpec, RobotSpecError, get_robot
+
+if TYPE_CHECKING:
+    from maml_ros.sim.arm_env import ArmEnv
+
 FAMILIES = ("reach", "dynamics", "reach+dynamics")
-NUM_JOINTS = 7
+"""The built-in families (:func:`family_names` lists registered plug-ins too)."""
+NUM_JOINTS = KUKA_IIWA.num_joints
+"""Joints of the default robot (the KUKA iiwa); other robots: ``get_robot(name).num_joints``."""
 MAX_JSON_CHARS = 4096
 """Longest accepted task JSON text (characters)."""
 
-GOAL_CUBE_CENTER = (0.55, 0.0, 0.45)
+# The default robot's goal region (kept as module constants: the figures and tests name them).
+GOAL_CUBE_CENTER = KUKA_IIWA.goal_cube_center
 """Centre of the goal cube (m, world frame); the home pose puts the end effector near it."""
-GOAL_CUBE_CELLS = 3
+GOAL_CUBE_CELLS = KUKA_IIWA.goal_cube_cells
 """Cells per axis of the goal cube; cells alternate train/test like a 3-D checkerboard."""
-GOAL_CELL_SIZE = 0.12
+GOAL_CELL_SIZE = KUKA_IIWA.goal_cell_size
 """Edge of one goal cell (m): the goal cube is 0.36 m on a side."""
-GOAL_MARGIN = 0.01
+GOAL_MARGIN = KUKA_IIWA.goal_margin
 """Sampled goals stay this far (m) inside their cell, so train and test goals are >= 2 cm apart."""
-HOME_EE = (0.550, 0.0, 0.446)
+HOME_EE = KUKA_IIWA.home_ee
 """End-effector position (m) at the arm's home pose (checked against the env in the tests)."""
-MIN_GOAL_DISTANCE = 0.08
+MIN_GOAL_DISTANCE = KUKA_IIWA.min_goal_distance
 """Sampled goals lie at least this far (m) from HOME_EE, so no episode starts in success."""
-DEFAULT_GOAL = (0.64, 0.12, 0.34)
+DEFAULT_GOAL = KUKA_IIWA.default_goal
 """The fixed goal (m) of the ``"dynamics"`` family: off the home pose, so every joint matters."""
 
-WORKSPACE_LOW = (0.25, -0.45, 0.10)
-WORKSPACE_HIGH = (0.85, 0.45, 0.85)
-SHOULDER = (0.0, 0.0, 0.36)
-MAX_REACH = 0.85
+WORKSPACE_LOW = KUKA_IIWA.workspace_low
+WORKSPACE_HIGH = KUKA_IIWA.workspace_high
+SHOULDER = KUKA_IIWA.shoulder
+MAX_REACH = KUKA_IIWA.max_reach
 """A valid goal lies in the workspace box and within MAX_REACH (m) of the shoulder joint."""
 
 GAIN_RANGE = (0.0, 1.0)
@@ -61,9 +74,10 @@ ENCODER_OFFSET_RANGE = (-0.3, 0.3)
 # Sampling ranges of the "dynamics" family (a subset of the valid ranges above).
 SAMPLE_WEAK_GAIN = (0.4, 0.9)
 SAMPLE_DEAD_PROBABILITY = 0.3
-DEAD_JOINT_CANDIDATES = (0, 2, 4, 5, 6)
-"""Joints the sampler may kill: the redundant ones. Without the shoulder (1) or the elbow (3)
-most goals are out of reach, so those two are only ever weakened."""
+DEAD_JOINT_CANDIDATES = KUKA_IIWA.dead_joint_candidates
+"""Joints the sampler may kill on the iiwa: the redundant ones. Without the shoulder (1) or the
+elbow (3) most goals are out of reach, so those two are only ever weakened (each robot names
+its own in ``RobotSpec.dead_joint_candidates``)."""
 SAMPLE_DAMPING = (0.0, 2.0)
 SAMPLE_PAYLOAD = (0.0, 3.0)
 SAMPLE_ENCODER_OFFSET = 0.05
@@ -72,7 +86,15 @@ PAYLOAD_BIN = 0.5
 PAYLOAD_MARGIN = 0.02
 """Sampled payloads stay this far (kg) inside their bin."""
 
-_FIELDS = ("family", "goal", "joint_gain", "joint_damping", "payload_kg", "encoder_offset")
+_FIELDS = (
+    "family",
+    "goal",
+    "joint_gain",
+    "joint_damping",
+    "payload_kg",
+    "encoder_offset",
+    "robot",
+)
 
 
 class TaskSpecError(ValueError):
@@ -103,37 +125,56 @@ def _check_range(name: str, values: tuple[float, ...], bounds: tuple[float, floa
             raise TaskSpecError(f"{name}[{i}] = {v} is outside [{low}, {high}]")
 
 
+def task_robot(name: Any) -> RobotSpec:
+    """The robot called ``name``, or TaskSpecError naming the known ones."""
+    try:
+        return get_robot(name)
+    except RobotSpecError as exc:
+        raise TaskSpecError(str(exc)) from None
+
+
 @dataclass(frozen=True)
 class TaskSpec:
-    """One task: a goal for the end effector and the state of the arm's body.
+    """One task of one robot: a goal for the end effector and the state of the arm's body.
 
-    Fields not given keep their nominal value (``goal`` = :data:`DEFAULT_GOAL`, gains 1,
-    damping 0, payload 0, offsets 0). ``"reach"`` tasks must keep the nominal body and
-    ``"dynamics"`` tasks the default goal; ``"reach+dynamics"`` may change both.
+    Fields not given keep their nominal value (``goal`` = the robot's ``default_goal``, gains
+    1, damping 0, payload 0, offsets 0; joint vectors sized by the robot). The family's rule
+    (:class:`TaskFamily`) says what it may change: ``"reach"`` tasks keep the nominal body
+    and ``"dynamics"`` tasks the default goal; ``"reach+dynamics"`` may change both.
     Construction validates everything and raises :class:`TaskSpecError` with the reason.
     """
 
     family: str
-    goal: tuple[float, float, float] = DEFAULT_GOAL
-    joint_gain: tuple[float, ...] = (1.0,) * NUM_JOINTS
-    joint_damping: tuple[float, ...] = (0.0,) * NUM_JOINTS
+    goal: tuple[float, float, float] | None = None
+    joint_gain: tuple[float, ...] | None = None
+    joint_damping: tuple[float, ...] | None = None
     payload_kg: float = 0.0
-    encoder_offset: tuple[float, ...] = (0.0,) * NUM_JOINTS
+    encoder_offset: tuple[float, ...] | None = None
+    robot: str = DEFAULT_ROBOT
 
     def __post_init__(self) -> None:
-        if not isinstance(self.family, str) or self.family not in FAMILIES:
-            raise TaskSpecError(f"unknown family {self.family!r}; expected one of {FAMILIES}")
-        goal = _as_vector("goal", self.goal, 3)
-        gain = _as_vector("joint_gain", self.joint_gain, NUM_JOINTS)
-        damping = _as_vector("joint_damping", self.joint_damping, NUM_JOINTS)
+        family = get_family(self.family)
+        robot = task_robot(self.robot)
+        n = robot.num_joints
+        goal = _as_vector("goal", robot.default_goal if self.goal is None else self.goal, 3)
+        gain = _as_vector(
+            "joint_gain", (1.0,) * n if self.joint_gain is None else self.joint_gain, n
+        )
+        damping = _as_vector(
+            "joint_damping", (0.0,) * n if self.joint_damping is None else self.joint_damping, n
+        )
         payload = _as_float("payload_kg", self.payload_kg)
-        offset = _as_vector("encoder_offset", self.encoder_offset, NUM_JOINTS)
-        for i, (v, low, high) in enumerate(zip(goal, WORKSPACE_LOW, WORKSPACE_HIGH, strict=True)):
+        offset = _as_vector(
+            "encoder_offset", (0.0,) * n if self.encoder_offset is None else self.encoder_offset, n
+        )
+        for i, (v, low, high) in enumerate(
+            zip(goal, robot.workspace_low, robot.workspace_high, strict=True)
+        ):
             if not low <= v <= high:
                 raise TaskSpecError(f"goal[{i}] = {v} is outside the workspace [{low}, {high}]")
-        if math.dist(goal, SHOULDER) > MAX_REACH:
+        if math.dist(goal, robot.shoulder) > robot.max_reach:
             raise TaskSpecError(
-                f"goal {goal} is out of reach (more than {MAX_REACH} m from the shoulder)"
+                f"goal {goal} is out of reach (more than {robot.max_reach} m from the shoulder)"
             )
         _check_range("joint_gain", gain, GAIN_RANGE)
         _check_range("joint_damping", damping, DAMPING_RANGE)
@@ -147,15 +188,14 @@ class TaskSpec:
             ("encoder_offset", offset),
         ):
             object.__setattr__(self, name, value)
-        if self.family == "reach" and not self.nominal_body:
-            raise TaskSpecError(
-                "family 'reach' keeps the nominal body; use 'reach+dynamics' to change it"
-            )
-        if self.family == "dynamics" and goal != DEFAULT_GOAL:
-            raise TaskSpecError(
-                f"family 'dynamics' uses the fixed goal {DEFAULT_GOAL}; "
-                "use 'reach+dynamics' for another goal"
-            )
+        problem = family.problem(self, robot)
+        if problem:
+            raise TaskSpecError(problem)
+
+    @property
+    def robot_spec(self) -> RobotSpec:
+        """The description of this task's robot."""
+        return get_robot(self.robot)
 
     @property
     def nominal_body(self) -> bool:
@@ -168,8 +208,10 @@ class TaskSpec:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict (lists, not tuples)."""
+        """Plain JSON-able dict (lists, not tuples); ``robot`` only when not the default."""
         data = asdict(self)
+        if data["robot"] == DEFAULT_ROBOT:
+            del data["robot"]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
 
     def to_json(self) -> str:
@@ -186,6 +228,8 @@ class TaskSpec:
             raise TaskSpecError(f"unknown key(s) {unknown}; allowed keys are {list(_FIELDS)}")
         if "family" not in data:
             raise TaskSpecError("missing key 'family'")
+        if "robot" in data and not isinstance(data["robot"], str):
+            raise TaskSpecError(f"robot must be a string, got {type(data['robot']).__name__}")
         return cls(**data)
 
     @classmethod
@@ -209,41 +253,43 @@ class TaskSpec:
         return cls.from_dict(data)
 
 
-def nominal_task() -> TaskSpec:
-    """The nominal arm reaching for :data:`DEFAULT_GOAL`."""
-    return TaskSpec(family="dynamics")
+def nominal_task(robot: str = DEFAULT_ROBOT) -> TaskSpec:
+    """The nominal arm reaching for its robot's ``default_goal``."""
+    return TaskSpec(family="dynamics", robot=robot)
 
 
-# --- train/test split ---------------------------------------------------------------------
+# --- train/test split: the building blocks the built-in families use ----------------------
 
 
-def _goal_cell(goal: tuple[float, ...]) -> tuple[int, ...] | None:
+def goal_cell(goal: tuple[float, ...], robot: RobotSpec = KUKA_IIWA) -> tuple[int, ...] | None:
     """Index of the goal cell holding ``goal`` (None outside the cube or within the margin)."""
-    half = GOAL_CUBE_CELLS * GOAL_CELL_SIZE / 2
+    size, margin = robot.goal_cell_size, robot.goal_margin
+    half = robot.goal_cube_cells * size / 2
     cell = []
-    for v, c in zip(goal, GOAL_CUBE_CENTER, strict=True):
-        u = (v - (c - half)) / GOAL_CELL_SIZE
+    for v, c in zip(goal, robot.goal_cube_center, strict=True):
+        u = (v - (c - half)) / size
         index = math.floor(u)
-        if not 0 <= index < GOAL_CUBE_CELLS:
+        if not 0 <= index < robot.goal_cube_cells:
             return None
-        inside = (u - index) * GOAL_CELL_SIZE
-        if inside < GOAL_MARGIN or inside > GOAL_CELL_SIZE - GOAL_MARGIN:
+        inside = (u - index) * size
+        if inside < margin or inside > size - margin:
             return None
         cell.append(index)
     return tuple(cell)
 
 
-def _goal_split(goal: tuple[float, ...]) -> str | None:
-    cell = _goal_cell(goal)
+def goal_split(goal: tuple[float, ...], robot: RobotSpec = KUKA_IIWA) -> str | None:
+    """``"train"`` / ``"test"`` checkerboard region of a goal, None on a margin or outside."""
+    cell = goal_cell(goal, robot)
     if cell is None:
         return None
     return "train" if sum(cell) % 2 == 0 else "test"
 
 
-def _dynamics_split(task: TaskSpec) -> str | None:
+def dynamics_split(task: TaskSpec) -> str | None:
     """Checkerboard over (weakest joint, payload bin); None for a nominal gain or on a margin."""
     gains = task.joint_gain
-    weakest = min(range(NUM_JOINTS), key=lambda j: gains[j])
+    weakest = min(range(len(gains)), key=lambda j: gains[j])
     if gains[weakest] >= 1.0:
         return None
     u = task.payload_kg / PAYLOAD_BIN
@@ -257,78 +303,211 @@ def _dynamics_split(task: TaskSpec) -> str | None:
 def task_split(task: TaskSpec) -> str | None:
     """Which region ``task`` belongs to: ``"train"``, ``"test"`` or None (neither).
 
-    Reach goals: a 3x3x3 checkerboard of 12 cm cells over the goal cube, 1 cm margins.
-    Dynamics: a checkerboard over (weakest joint, 0.5 kg payload bin), 0.02 kg margins.
-    ``"reach+dynamics"`` needs both parts in the same region.
+    The family's split rule decides. Built-in ones: reach goals on a 3x3x3 checkerboard of
+    goal cells (1 cm margins); dynamics on a checkerboard over (weakest joint, 0.5 kg payload
+    bin), 0.02 kg margins; ``"reach+dynamics"`` needs both parts in the same region.
     """
-    if task.family == "reach":
-        return _goal_split(task.goal)
-    if task.family == "dynamics":
-        return _dynamics_split(task)
-    goal_split = _goal_split(task.goal)
-    return goal_split if goal_split == _dynamics_split(task) else None
+    return get_family(task.family).split(task, task.robot_spec)
 
 
-def _sample_goal(rng: np.random.Generator, split: str) -> tuple[float, float, float]:
+def sample_goal(
+    rng: np.random.Generator, split: str, robot: RobotSpec = KUKA_IIWA
+) -> tuple[float, float, float]:
+    """A goal in a ``split`` cell of the robot's goal cube, away from its home position."""
     parity = 0 if split == "train" else 1
+    cells_per_axis = robot.goal_cube_cells
     cells = [
         (i, j, k)
-        for i in range(GOAL_CUBE_CELLS)
-        for j in range(GOAL_CUBE_CELLS)
-        for k in range(GOAL_CUBE_CELLS)
+        for i in range(cells_per_axis)
+        for j in range(cells_per_axis)
+        for k in range(cells_per_axis)
         if (i + j + k) % 2 == parity
     ]
-    half = GOAL_CUBE_CELLS * GOAL_CELL_SIZE / 2
+    size, margin = robot.goal_cell_size, robot.goal_margin
+    half = cells_per_axis * size / 2
     while True:  # rejection: about 1 draw in 23 falls near the home position
         cell = cells[rng.integers(len(cells))]
-        low = np.array(GOAL_CUBE_CENTER) - half + np.array(cell) * GOAL_CELL_SIZE + GOAL_MARGIN
-        goal = low + rng.uniform(0.0, GOAL_CELL_SIZE - 2 * GOAL_MARGIN, size=3)
-        if math.dist(goal, HOME_EE) >= MIN_GOAL_DISTANCE:
+        low = np.array(robot.goal_cube_center) - half + np.array(cell) * size + margin
+        goal = low + rng.uniform(0.0, size - 2 * margin, size=3)
+        if math.dist(goal, robot.home_ee) >= robot.min_goal_distance:
             return (float(goal[0]), float(goal[1]), float(goal[2]))
 
 
-def _sample_body(rng: np.random.Generator, split: str) -> dict[str, Any]:
+def sample_body(
+    rng: np.random.Generator, split: str, robot: RobotSpec = KUKA_IIWA
+) -> dict[str, Any]:
+    """A changed body (one weak or dead joint, damping, payload, offsets) from ``split``."""
+    n = robot.num_joints
     parity = 0 if split == "train" else 1
     num_bins = round((SAMPLE_PAYLOAD[1] - SAMPLE_PAYLOAD[0]) / PAYLOAD_BIN)
-    combos = [(j, b) for j in range(NUM_JOINTS) for b in range(num_bins) if (j + b) % 2 == parity]
+    combos = [(j, b) for j in range(n) for b in range(num_bins) if (j + b) % 2 == parity]
     joint, payload_bin = combos[rng.integers(len(combos))]
-    gain = np.ones(NUM_JOINTS)
-    dead = rng.random() < SAMPLE_DEAD_PROBABILITY and joint in DEAD_JOINT_CANDIDATES
+    gain = np.ones(n)
+    dead = rng.random() < SAMPLE_DEAD_PROBABILITY and joint in robot.dead_joint_candidates
     gain[joint] = 0.0 if dead else rng.uniform(*SAMPLE_WEAK_GAIN)
     payload = SAMPLE_PAYLOAD[0] + payload_bin * PAYLOAD_BIN + PAYLOAD_MARGIN
     payload += rng.uniform(0.0, PAYLOAD_BIN - 2 * PAYLOAD_MARGIN)
     return {
         "joint_gain": tuple(float(g) for g in gain),
-        "joint_damping": tuple(float(d) for d in rng.uniform(*SAMPLE_DAMPING, NUM_JOINTS)),
+        "joint_damping": tuple(float(d) for d in rng.uniform(*SAMPLE_DAMPING, n)),
         "payload_kg": float(payload),
         "encoder_offset": tuple(
-            float(o) for o in rng.uniform(-SAMPLE_ENCODER_OFFSET, SAMPLE_ENCODER_OFFSET, NUM_JOINTS)
+            float(o) for o in rng.uniform(-SAMPLE_ENCODER_OFFSET, SAMPLE_ENCODER_OFFSET, n)
         ),
     }
 
 
-def sample_tasks(family: str, n: int, split: str = "train", seed: int = 0) -> list[TaskSpec]:
-    """``n`` seeded tasks of ``family`` from the ``split`` ("train" or "test") region.
+def sample_tasks(
+    family: str, n: int, split: str = "train", seed: int = 0, robot: str = DEFAULT_ROBOT
+) -> list[TaskSpec]:
+    """``n`` seeded tasks of ``family`` for ``robot`` from the ``split`` ("train" or "test")
+    region.
 
-    The same (family, n, split, seed) gives the same list; the first ``m`` tasks of a larger
-    draw equal a draw of ``m``. Train and test regions are disjoint (see :func:`task_split`).
+    The same (family, n, split, seed, robot) gives the same list; the first ``m`` tasks of a
+    larger draw equal a draw of ``m``. Train and test regions are disjoint (see
+    :func:`task_split`).
     """
-    if family not in FAMILIES:
-        raise TaskSpecError(f"unknown family {family!r}; expected one of {FAMILIES}")
+    spec = get_family(family)
+    description = task_robot(robot)
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be a non-negative int, got {n!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    family_index = FAMILIES.index(family)
+    family_index = family_names().index(family)
     rng = np.random.default_rng([int(seed), family_index, 0 if split == "train" else 1])
     tasks = []
     for _ in range(n):
-        fields: dict[str, Any] = {"family": family}
-        if family != "dynamics":
-            fields["goal"] = _sample_goal(rng, split)
-        if family != "reach":
-            fields.update(_sample_body(rng, split))
-        tasks.append(TaskSpec(**fields))
+        fields = spec.sample(rng, split, description)
+        tasks.append(TaskSpec(family=family, robot=description.name, **fields))
     return tasks
+
+
+# --- task families as plug-ins -------------------------------------------------------------
+
+Sampler = Callable[[np.random.Generator, str, RobotSpec], dict[str, Any]]
+SplitRule = Callable[[TaskSpec, RobotSpec], "str | None"]
+Validator = Callable[[TaskSpec, RobotSpec], "str | None"]
+Applier = Callable[["ArmEnv", TaskSpec], None]
+
+DEFAULT_METRICS = ("return", "success", "final_distance")
+"""What evaluation reports per family unless a family names its own metric keys."""
+
+
+@dataclass(frozen=True)
+class TaskFamily:
+    """One task family: ``sample(rng, split, robot)`` returns the TaskSpec fields of a task from
+    ``split``; ``split(task, robot)`` says which region a task is in (``"train"``, ``"test"``
+    or None; the two must be disjoint); ``problem(task, robot)`` says why a task is no valid
+    task of the family (or None); ``apply(env, task)``, when given, runs after
+    ``ArmEnv.set_task`` applied the generic fields; ``metrics`` names the keys evaluation is to
+    report (not read by ``rl/evaluate.py`` yet, which still names reach and dynamics)."""
+
+    name: str
+    sample: Sampler
+    split: SplitRule
+    problem: Validator = lambda task, robot: None
+    apply: Applier | None = None
+    metrics: tuple[str, ...] = DEFAULT_METRICS
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or any(c.isspace() for c in self.name):
+            raise ValueError(f"a family name must be a non-empty word, got {self.name!r}")
+        for key in ("sample", "split", "problem"):
+            if not callable(getattr(self, key)):
+                raise ValueError(f"family {self.name!r}: {key} must be callable")
+        if self.apply is not None and not callable(self.apply):
+            raise ValueError(f"family {self.name!r}: apply must be callable or None")
+        if not self.metrics or not all(isinstance(m, str) and m for m in self.metrics):
+            raise ValueError(f"family {self.name!r}: metrics must be non-empty strings")
+
+
+_REGISTRY: dict[str, TaskFamily] = {}
+
+
+def register_family(family: TaskFamily, *, replace: bool = False) -> TaskFamily:
+    """Add ``family`` (ValueError when its name is taken and not ``replace``)."""
+    if not isinstance(family, TaskFamily):
+        raise TypeError(f"expected a TaskFamily, got {type(family).__name__}")
+    if family.name in _REGISTRY and not replace:
+        raise ValueError(f"task family {family.name!r} is already registered")
+    _REGISTRY[family.name] = family
+    return family
+
+
+def unregister_family(name: str) -> None:
+    """Remove a registered plug-in family (the built-in ones stay)."""
+    if name in BUILTIN:
+        raise ValueError(f"{name!r} is a built-in family")
+    _REGISTRY.pop(name, None)
+
+
+def family_names() -> tuple[str, ...]:
+    """Registered family names, built-in ones first."""
+    return tuple(_REGISTRY)
+
+
+def get_family(name: Any) -> TaskFamily:
+    """The family called ``name``; TaskSpecError naming the known ones otherwise."""
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise TaskSpecError(f"unknown family {name!r}; expected one of {family_names()}")
+    return _REGISTRY[name]
+
+
+def family_metric_keys(name: str) -> tuple[str, ...]:
+    """The metric keys evaluation reports for family ``name``."""
+    return get_family(name).metrics
+
+
+# --- the built-in families ------------------------------------------------------------------
+
+
+def _reach_problem(task: TaskSpec, robot: RobotSpec) -> str | None:
+    if not task.nominal_body:
+        return "family 'reach' keeps the nominal body; use 'reach+dynamics' to change it"
+    return None
+
+
+def _dynamics_problem(task: TaskSpec, robot: RobotSpec) -> str | None:
+    if task.goal != robot.default_goal:
+        return (
+            f"family 'dynamics' uses the fixed goal {robot.default_goal}; "
+            "use 'reach+dynamics' for another goal"
+        )
+    return None
+
+
+def _both_split(task: TaskSpec, robot: RobotSpec) -> str | None:
+    region = goal_split(task.goal, robot)
+    return region if region == dynamics_split(task) else None
+
+
+REACH = TaskFamily(
+    name="reach",
+    sample=lambda rng, split, robot: {"goal": sample_goal(rng, split, robot)},
+    split=lambda task, robot: goal_split(task.goal, robot),
+    problem=_reach_problem,
+    description="a hidden goal in the goal cube; nominal body",
+)
+DYNAMICS = TaskFamily(
+    name="dynamics",
+    sample=lambda rng, split, robot: sample_body(rng, split, robot),
+    split=lambda task, robot: dynamics_split(task),
+    problem=_dynamics_problem,
+    description="a changed body (weak or dead joint, damping, payload, encoder offsets); "
+    "the robot's fixed default goal",
+)
+REACH_DYNAMICS = TaskFamily(
+    name="reach+dynamics",
+    sample=lambda rng, split, robot: {
+        "goal": sample_goal(rng, split, robot),
+        **sample_body(rng, split, robot),
+    },
+    split=_both_split,
+    description="both: a hidden goal and a changed body",
+)
+BUILTIN = ("reach", "dynamics", "reach+dynamics")
+for _family in (REACH, DYNAMICS, REACH_DYNAMICS):
+    register_family(_family)

@@ -21,17 +21,31 @@ from typing import Any
 
 import numpy as np
 
-from maml_ros.sim.arm_env import ACT_DIM, OBS_DIM, ArmEnv, PhysicsWorld
+from maml_ros.runtime.robots import DEFAULT_ROBOT, get_robot
+from maml_ros.sim.arm_env import ArmEnv, PhysicsWorld
 from maml_ros.sim.task import TaskSpec
 
-# Layout of one env's row in a worker reply (float32).
-_REWARD = OBS_DIM
-_DISTANCE = OBS_DIM + 1
-_EE = slice(OBS_DIM + 2, OBS_DIM + 5)
-_TERMINATED = OBS_DIM + 5
-_TRUNCATED = OBS_DIM + 6
-_SUCCESS = OBS_DIM + 7
-ROW = OBS_DIM + 8
+# Layout of one env's row in a worker reply (float32): fixed fields first, then the
+# observation (its size is the robot's: 2 x joints), so the fields never move.
+_REWARD = 0
+_DISTANCE = 1
+_EE = slice(2, 5)
+_TERMINATED = 5
+_TRUNCATED = 6
+_SUCCESS = 7
+_OBS = 8
+
+
+def row_width(obs_dim: int) -> int:
+    """Columns of one env's wire row for observations of ``obs_dim`` values."""
+    return _OBS + obs_dim
+
+
+def robot_dims(env_kwargs: dict[str, Any] | None) -> tuple[int, int]:
+    """(obs_dim, act_dim) of the arm ``env_kwargs`` build (its ``robot``, default iiwa)."""
+    n = get_robot((env_kwargs or {}).get("robot", DEFAULT_ROBOT)).num_joints
+    return 2 * n, n
+
 
 _STEP, _RESET, _CLOSE = b"S", b"R", b"C"
 _OK, _ERROR = b"K", b"E"
@@ -43,13 +57,13 @@ class _WorkerLost(RuntimeError):
 
 def _row(obs: np.ndarray, reward: float, terminated: bool, truncated: bool, info: dict) -> list:
     return [
-        *obs,
         reward,
         info["distance"],
         *info["ee_pos"],
         float(terminated),
         float(truncated),
         float(info["success"]),
+        *obs,
     ]
 
 
@@ -57,7 +71,7 @@ class EnvGroup:
     """A worker's contiguous group of ArmEnvs (one physics world for all with ``shared_world``).
 
     What a worker process (or a Ray actor, :mod:`maml_ros.sim.ray_env`) owns: ``reset`` and
-    ``step`` return one float32 row per env in the wire layout (:data:`ROW` columns).
+    ``step`` return one float32 row per env in the wire layout (:func:`row_width` columns).
     """
 
     def __init__(self, n_envs: int, env_kwargs: dict[str, Any], shared_world: bool) -> None:
@@ -71,12 +85,13 @@ class EnvGroup:
         except BaseException:
             self.close()
             raise
-        self._out = np.zeros((n_envs, ROW), dtype=np.float32)
+        self.obs_dim, self.act_dim = robot_dims(kwargs)
+        self._out = np.zeros((n_envs, row_width(self.obs_dim)), dtype=np.float32)
 
     def step(self, actions: np.ndarray) -> np.ndarray:
-        """One control step of every env of the group: rows ``[n_envs, ROW]`` (reused buffer)."""
+        """One control step of every env of the group: rows ``[n_envs, row_width]`` (reused)."""
         envs, out, world = self.envs, self._out, self.world
-        actions = np.asarray(actions, dtype=np.float32).reshape(len(envs), ACT_DIM)
+        actions = np.asarray(actions, dtype=np.float32).reshape(len(envs), self.act_dim)
         if world is None:
             for i, (env, action) in enumerate(zip(envs, actions, strict=True)):
                 out[i] = _row(*env.step(action))
@@ -108,9 +123,9 @@ class EnvGroup:
 def split_rows(
     rows: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """obs, rewards, terminated, truncated, success of wire rows ``[n_envs, ROW]``."""
+    """obs, rewards, terminated, truncated, success of wire rows ``[n_envs, row_width]``."""
     return (
-        rows[:, :OBS_DIM].copy(),
+        rows[:, _OBS:].copy(),
         rows[:, _REWARD].copy(),
         rows[:, _TERMINATED] > 0.5,
         rows[:, _TRUNCATED] > 0.5,
@@ -192,6 +207,7 @@ class VecArmEnv:
             raise ValueError(f"n_workers must be a positive int, got {n_workers!r}")
         n_workers = min(n_workers, n_envs)
         kwargs_json = json.dumps(env_kwargs or {})  # plain data only: fails early otherwise
+        self.obs_dim, self.act_dim = robot_dims(env_kwargs)
         self.n_envs = n_envs
         self.n_workers = n_workers
         self.timeout_s = timeout_s
@@ -246,16 +262,16 @@ class VecArmEnv:
             request = json.dumps({"tasks": task_json[lo:hi], "seeds": seeds[lo:hi]})
             self._send(index, _RESET + request.encode())
         rows = self._gather()
-        return rows[:, :OBS_DIM].copy()
+        return split_rows(rows)[0]
 
     def step(
         self, actions: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """One control step of every env; returns obs, rewards, terminated, truncated, success."""
         actions = np.ascontiguousarray(actions, dtype=np.float32)
-        if actions.shape != (self.n_envs, ACT_DIM):
+        if actions.shape != (self.n_envs, self.act_dim):
             raise ValueError(
-                f"actions must have shape ({self.n_envs}, {ACT_DIM}), got {actions.shape}"
+                f"actions must have shape ({self.n_envs}, {self.act_dim}), got {actions.shape}"
             )
         if not np.isfinite(actions).all():
             raise ValueError("actions hold a non-finite value")
@@ -323,11 +339,13 @@ class VecArmEnv:
         return message[1:]
 
     def _gather(self) -> np.ndarray:
-        rows = np.empty((self.n_envs, ROW), dtype=np.float32)
+        rows = np.empty((self.n_envs, row_width(self.obs_dim)), dtype=np.float32)
         errors, lost = [], False
         for index, (lo, hi) in enumerate(self._groups()):
             try:  # read every reply, even after an error, so the pipes stay in step
-                rows[lo:hi] = np.frombuffer(self._receive(index), np.float32).reshape(-1, ROW)
+                rows[lo:hi] = np.frombuffer(self._receive(index), np.float32).reshape(
+                    -1, row_width(self.obs_dim)
+                )
             except _WorkerLost as exc:
                 errors.append(str(exc))
                 lost = True
