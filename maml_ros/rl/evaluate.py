@@ -1,6 +1,8 @@
 """``maml-ros-eval``: Meta-World-style few-shot evaluation of the shipped policy on held-out tasks.
 
-Per seed, held-out ("test" split) reach and dynamics tasks; per task:
+Per seed, held-out ("test" split) tasks of every task family the checkpoint was trained on
+(its ``task_families`` metadata; the registry of :mod:`maml_ros.sim.task` says what each
+family reports); per task:
 
 - **pre**: ``eval_episodes`` deterministic episodes (mean action) of the meta-policy theta;
 - **post1**: K exploration episodes with theta, one inner step (:func:`adapt_policy`, the
@@ -11,12 +13,15 @@ Per seed, held-out ("test" split) reach and dynamics tasks; per task:
   times ``baseline_lr_factors``, so the grid follows the checkpoint's advantage scale);
 - **scratch**: a random-init policy (same architecture and observation normalisation), K
   episodes, one plain PG step with the best lr of the same grid;
-- for dynamics tasks, an **oracle**: the best of PPO trained on that task alone from theta
-  (``oracle_iterations`` iterations of K episodes) and the adapted policies above; the fraction
-  of the gap between pre and oracle closed by one step is ``dynamics_gap_recovered``.
+- for families declaring the extra metric ``gap_recovered`` (built in: dynamics), an
+  **oracle**: the best of PPO trained on that task alone from theta (``oracle_iterations``
+  iterations of K episodes) and the adapted policies above; the fraction of the gap between
+  pre and oracle closed by one step is ``{family}_gap_recovered``.
 
-Baseline lrs are picked per baseline as the best on the evaluation tasks themselves (an
-optimistic choice for the baselines). 95% CIs are percentile bootstraps over tasks (all seeds
+Per family and stage the summary has ``{family}_{metric}_{stage}`` for the family's metrics.
+Baseline lrs are picked per baseline as the best on the tasks of the families with
+``baselines`` (built in: reach), on the evaluation tasks themselves (an optimistic choice for
+the baselines). 95% CIs are percentile bootstraps over tasks (all seeds
 pooled). Writes ``eval.json`` and ``eval.png`` to ``--out``; the last printed line is JSON.
 """
 
@@ -28,7 +33,8 @@ import json
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +65,7 @@ from maml_ros.runtime.robots import (
     policy_mismatch,
     robot_names,
 )
+from maml_ros.sim.task import TaskFamily, family_names, get_family
 
 SUMMARY_KEYS = (
     "reach_success_pre",
@@ -81,6 +88,7 @@ class EvalConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     n_reach: int = 10
     n_dynamics: int = 3
+    n_other: int = 3
     baseline_lr_factors: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
     oracle_iterations: int = 25
     workers: int = 2
@@ -94,10 +102,16 @@ class EvalConfig:
             seeds=(0,),
             n_reach=2,
             n_dynamics=1,
+            n_other=1,
             baseline_lr_factors=(1.0,),
             oracle_iterations=1,
             bootstrap=200,
         )
+
+    def tasks_per_seed(self, family: str) -> int:
+        """Held-out tasks of ``family`` per seed: ``n_<family>`` where the config has one
+        (``n_reach``, ``n_dynamics``), else ``n_other``."""
+        return int(getattr(self, f"n_{family}", self.n_other))
 
 
 @dataclass
@@ -287,44 +301,114 @@ def bootstrap_ci(values: np.ndarray, stat, n_boot: int, seed: int = 0) -> tuple[
     return (float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5)))
 
 
-def summarize(results: list[TaskResult], best_lr: dict[str, float], n_boot: int) -> dict[str, Any]:
-    """The headline numbers with 95% CIs."""
-    reach = [r for r in results if r.family == "reach"]
-    dyn = [r for r in results if r.family == "dynamics"]
-    summary: dict[str, Any] = {}
+STAGES = ("pre", "post1", "post3")
+STAGE_METRICS: dict[str, Callable[[TaskResult, str], float]] = {
+    "return": lambda r, stage: r.returns[stage],
+    "success": lambda r, stage: r.success[stage],
+}
+"""The per-stage metrics a family may name in ``TaskFamily.metrics``."""
 
-    def put(key: str, values: list[float]) -> None:
+
+class _Summary(dict):
+    """The summary being built: ``put`` adds a mean and its 95% CI."""
+
+    def __init__(self, n_boot: int) -> None:
+        super().__init__()
+        self.n_boot = n_boot
+
+    def put(self, key: str, values: list[float]) -> None:
         arr = np.asarray(values, dtype=np.float64)
-        summary[key] = float(arr.mean()) if len(arr) else math.nan
-        summary[f"{key}_ci95"] = list(bootstrap_ci(arr, np.mean, n_boot))
+        self[key] = float(arr.mean()) if len(arr) else math.nan
+        self[f"{key}_ci95"] = list(bootstrap_ci(arr, np.mean, self.n_boot))
 
-    for stage in ("pre", "post1", "post3"):
-        put(f"reach_success_{stage}", [r.success[stage] for r in reach])
-        put(f"reach_return_{stage}", [r.returns[stage] for r in reach])
-        put(f"dynamics_return_{stage}", [r.returns[stage] for r in dyn])
-        put(f"dynamics_success_{stage}", [r.success[stage] for r in dyn])
+
+@dataclass(frozen=True)
+class ExtraMetric:
+    """A measurement beyond the per-stage metrics, named by ``TaskFamily.extra_metrics``:
+    ``measure`` adds entries to one task's result after the protocol ran (it gets the meta
+    policy, the task, the task source, the eval config, the seed, env name and robot);
+    ``summarize(family, results, summary)`` adds the family's summary keys."""
+
+    measure: Callable[..., None]
+    summarize: Callable[[str, list[TaskResult], _Summary], None]
+
+
+def _measure_oracle(result: TaskResult, meta, task, task_source, cfg, seed, env_name, robot):
+    trained = oracle_return(meta, task, task_source, cfg, seed, env_name, robot)
+    adapted = max(result.returns["post1"], result.returns["post3"], result.returns["pre"])
+    result.returns["oracle_ppo"] = trained
+    result.returns["oracle"] = max(trained, adapted)
+
+
+def _summarize_gap(family: str, results: list[TaskResult], summary: _Summary) -> None:
+    if not results:
+        summary[f"{family}_gap_recovered"] = None
+        summary[f"{family}_gap_recovered_ci95"] = [None, None]
+        return
+    gains = np.array([[r.returns["pre"], r.returns["post1"], r.returns["oracle"]] for r in results])
+
+    def gap(rows: np.ndarray) -> float:
+        denom = (rows[:, 2] - rows[:, 0]).mean()
+        return float((rows[:, 1] - rows[:, 0]).mean() / denom) if denom > 1e-6 else math.nan
+
+    summary[f"{family}_gap_recovered"] = gap(gains)
+    summary[f"{family}_gap_recovered_ci95"] = list(bootstrap_ci(gains, gap, summary.n_boot))
+    summary[f"{family}_return_oracle"] = float(gains[:, 2].mean())
+
+
+EXTRA_METRICS: dict[str, ExtraMetric] = {
+    "gap_recovered": ExtraMetric(_measure_oracle, _summarize_gap),
+}
+"""What a family may name in ``TaskFamily.extra_metrics``."""
+
+
+def check_family(family: TaskFamily) -> TaskFamily:
+    """``family``, or ValueError when it names a metric evaluation does not measure."""
+    for metric in family.metrics:
+        if metric not in STAGE_METRICS:
+            raise ValueError(
+                f"family {family.name!r}: unknown metric {metric!r}; "
+                f"evaluation measures {sorted(STAGE_METRICS)}"
+            )
+    for metric in family.extra_metrics:
+        if metric not in EXTRA_METRICS:
+            raise ValueError(
+                f"family {family.name!r}: unknown extra metric {metric!r}; "
+                f"evaluation knows {sorted(EXTRA_METRICS)}"
+            )
+    return family
+
+
+def summarize(
+    results: list[TaskResult],
+    best_lr: dict[str, float],
+    n_boot: int,
+    families: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """The headline numbers with 95% CIs, per family (``families``: those of ``results``)."""
+    if families is None:
+        families = list(dict.fromkeys(r.family for r in results))
+    specs = [check_family(get_family(f)) for f in families]
+    by_family = {f.name: [r for r in results if r.family == f.name] for f in specs}
+    pool = [r for f in specs if f.baselines for r in by_family[f.name]]
+    summary = _Summary(n_boot)
+    for stage in STAGES:
+        for family in specs:
+            for metric in family.metrics:
+                values = [STAGE_METRICS[metric](r, stage) for r in by_family[family.name]]
+                summary.put(f"{family.name}_{metric}_{stage}", values)
     for name in ("finetune", "scratch"):
         if name in best_lr:
             key = f"{name}_lr{best_lr[name]:g}"
-            put(f"{name}_return_post1", [r.returns[key] for r in reach])
-            put(f"{name}_success_post1", [r.success[key] for r in reach])
+            summary.put(f"{name}_return_post1", [r.returns[key] for r in pool])
+            summary.put(f"{name}_success_post1", [r.success[key] for r in pool])
         else:
             summary[f"{name}_return_post1"] = None
             summary[f"{name}_return_post1_ci95"] = [None, None]
-    if dyn:
-        gains = np.array([[r.returns["pre"], r.returns["post1"], r.returns["oracle"]] for r in dyn])
-
-        def gap(rows: np.ndarray) -> float:
-            denom = (rows[:, 2] - rows[:, 0]).mean()
-            return float((rows[:, 1] - rows[:, 0]).mean() / denom) if denom > 1e-6 else math.nan
-
-        summary["dynamics_gap_recovered"] = gap(gains)
-        summary["dynamics_gap_recovered_ci95"] = list(bootstrap_ci(gains, gap, n_boot))
-        summary["dynamics_return_oracle"] = float(gains[:, 2].mean())
-    else:
-        summary["dynamics_gap_recovered"] = None
-        summary["dynamics_gap_recovered_ci95"] = [None, None]
-    return summary
+    for family in specs:
+        for metric in family.extra_metrics:
+            EXTRA_METRICS[metric].summarize(family.name, by_family[family.name], summary)
+    return dict(summary)
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
@@ -381,6 +465,35 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     tmp.replace(path)
 
 
+LEGACY_FAMILIES = ("reach", "dynamics")
+"""What a checkpoint without ``task_families`` metadata is evaluated on (the protocol before
+families were plug-ins)."""
+
+
+def evaluated_families(meta: PolicyBundle, env_name: str = "arm") -> tuple[str, ...]:
+    """The registered families ``meta`` was trained on, in its order; ValueError naming the
+    known ones for a family the registry lacks or a metric evaluation does not measure."""
+    names = meta.metadata.get("task_families") or list(LEGACY_FAMILIES)
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"task_families metadata must be a list of names, got {names!r}")
+    for name in names:
+        if name not in family_names():
+            raise ValueError(
+                f"the policy was trained on task family {name!r}, which is not registered; "
+                f"known: {list(family_names())} (register it before evaluating)"
+            )
+        check_family(get_family(name))
+    return tuple(dict.fromkeys(names))
+
+
+def eval_batches(families: Sequence[str]) -> list[list[str]]:
+    """``families`` grouped by ``TaskFamily.eval_batch`` (each group shares one batched env)."""
+    groups: dict[str, list[str]] = {}
+    for name in families:
+        groups.setdefault(get_family(name).eval_batch or f"family:{name}", []).append(name)
+    return list(groups.values())
+
+
 def run_eval(
     meta: PolicyBundle,
     multitask: PolicyBundle | None,
@@ -398,58 +511,70 @@ def run_eval(
     """
     t0 = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
-    task_source = make_task_source(env_name, ["reach", "dynamics"], [1.0, 1.0], robot)
-    n_tasks = cfg.n_reach + cfg.n_dynamics
-    env = make_env(
-        env_name,
-        n_tasks * cfg.eval_episodes,
-        cfg.workers,
-        backend=backend,
-        ray_address=ray_address,
-        robot=robot,
-    )
+    families = evaluated_families(meta, env_name)
+    task_source = make_task_source(env_name, families, [1.0] * len(families), robot)
+    families = tuple(f for f in families if f in task_source.families)
+    if not families:
+        raise ValueError(f"the {env_name!r} env samples none of the policy's task families")
     results: list[TaskResult] = []
     per_lr: dict[str, dict[float, list[float]]] = {}
-    try:
-        evaluator = Evaluator(env, cfg)
-        for seed in cfg.seeds:
-            tasks = task_source.sample(cfg.n_reach, "test", 7919 * seed + 1, family="reach")
-            tasks += task_source.sample(cfg.n_dynamics, "test", 7919 * seed + 2, family="dynamics")
-            families = [task_source.family_of(t) for t in tasks]
-            seed_results, baselines = evaluate_seed(
-                evaluator,
-                meta,
-                multitask,
-                tasks,
-                families,
-                [task_source.to_json(t) for t in tasks],
-                seed,
+    with ExitStack() as stack:
+        groups = []
+        for group in eval_batches(families):
+            n_tasks = sum(cfg.tasks_per_seed(f) for f in group)
+            if n_tasks == 0:
+                continue
+            env = make_env(
+                env_name,
+                n_tasks * cfg.eval_episodes,
+                cfg.workers,
+                backend=backend,
+                ray_address=ray_address,
+                robot=robot,
             )
-            for name, by_lr in baselines.items():
-                for lr, values in by_lr.items():
-                    per_lr.setdefault(name, {}).setdefault(lr, []).extend(
-                        v for v, fam in zip(values, families, strict=True) if fam == "reach"
+            stack.callback(env.close)
+            groups.append((group, Evaluator(env, cfg)))
+        for seed in cfg.seeds:
+            for group, evaluator in groups:
+                tasks = []
+                for family in group:
+                    seed_f = 7919 * seed + 1 + family_names().index(family)
+                    tasks += task_source.sample(
+                        cfg.tasks_per_seed(family), "test", seed_f, family=family
                     )
-            for result, task in zip(seed_results, tasks, strict=True):
-                if result.family == "dynamics":
-                    trained = oracle_return(meta, task, task_source, cfg, seed, env_name, robot)
-                    adapted = max(
-                        result.returns["post1"], result.returns["post3"], result.returns["pre"]
-                    )
-                    result.returns["oracle_ppo"] = trained
-                    result.returns["oracle"] = max(trained, adapted)
-            results.extend(seed_results)
+                task_families = [task_source.family_of(t) for t in tasks]
+                seed_results, baselines = evaluate_seed(
+                    evaluator,
+                    meta,
+                    multitask,
+                    tasks,
+                    task_families,
+                    [task_source.to_json(t) for t in tasks],
+                    seed,
+                )
+                for name, by_lr in baselines.items():
+                    for lr, values in by_lr.items():
+                        per_lr.setdefault(name, {}).setdefault(lr, []).extend(
+                            v
+                            for v, fam in zip(values, task_families, strict=True)
+                            if get_family(fam).baselines
+                        )
+                for result, task in zip(seed_results, tasks, strict=True):
+                    for metric in get_family(result.family).extra_metrics:
+                        EXTRA_METRICS[metric].measure(
+                            result, meta, task, task_source, cfg, seed, env_name, robot
+                        )
+                results.extend(seed_results)
             print(
                 f"maml-ros-eval: seed {seed} done ({time.monotonic() - t0:.0f} s)", file=sys.stderr
             )
-    finally:
-        env.close()
     best_lr = {
         name: max(by_lr, key=lambda lr: float(np.mean(by_lr[lr]))) for name, by_lr in per_lr.items()
     }
-    summary = summarize(results, best_lr, cfg.bootstrap)
+    summary = summarize(results, best_lr, cfg.bootstrap, families)
     report = {
         "summary": summary,
+        "families": list(families),
         "baseline_best_lr": best_lr,
         "baseline_lr_grid_reach_return": {
             name: {f"{lr:g}": float(np.mean(v)) for lr, v in by_lr.items()}
@@ -512,6 +637,7 @@ def main(argv: list[str] | None = None) -> int:
         mismatch = policy_mismatch(meta.metadata, args.robot, get_robot(args.robot).joint_names)
         if args.env == "arm" and mismatch:
             raise CheckpointError(f"{args.policy or 'the shipped model'}: {mismatch} (--robot)")
+        evaluated_families(meta, args.env)
         multitask = None
         if args.robot != DEFAULT_ROBOT and not args.multitask:
             pass  # no shipped baseline for this robot: skip fine-tuning
@@ -525,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
                     "maml-ros-eval: no multi-task baseline found; skipping fine-tuning",
                     file=sys.stderr,
                 )
-    except (CheckpointError, FileNotFoundError) as exc:
+    except (CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"maml-ros-eval: {exc}", file=sys.stderr)
         return 2
     summary = run_eval(

@@ -391,8 +391,8 @@ SplitRule = Callable[[TaskSpec, RobotSpec], "str | None"]
 Validator = Callable[[TaskSpec, RobotSpec], "str | None"]
 Applier = Callable[["ArmEnv", TaskSpec], None]
 
-DEFAULT_METRICS = ("return", "success", "final_distance")
-"""What evaluation reports per family unless a family names its own metric keys."""
+DEFAULT_METRICS = ("return", "success")
+"""What evaluation reports per family and stage unless a family names its own metric keys."""
 
 
 @dataclass(frozen=True)
@@ -401,8 +401,15 @@ class TaskFamily:
     ``split``; ``split(task, robot)`` says which region a task is in (``"train"``, ``"test"``
     or None; the two must be disjoint); ``problem(task, robot)`` says why a task is no valid
     task of the family (or None); ``apply(env, task)``, when given, runs after
-    ``ArmEnv.set_task`` applied the generic fields; ``metrics`` names the keys evaluation is to
-    report (not read by ``rl/evaluate.py`` yet, which still names reach and dynamics)."""
+    ``ArmEnv.set_task`` applied the generic fields.
+
+    Evaluation (``rl/evaluate.py``) reads the rest: ``metrics`` are reported per stage as
+    ``{name}_{metric}_{stage}`` (``"return"``, ``"success"``); ``extra_metrics`` names further
+    measurements from evaluation's table (``"gap_recovered"``: the fraction of the gap to a
+    per-task oracle closed by one step); ``baselines`` puts the family's tasks in the pool on
+    which the fine-tune / scratch baselines pick their lr and are reported; families with the
+    same non-empty ``eval_batch`` share one batched env (their episodes share waves), others
+    get their own."""
 
     name: str
     sample: Sampler
@@ -411,6 +418,9 @@ class TaskFamily:
     apply: Applier | None = None
     metrics: tuple[str, ...] = DEFAULT_METRICS
     description: str = ""
+    extra_metrics: tuple[str, ...] = ()
+    baselines: bool = False
+    eval_batch: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or any(c.isspace() for c in self.name):
@@ -422,6 +432,10 @@ class TaskFamily:
             raise ValueError(f"family {self.name!r}: apply must be callable or None")
         if not self.metrics or not all(isinstance(m, str) and m for m in self.metrics):
             raise ValueError(f"family {self.name!r}: metrics must be non-empty strings")
+        if not all(isinstance(m, str) and m for m in self.extra_metrics):
+            raise ValueError(f"family {self.name!r}: extra_metrics must be non-empty strings")
+        if not isinstance(self.baselines, bool) or not isinstance(self.eval_batch, str):
+            raise ValueError(f"family {self.name!r}: baselines is a bool, eval_batch a string")
 
 
 _REGISTRY: dict[str, TaskFamily] = {}
@@ -489,7 +503,10 @@ REACH = TaskFamily(
     sample=lambda rng, split, robot: {"goal": sample_goal(rng, split, robot)},
     split=lambda task, robot: goal_split(task.goal, robot),
     problem=_reach_problem,
+    metrics=("success", "return"),  # the order of the shipped report's keys
     description="a hidden goal in the goal cube; nominal body",
+    baselines=True,
+    eval_batch="reach/dynamics",  # evaluated together, as for the README's numbers
 )
 DYNAMICS = TaskFamily(
     name="dynamics",
@@ -498,6 +515,8 @@ DYNAMICS = TaskFamily(
     problem=_dynamics_problem,
     description="a changed body (weak or dead joint, damping, payload, encoder offsets); "
     "the robot's fixed default goal",
+    extra_metrics=("gap_recovered",),
+    eval_batch="reach/dynamics",
 )
 REACH_DYNAMICS = TaskFamily(
     name="reach+dynamics",
