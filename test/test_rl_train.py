@@ -62,6 +62,11 @@ def test_default_config_is_valid_and_fits_the_arm():
         ({"pg": {"reward_power": 0}}, "reward_power"),
         ({"policy": {"hidden": [0]}}, "hidden"),
         ({"outer": "fast"}, "mapping"),
+        (
+            {"env": {"families": ["reach", "swim"], "family_weights": [1, 1]}},
+            r"unknown task family 'swim'; known: \['reach', 'dynamics', 'reach\+dynamics'",
+        ),
+        ({"env": {"families": ["reach", "reach"], "family_weights": [1, 1]}}, "twice"),
     ],
 )
 def test_config_rejects_bad_values(data, reason):

@@ -65,6 +65,15 @@ class EnvSection:
             "env.horizon must be a positive integer or null",
         )
         _require(len(self.families) >= 1, "env.families must not be empty")
+        from maml_ros.sim.task import family_names
+
+        known = family_names()
+        for name in self.families:
+            _require(
+                isinstance(name, str) and name in known,
+                f"env.families: unknown task family {name!r}; known: {list(known)}",
+            )
+        _require(len(set(self.families)) == len(self.families), "env.families names a family twice")
         _require(
             len(self.families) == len(self.family_weights),
             "env.family_weights must match env.families",
