@@ -7,9 +7,27 @@ import pytest
 import torch
 
 from maml_ros.meta import InnerConfig
-from maml_ros.rl.checkpoint import PolicyBundle, save_bundle
-from maml_ros.rl.evaluate import SUMMARY_KEYS, TaskResult, bootstrap_ci, main, summarize
+from maml_ros.rl.checkpoint import PolicyBundle, load_bundle, save_bundle
+from maml_ros.rl.config import config_from_dict
+from maml_ros.rl.evaluate import (
+    SUMMARY_KEYS,
+    EvalConfig,
+    TaskResult,
+    bootstrap_ci,
+    evaluated_families,
+    main,
+    run_eval,
+    summarize,
+)
 from maml_ros.rl.policy import GaussianMLPPolicy, PolicySpec
+from maml_ros.rl.train import train
+from maml_ros.sim.task import (
+    TaskFamily,
+    goal_split,
+    register_family,
+    sample_goal,
+    unregister_family,
+)
 
 
 def test_bootstrap_ci_brackets_the_mean_and_narrows_with_more_data():
@@ -85,3 +103,81 @@ def test_cli_rejects_a_corrupt_policy(tmp_path, capsys):
     bad.write_bytes(b"not a checkpoint")
     assert main(["--policy", str(bad), "--out", str(tmp_path / "o"), "--quick"]) == 2
     assert "maml-ros-eval" in capsys.readouterr().err
+
+
+def _low_goal(rng, split, robot):
+    while True:  # the lower half of the goal cube only
+        goal = sample_goal(rng, split, robot)
+        if goal[2] < robot.goal_cube_center[2]:
+            return {"goal": goal}
+
+
+@pytest.fixture
+def low_reach():
+    family = TaskFamily(
+        name="low_reach",
+        sample=_low_goal,
+        split=lambda task, robot: goal_split(task.goal, robot),
+        metrics=("return", "success"),
+        baselines=True,
+    )
+    register_family(family)
+    yield family
+    unregister_family("low_reach")
+
+
+def test_a_family_registered_here_is_trained_on_and_reported_by_evaluation(tmp_path, low_reach):
+    cfg = config_from_dict(
+        {
+            "iterations": 1,
+            "obs_norm_episodes": 2,
+            "env": {
+                "workers": 1,  # in-process envs: worker processes would not know the family
+                "num_envs": 4,
+                "horizon": 10,
+                "families": ["low_reach"],
+                "family_weights": [1.0],
+            },
+            "policy": {"hidden": [8]},
+            "outer": {"meta_batch": 2, "rollouts_per_task": 2, "epochs": 1},
+        }
+    )
+    train(cfg, tmp_path / "run", show_progress=False)
+    meta = load_bundle(tmp_path / "run" / "policy_latest.safetensors")
+    assert evaluated_families(meta) == ("low_reach",)
+    eval_cfg = EvalConfig(
+        k=2,
+        eval_episodes=1,
+        seeds=(0,),
+        n_other=2,
+        baseline_lr_factors=(1.0,),
+        workers=1,
+        bootstrap=50,
+    )
+    summary = run_eval(meta, None, eval_cfg, tmp_path / "eval")
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert report["families"] == ["low_reach"]
+    assert [t["family"] for t in report["tasks"]] == ["low_reach"] * 2
+    for stage in ("pre", "post1", "post3"):
+        for metric in ("return", "success"):
+            value = summary[f"low_reach_{metric}_{stage}"]
+            assert np.isfinite(value) and f"low_reach_{metric}_{stage}_ci95" in summary
+    assert summary["low_reach_return_pre"] == pytest.approx(
+        np.mean([t["returns"]["pre"] for t in report["tasks"]])
+    )
+    assert summary["scratch_return_post1"] is not None  # the family pools the baselines
+    assert not any(k.startswith(("reach_", "dynamics_")) for k in summary)
+    unregister_family("low_reach")
+    with pytest.raises(ValueError, match="'low_reach', which is not registered; known: "):
+        evaluated_families(meta)
+    register_family(low_reach)
+
+
+def test_a_family_naming_an_unknown_metric_is_refused(tmp_path, low_reach):
+    import dataclasses
+
+    register_family(dataclasses.replace(low_reach, metrics=("speed",)), replace=True)
+    bundle = load_bundle(point_bundle(tmp_path))
+    bundle = bundle.replace(metadata={"task_families": ["low_reach"]})
+    with pytest.raises(ValueError, match="unknown metric 'speed'; evaluation measures"):
+        evaluated_families(bundle)
