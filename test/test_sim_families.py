@@ -62,3 +62,23 @@ def test_a_registered_family_samples_splits_validates_and_applies(low_reach) -> 
 def test_an_unknown_family_is_refused_with_the_known_ones() -> None:
     with pytest.raises(TaskSpecError, match="unknown family 'swim'"):
         sample_tasks("swim", 1)
+
+
+def test_the_readme_family_table_lists_the_registry() -> None:
+    from pathlib import Path
+
+    from maml_ros.sim.task import BUILTIN, get_family
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = text.split("<!-- task-families -->")[1].split("<!-- /task-families -->")[0]
+    rows = [
+        [cell.strip() for cell in line.strip().strip("|").split("|")]
+        for line in table.strip().splitlines()[2:]
+    ]
+    expected = []
+    for name in BUILTIN:
+        family = get_family(name)
+        reports = ", ".join(family.metrics) + ("; the baselines" if family.baselines else "")
+        reports += "".join(f"; {m.replace('_', ' ')}" for m in family.extra_metrics)
+        expected.append([f"`{name}`", family.description, reports])
+    assert rows == expected
