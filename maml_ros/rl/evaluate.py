@@ -411,8 +411,9 @@ def summarize(
     return dict(summary)
 
 
-def plot(summary: dict[str, Any], path: Path) -> None:
-    """Bar charts of reach success and returns with 95% CI error bars."""
+def plot(summary: dict[str, Any], path: Path, families: Sequence[str] = ()) -> None:
+    """Bar charts of every family's success and returns (baselines beside the baseline
+    families') with 95% CI error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -431,33 +432,22 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         ax.set_title(title)
         ax.tick_params(axis="x", rotation=20)
 
-    gap_value = summary.get("dynamics_gap_recovered") or math.nan
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(13, 4))
-    bars(
-        ax1,
-        ["reach_success_pre", "reach_success_post1", "reach_success_post3"],
-        ["pre", "1 step", "3 steps"],
-        "reach success (held-out)",
-    )
-    ax1.set_ylim(0, 1.05)
-    bars(
-        ax2,
-        [
-            "reach_return_pre",
-            "reach_return_post1",
-            "reach_return_post3",
-            "finetune_return_post1",
-            "scratch_return_post1",
-        ],
-        ["MAML pre", "MAML 1 step", "MAML 3 steps", "fine-tune 1", "scratch 1"],
-        "reach return (held-out)",
-    )
-    bars(
-        ax3,
-        ["dynamics_return_pre", "dynamics_return_post1", "dynamics_return_post3"],
-        ["pre", "1 step", "3 steps"],
-        f"dynamics return (gap recovered {gap_value:.2f})",
-    )
+    names = list(families or LEGACY_FAMILIES)
+    fig, axes = plt.subplots(1, 1 + len(names), figsize=(4.3 * (1 + len(names)), 4), squeeze=False)
+    stages, labels = list(STAGES), ["pre", "1 step", "3 steps"]
+    success = [f"{n}_success_{s}" for n in names for s in stages if f"{n}_success_{s}" in summary]
+    bars(axes[0][0], success, [k.replace("_success_", " ") for k in success], "success (held-out)")
+    axes[0][0].set_ylim(0, 1.05)
+    for ax, name in zip(axes[0][1:], names, strict=True):
+        keys, names_ = [f"{name}_return_{s}" for s in stages], list(labels)
+        if get_family(name).baselines:
+            keys += ["finetune_return_post1", "scratch_return_post1"]
+            names_ += ["fine-tune 1", "scratch 1"]
+        title = f"{name} return (held-out)"
+        if f"{name}_gap_recovered" in summary:
+            gap = summary[f"{name}_gap_recovered"]
+            title = f"{name} return (gap recovered {math.nan if gap is None else gap:.2f})"
+        bars(ax, keys, names_, title)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=90)
@@ -589,7 +579,7 @@ def run_eval(
     atomic_write_bytes(
         out / "eval.json", (json.dumps(report, indent=1, default=float) + "\n").encode()
     )
-    plot(summary, out / "eval.png")
+    plot(summary, out / "eval.png", families)
     return summary
 
 
