@@ -345,10 +345,11 @@ def test_the_robot_parameter_sets_the_joints_and_refuses_other_robots_policies(r
     before = ctl._ticks
     order = list(reversed(names))  # joint_state_broadcaster publishes in its own order
     stamp = time.time_ns()
-    ctl._on_joint_state(arrays_to_joint_state(stamp, order, np.arange(6.0) / 10, np.zeros(6)))
+    # (Within the xArm's joint limits, so inside the safety envelope: its joint 3 stops at 0.19.)
+    ctl._on_joint_state(arrays_to_joint_state(stamp, order, np.arange(6.0) / 50, np.zeros(6)))
     assert ctl.status.dropped("joint_state") == 0
     assert ctl._ticks == before + 1
-    np.testing.assert_allclose(ctl._obs[:6], np.arange(6.0)[::-1] / 10, atol=1e-6)
+    np.testing.assert_allclose(ctl._obs[:6], np.arange(6.0)[::-1] / 50, atol=1e-6)
 
 
 def test_bad_joint_states_are_dropped(ros: Ros) -> None:
