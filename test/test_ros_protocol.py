@@ -459,6 +459,26 @@ def test_a_rollout_that_leaves_the_safety_envelope_is_discarded_with_the_reason(
     assert h.robot.homings == 11
 
 
+def test_with_the_driver_reset_an_envelope_exit_discards_its_rollout_too(make) -> None:
+    h = make(step_timeout_s=5.0)
+
+    def leave_the_envelope_in_the_third_episode(robot: FakeRobot) -> None:
+        if robot.episode == 3:
+            robot.silent_resets = 1  # this reset plays the partial episode below only
+            horizon, robot.horizon = robot.horizon, 5
+            robot._play_episode()
+            robot.horizon = horizon
+            robot.stamp_ns += DT_NS
+            robot.protocol.on_envelope_violation(robot.stamp_ns, "joint 1 left the envelope")
+
+    h.robot.on_reset = leave_the_envelope_in_the_third_episode
+    h.send()
+    assert h.wait_final() == "done", h.status.fields["reason"]
+    s = h.status.fields
+    assert s["envelope_discards"] == 1 and s["rollouts_discarded"] == 1
+    assert s["rollouts_collected"] == 8
+
+
 def test_a_newer_task_change_cancels_and_the_newer_task_is_adapted_to(make) -> None:
     h = make()
 

@@ -545,6 +545,7 @@ class AdaptationProtocol:
         self.exploration_mismatches = 0
         self.envelope_discards = 0
         self._violation: tuple[int, str] | None = None  # the controller's last envelope exit
+        self._discarded_for: int | None = None  # the stamp of the exit that discarded last
         self._next_version = 0
         self._accepting = False
         self._stopping = threading.Event()
@@ -987,13 +988,14 @@ class AdaptationProtocol:
         whose action explored when ``explore`` is off (or the other way round) loses it."""
         self.joiner.clear()
         episode_before = self.joiner.last_episode
+        newest_before = self.joiner.newest_state_ns  # the new episode's states come after it
         ok, message = self.robot.reset(cfg["service_timeout_s"], self._check_cancel)
         if not ok:
             raise PartialRollout(f"reset failed: {message}")
         target = episode_from_reset_message(message)
         since = stamp_from_reset_message(message)  # homing: the episode starts after it
         # An envelope exit stamped after this belongs to this episode.
-        after_ns = since if since is not None else self.joiner.newest_state_ns
+        after_ns = since if since is not None else newest_before
         steps: list[Step] = []
         # Steps of the previous episode still in flight are skipped, for step_timeout_s at most.
         start_deadline = time.monotonic() + cfg["step_timeout_s"]
@@ -1048,10 +1050,14 @@ class AdaptationProtocol:
 
     def _check_envelope(self, after_ns: int | None) -> None:
         """PartialRollout (counted in ``envelope_discards``) when the controller left its
-        safety envelope at a state stamped after ``after_ns`` (None: no check yet)."""
+        safety envelope at a state stamped after ``after_ns`` (None: no check yet); each exit
+        discards one rollout."""
         violation = self._violation
         if violation is None or after_ns is None or violation[0] <= after_ns:
             return
+        if violation[0] == self._discarded_for:
+            return  # that exit has discarded its rollout already
+        self._discarded_for = violation[0]
         self.envelope_discards += 1
         self.status.set(envelope_discards=self.envelope_discards)
         raise PartialRollout(f"safety envelope left at stamp {violation[0]}: {violation[1]}")
