@@ -26,7 +26,7 @@ from rclpy.parameter import Parameter
 from ros_harness import ROS_BUILTIN_PARAMETERS, Ros, wait_until
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, String, UInt8MultiArray
-from std_srvs.srv import SetBool
+from std_srvs.srv import SetBool, Trigger
 
 from maml_ros.meta import InnerConfig
 from maml_ros.rl.checkpoint import PolicyBundle, bundle_to_bytes, save_bundle
@@ -345,10 +345,11 @@ def test_the_robot_parameter_sets_the_joints_and_refuses_other_robots_policies(r
     before = ctl._ticks
     order = list(reversed(names))  # joint_state_broadcaster publishes in its own order
     stamp = time.time_ns()
-    ctl._on_joint_state(arrays_to_joint_state(stamp, order, np.arange(6.0) / 10, np.zeros(6)))
+    # (Within the xArm's joint limits, so inside the safety envelope: its joint 3 stops at 0.19.)
+    ctl._on_joint_state(arrays_to_joint_state(stamp, order, np.arange(6.0) / 50, np.zeros(6)))
     assert ctl.status.dropped("joint_state") == 0
     assert ctl._ticks == before + 1
-    np.testing.assert_allclose(ctl._obs[:6], np.arange(6.0)[::-1] / 10, atol=1e-6)
+    np.testing.assert_allclose(ctl._obs[:6], np.arange(6.0)[::-1] / 50, atol=1e-6)
 
 
 def test_bad_joint_states_are_dropped(ros: Ros) -> None:
@@ -807,3 +808,102 @@ def test_actions_say_whether_they_explored(ros: Ros) -> None:
     ctl._on_joint_state(arrays_to_joint_state(START_NS + 1, JOINTS, np.zeros(7), np.zeros(7)))
     assert ctl._actions_pub.sent[-1].header.frame_id == ACTION_DETERMINISTIC
     assert action_exploring(ctl._actions_pub.sent[-1]) is False
+
+
+def publish_at(rig: Rig, positions: np.ndarray) -> tuple[int, np.ndarray]:
+    """Publishes a state at ``positions``; returns (its stamp, the command answering it)."""
+    for _ in range(20):
+        rig.stamp_ns += 25_000_000
+        stamp = rig.stamp_ns
+        rig.states.publish(arrays_to_joint_state(stamp, JOINTS, positions, np.zeros(7)))
+        try:
+            wait_until(lambda s=stamp: rig.command_for(s) is not None, timeout=1.0)
+        except AssertionError:
+            continue  # a lost state: publish another
+        return stamp, rig.command_for(stamp)
+    raise AssertionError("the controller never answered a joint state")
+
+
+def test_leaving_the_safety_envelope_holds_until_homing_brings_the_arm_back(ros: Ros) -> None:
+    home = np.array([0.0, 0.2, 0.0, -0.2, 0.0, 0.1, 0.0])
+    rig = Rig(
+        ros,
+        envelope_upper=[0.5],
+        home_pose=home.tolist(),
+        homing_gain=2.0,
+        homing_tolerance=0.01,
+        stale_timeout_s=5.0,
+    )
+    rig.send_policy(constant_bundle(BIAS_A))
+    wait_until(lambda: rig.ctl.status.snapshot()["has_policy"])
+    rig.tick()  # inside: the policy commands
+    # A state outside the box (joint 2 above 0.5): zero velocities, no action echoed, reported.
+    out = np.zeros(7)
+    out[1] = 0.6
+    stamp, command = publish_at(rig, out)
+    assert np.all(command == 0.0)
+    violation = rig.ctl.status.snapshot()["envelope_violation"]
+    assert violation["stamp_ns"] == stamp and "lbr_iiwa_joint_2" in violation["reason"]
+    # Still outside: still held, counted once.
+    stamp, command = publish_at(rig, out)
+    assert np.all(command == 0.0) and rig.ctl.status.snapshot()["envelope_violations"] == 1
+    time.sleep(0.1)
+    assert stamp not in rig.actions
+
+    # Homing: a P-law towards home clamped to max_velocity, answered with the stamp at home.
+    client = rig.node.create_client(Trigger, "arm_controller/home")
+    assert client.wait_for_service(timeout_sec=10.0)
+    future = client.call_async(Trigger.Request())
+    wait_until(lambda: rig.ctl.status.snapshot()["homing"])
+    positions, homing_commands, homing_stamps = out.copy(), [], []
+    while not future.done():
+        stamp, command = publish_at(rig, positions)
+        homing_commands.append(command)
+        homing_stamps.append(stamp)
+        positions = positions + 0.1 * command  # the arm integrates the velocity for 0.1 s
+        assert len(homing_commands) < 200, "homing never ended"
+    response = future.result()
+    assert response.success, response.message
+    assert response.message.endswith(f"stamp_ns={stamp}")
+    assert np.all(homing_commands[-1] == 0.0)  # the state at home is answered with a hold
+    np.testing.assert_allclose(positions, home, atol=0.011)
+    moving = np.array(homing_commands[:-1])
+    assert np.abs(moving).max() <= 1.0 + 1e-9  # max_velocity
+    np.testing.assert_allclose(moving[0], np.clip(2.0 * (home - out), -1, 1), atol=1e-9)
+    assert not set(homing_stamps) & set(rig.actions)  # homing is no policy action
+    status = rig.ctl.status.snapshot()
+    assert status["envelope_violation"] is None and not status["homing"]
+    # The policy commands again from the next state on.
+    _, action = rig.tick()
+    np.testing.assert_allclose(action, BIAS_A, atol=1e-6)
+
+
+def test_the_joint_limits_with_their_margin_are_the_default_envelope(ros: Ros) -> None:
+    rig = Rig(ros, envelope_margin=0.05)
+    rig.send_policy(constant_bundle(BIAS_A))
+    wait_until(lambda: rig.ctl.status.snapshot()["has_policy"])
+    upper = get_robot("kuka_iiwa").position_upper
+    near = np.zeros(7)
+    near[3] = upper[3] - 0.04  # inside the limit, but within the margin
+    stamp, command = publish_at(rig, near)
+    assert np.all(command == 0.0) and stamp not in rig.actions
+    assert "lbr_iiwa_joint_4" in rig.ctl.status.snapshot()["envelope_violation"]["reason"]
+    # Back inside (a driver's reset): the policy commands again, the violation cleared.
+    _, action = rig.tick()
+    np.testing.assert_allclose(action, BIAS_A, atol=1e-6)
+    assert rig.ctl.status.snapshot()["envelope_violation"] is None
+
+
+def test_homing_is_refused_while_busy_and_times_out_with_the_reason(ros: Ros) -> None:
+    rig = Rig(ros, homing_timeout_s=0.3, stale_timeout_s=5.0)
+    client = rig.node.create_client(Trigger, "arm_controller/home")
+    assert client.wait_for_service(timeout_sec=10.0)
+    first = client.call_async(Trigger.Request())
+    wait_until(lambda: rig.ctl.status.snapshot()["homing"])
+    second = client.call(Trigger.Request(), timeout_sec=10.0)
+    assert not second.success and second.message == "busy"
+    far = np.full(7, 1.0)  # never moves: the arm is stuck
+    while not first.done():
+        publish_at(rig, far)
+    assert not first.result().success and "timed out" in first.result().message
+    assert rig.ctl.status.snapshot()["homing_failures"] == 1

@@ -263,6 +263,36 @@ class FakeRobot:
                 self._late_spoof = (self.stamp_ns, self.episode)
 
 
+class FakeHomingRobot(FakeRobot):
+    """An arm whose driver has no reset and no episode numbers (``reset_mode: homing``): the
+    controller's home service answers with the stamp after which the episode starts, and the
+    driver's episode field stays 0. While homing, 3 steps of the previous policy are still in
+    flight (stamped before the answer). ``leave_envelope``: the homings (1-based) whose episode
+    leaves the controller's safety envelope at step 5 (the controller then holds: no more
+    actions)."""
+
+    def __init__(self, joiner: StepJoiner, horizon: int) -> None:
+        super().__init__(joiner, horizon)
+        self.homings = 0
+        self.leave_envelope: set[int] = set()
+
+    def reset(self, timeout_s: float, check_cancel) -> tuple[bool, str]:
+        check_cancel()
+        self.homings += 1
+        horizon = self.horizon
+        self.horizon = 3
+        self._play_episode()  # in flight: stamped before the homing answer
+        self.explore_per_episode.pop()
+        since = self.stamp_ns
+        self.horizon = 5 if self.homings in self.leave_envelope else horizon
+        self._play_episode()
+        self.horizon = horizon
+        if self.homings in self.leave_envelope:
+            self.stamp_ns += DT_NS
+            self.protocol.on_envelope_violation(self.stamp_ns, "joint 1 left the envelope")
+        return True, f"home reached at stamp_ns={since}"
+
+
 class RecordingStatus:
     """The protocol's status sink: the fields, every published phase and every drop."""
 
@@ -310,6 +340,7 @@ class Harness:
         state_path: str | None = None,
         resume: bool = True,
         run_id: str = "run-1",
+        robot_class: type[FakeRobot] | None = None,
         **overrides: Any,
     ) -> None:
         """``state_path``: a :class:`StateFile` there, loaded (``resume``) as the node does."""
@@ -327,7 +358,7 @@ class Harness:
         self.status = RecordingStatus()
         self.logger = QuietLogger()
         joiner = StepJoiner(4096, self.status.drop)
-        self.robot = FakeRobot(joiner, self.config["horizon"])
+        self.robot = (robot_class or FakeRobot)(joiner, self.config["horizon"])
         state = StateFile(state_path, PARENT, 1 << 24) if state_path else None
         self.protocol = AdaptationProtocol(
             self.robot, joiner, self.status, self.logger, lambda: self.config, run_id, state
@@ -398,6 +429,54 @@ def test_an_adaptation_improves_the_return_and_deploys_the_adapted_policy(make) 
     # Evaluations run without exploration, the K collected rollouts with it.
     assert h.robot.explore_per_episode == [False] + [True] * 8 + [False]
     assert s["task_to_policy_active_ms"] is not None  # the controller acknowledged version 1
+
+
+def test_homing_episodes_are_the_steps_after_the_homing_answer(make) -> None:
+    """reset_mode homing: no driver episode numbers; each episode is the horizon steps stamped
+    after the stamp the home service names, the in-flight ones before it skipped."""
+    h = make(robot_class=FakeHomingRobot, reset_mode="homing")
+    h.send()
+    assert h.wait_final() == "done", h.status.fields["reason"]
+    s = h.status.fields
+    assert s["rollouts_collected"] == 8 and s["rollouts_discarded"] == 0
+    assert s["return_post"] > s["return_pre"] + 0.5
+    assert h.robot.homings == 10 and h.robot.episode == 0
+
+
+def test_a_rollout_that_leaves_the_safety_envelope_is_discarded_with_the_reason(make) -> None:
+    h = make(robot_class=FakeHomingRobot, reset_mode="homing", step_timeout_s=5.0)
+    h.robot.leave_envelope = {3}  # the second collected rollout
+    started = time.monotonic()
+    h.send()
+    assert h.wait_final() == "done", h.status.fields["reason"]
+    s = h.status.fields
+    assert s["rollouts_collected"] == 8 and s["rollouts_discarded"] == 1
+    assert s["envelope_discards"] == 1
+    reasons = [r for kind, r in h.status.drops if kind == "rollout"]
+    assert len(reasons) == 1 and "safety envelope left" in reasons[0]
+    assert "joint 1 left the envelope" in reasons[0]
+    assert time.monotonic() - started < 5.0  # at once, not after a step timeout
+    assert h.robot.homings == 11
+
+
+def test_with_the_driver_reset_an_envelope_exit_discards_its_rollout_too(make) -> None:
+    h = make(step_timeout_s=5.0)
+
+    def leave_the_envelope_in_the_third_episode(robot: FakeRobot) -> None:
+        if robot.episode == 3:
+            robot.silent_resets = 1  # this reset plays the partial episode below only
+            horizon, robot.horizon = robot.horizon, 5
+            robot._play_episode()
+            robot.horizon = horizon
+            robot.stamp_ns += DT_NS
+            robot.protocol.on_envelope_violation(robot.stamp_ns, "joint 1 left the envelope")
+
+    h.robot.on_reset = leave_the_envelope_in_the_third_episode
+    h.send()
+    assert h.wait_final() == "done", h.status.fields["reason"]
+    s = h.status.fields
+    assert s["envelope_discards"] == 1 and s["rollouts_discarded"] == 1
+    assert s["rollouts_collected"] == 8
 
 
 def test_a_newer_task_change_cancels_and_the_newer_task_is_adapted_to(make) -> None:

@@ -6,8 +6,10 @@ evaluate, roll back) as plain Python. This module declares the parameters (:data
 loads the checkpoint, joins ``joint_states``, ``<controller>/actions`` and ``reward`` on their
 stamp into control steps (:class:`~maml_ros.ros.protocol.StepJoiner`), and gives the protocol
 the driver's ``reset`` service, the controller's ``set_exploration`` service and the latched
-``policy`` topic (:class:`ServiceRobot`). The subscription callbacks only validate and buffer;
-the protocol runs on a worker thread of its own.
+``policy`` topic (:class:`ServiceRobot`), or, with ``reset_mode: homing`` for a driver without a
+reset service, the controller's ``home`` service instead of ``reset`` (:class:`HomingRobot`).
+The subscription callbacks only validate and buffer; the protocol runs on a worker thread of
+its own.
 
 On a task change it acknowledges the task on ``task_ack``, waits until the driver confirms on
 ``active_task`` that it runs that task (else the adaptation ``failed``, the policy unchanged),
@@ -22,7 +24,8 @@ cancelled, failed), ``adaptation_id`` (one per accepted task change), ``task_id`
 ``return_post``/``success_post``, ``adapt_latency_ms``, timings on the node's clock
 (``task_to_first_rollout_step_ms``, ``collect_ms``, ``policy_active_after_rollouts_ms``: the
 last rollout step to the controller reporting the adapted version, and
-``task_to_policy_active_ms``), ``inner_device``, ``policy_version``,
+``task_to_policy_active_ms``), ``inner_device``, ``envelope_discards`` (rollouts discarded
+because the controller reported leaving its safety envelope), ``policy_version``,
 ``run_id``, ``reason`` (why a rollback or failure happened), ``cancellations``, ``ready``
 (the warm-up update is done), ``resumed`` (the state file was resumed), ``starved`` (the
 inputs that did not arrive when a rollout last timed out), ``exploration_mismatches`` (episodes
@@ -89,6 +92,7 @@ from maml_ros.ros.interfaces import (
     ACTIVE_TASK_TOPIC,
     DEFAULT_CONTROLLER,
     EXPLORATION_SERVICE,
+    HOME_SERVICE,
     JOINT_STATES_QOS,
     JOINT_STATES_TOPIC,
     LATCHED_QOS,
@@ -199,6 +203,15 @@ def _writable_file_problem(name: str, value: Any) -> str | None:
     return None
 
 
+RESET_MODES = ("service", "homing")
+
+
+def _check_reset_mode(value: Any) -> str | None:
+    if value not in RESET_MODES:
+        return f"reset_mode must be one of {', '.join(RESET_MODES)}, got {value!r}"
+    return None
+
+
 PARAMS = (
     AUTOSTART,
     ParamSpec(
@@ -245,6 +258,20 @@ PARAMS = (
         "Drop joint states, actions and rewards stamped further than this ahead of or behind "
         "the node's clock (s; 0 = no check)",
         float_range=(0.0, 1e9),
+    ),
+    ParamSpec(
+        "reset_mode",
+        "service",
+        "How an episode starts: service (the driver's reset service) or homing (the "
+        "controller's home service drives the arm home; no driver support needed)",
+        _check_reset_mode,
+        read_only=True,
+    ),
+    ParamSpec(
+        "homing_wait_s",
+        15.0,
+        "reset_mode homing: how long to wait for the controller's home service to answer",
+        float_range=(0.1, 600.0),
     ),
     ParamSpec(
         "service_timeout_s",
@@ -398,6 +425,28 @@ class ServiceRobot:
         self._policy_pub.publish(policy_to_msg(bundle, self._deploy_key))
 
 
+class HomingRobot(ServiceRobot):
+    """The protocol's Robot for an arm whose driver has no ``reset`` service: an episode starts
+    when the controller's ``<controller>/home`` service has driven the arm home, and is the
+    steps stamped after the stamp its answer names (``stamp_ns=<ns>``); the driver's episode
+    counter is not used."""
+
+    def __init__(
+        self, node: Node, controller: str, wait_s: float, deploy_key: bytes | None = None
+    ) -> None:
+        super().__init__(node, controller, deploy_key)
+        node.destroy_client(self._reset)
+        self._reset = node.create_client(
+            Trigger, f"{controller}/{HOME_SERVICE}", qos_profile=SERVICE_QOS
+        )
+        self._wait_s = wait_s
+
+    def reset(self, timeout_s: float, check_cancel: CheckCancel) -> tuple[bool, str]:
+        """Calls the controller's home service (waiting up to ``homing_wait_s`` for it)."""
+        response = _call(self._reset, Trigger.Request(), max(timeout_s, self._wait_s), check_cancel)
+        return response.success, response.message
+
+
 def _call(client: Client, request: Any, timeout_s: float, check_cancel: CheckCancel) -> Any:
     """Calls a service from the worker thread, cancellably; a service that is missing (a driver
     or controller being restarted) or does not answer in ``timeout_s`` (it died with the
@@ -453,8 +502,13 @@ class AdaptationNode(ManagedNode):
                 "no deploy_key_file: policies are published unsigned (any publisher can deploy)"
             )
         self.joiner = StepJoiner(self.params["buffer_capacity"], self.status.drop)
+        robot = (
+            HomingRobot(self, controller, self.params["homing_wait_s"], deploy_key)
+            if self.params["reset_mode"] == "homing"
+            else ServiceRobot(self, controller, deploy_key)
+        )
         self.protocol = AdaptationProtocol(
-            robot=ServiceRobot(self, controller, deploy_key),
+            robot=robot,
             joiner=self.joiner,
             status=self.status,
             logger=self.get_logger(),
@@ -602,6 +656,13 @@ class AdaptationNode(ManagedNode):
         except (ValueError, RecursionError) as err:  # RecursionError: deep nesting
             self.status.drop("controller_status", f"invalid JSON: {type(err).__name__}: {err}")
             return
+        violation = data.get("envelope_violation") if isinstance(data, dict) else None
+        if isinstance(violation, dict):
+            stamp, reason = violation.get("stamp_ns"), violation.get("reason")
+            if isinstance(stamp, int) and not isinstance(stamp, bool) and isinstance(reason, str):
+                self.protocol.on_envelope_violation(stamp, reason[:500])
+            else:
+                self.status.drop("controller_status", "envelope_violation without stamp/reason")
         try:
             run_id, version = data["run_id"], data["policy_version"]
         except (KeyError, TypeError, IndexError):

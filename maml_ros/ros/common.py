@@ -8,7 +8,7 @@ import math
 import os
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -259,6 +259,15 @@ class ManagedNode(LifecycleNode):
         if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
             raise ValueError(self.configure_error or "configure failed")
         self.trigger_activate()
+
+
+class NextSpin:
+    """Awaitable that gives the executor back once (rclpy resumes the coroutine callback at its
+    next wake-up): a service callback that waits for another thread without holding the
+    executor awaits it in a loop."""
+
+    def __await__(self) -> Generator[None, None, None]:
+        yield
 
 
 def stamp_to_ns(stamp: Time) -> int:

@@ -21,6 +21,25 @@ Topic names are relative, so a namespace or a remapping moves them all.
   waiting for its physics thread) instead of holding the caller. A caller that makes many
   concurrent calls should use :data:`SERVICE_QOS` too: with Fast DDS every client of a service
   reads every response, and rmw's default depth (10) drops its own in a burst of more.
+- ``<controller>/home`` (std_srvs/Trigger, the controller, :data:`SERVICE_QOS`): a reset that
+  needs no driver support (the adaptation node's ``reset_mode: homing``). From the next joint
+  state on, the controller's tick commands a P-law on the joint positions towards its home pose
+  (``home_pose``, by default the robot description's), clamped to ``max_velocity``, instead of
+  the policy; it answers ``success: true`` with ``message`` ending ``stamp_ns=<stamp>``, the
+  stamp of the joint state found within ``homing_tolerance`` of home (answered with zero
+  velocities), once home is reached, or ``success: false`` with the reason after
+  ``homing_timeout_s`` (or at once: ``"busy"`` while homing, or not active). The policy
+  commands again from the state after that stamp, so an episode of ``reset_mode: homing`` is
+  the ``horizon`` steps stamped after it (the driver's episode counter, ``vector.z``, does not
+  change without a reset and is not used then).
+- **Safety envelope** (the controller): every joint state is checked against the robot's
+  joint position limits moved ``envelope_margin`` inwards, intersected with the joint-space box
+  ``envelope_lower`` .. ``envelope_upper`` (a joint-space envelope: the numpy runtime has no
+  forward kinematics for a Cartesian one). A state outside it is answered with zero velocities
+  and no ``actions`` echo, and so is every state after it until homing succeeds or a state is
+  back inside (a driver's reset); ``~/status`` says ``envelope_violation: {"stamp_ns",
+  "reason"}`` (null when inside) and counts ``envelope_violations``. The adaptation node
+  discards a rollout during which the envelope was left (counted, with the reason).
 
 Conventions:
 - A *stamp* is the ``header.stamp`` of the joint state a message belongs to. The controller
@@ -121,6 +140,8 @@ STATUS_TOPIC = "~/status"
 DEFAULT_CONTROLLER = "arm_controller"
 RESET_SERVICE = "reset"
 EXPLORATION_SERVICE = "set_exploration"
+HOME_SERVICE = "home"
+"""``<controller>/home`` (std_srvs/Trigger): the controller drives the arm to its home pose."""
 ACTION_EXPLORING = "explore"
 """``header.frame_id`` of an ``actions`` message whose action had exploration noise."""
 ACTION_DETERMINISTIC = "mean"

@@ -55,15 +55,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, UInt8MultiArray
-from std_srvs.srv import SetBool
+from std_srvs.srv import SetBool, Trigger
 
 from maml_ros.ros.common import (
     AUTOSTART,
     ManagedNode,
+    NextSpin,
     NodeStatus,
     ParamSpec,
     ValidatedParameters,
@@ -81,6 +83,7 @@ from maml_ros.ros.interfaces import (
     COMMAND_QOS,
     DEFAULT_CONTROLLER,
     EXPLORATION_SERVICE,
+    HOME_SERVICE,
     JOINT_STATES_QOS,
     JOINT_STATES_TOPIC,
     LATCHED_QOS,
@@ -133,11 +136,45 @@ def _effective_joint_names(robot: str, joint_names: Any) -> list[str]:
     return list(get_robot(robot).joint_names) if names == DEFAULT_JOINT_NAMES else names
 
 
+def _robot_vector(robot: str, joint_names: list[str], field: str) -> np.ndarray | None:
+    """The robot description's per-joint ``field`` (home_pose, position_lower, ...) in the
+    order of ``joint_names``; None when those are not the robot's joints."""
+    spec = get_robot(robot)
+    values = dict(zip(spec.joint_names, getattr(spec, field), strict=True))
+    if set(joint_names) != set(values):
+        return None
+    return np.array([values[name] for name in joint_names], dtype=np.float64)
+
+
+@dataclass
+class _Homing:
+    """One call of the home service: the tick drives the arm to ``target`` until it is within
+    the tolerance or ``deadline`` (monotonic) passes, then sets ``result`` and ``done``."""
+
+    target: np.ndarray
+    deadline: float
+    done: threading.Event
+    result: tuple[bool, str] | None = None
+
+
 def _positive_finite_problem(name: str, value: Any) -> str | None:
     values = list(value)
     if not values or not all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in values):
         return f"{name} must be a non-empty list of finite positive numbers"
     return None
+
+
+def _finite_problem(name: str, value: Any) -> str | None:
+    values = list(value)
+    if not values or not all(isinstance(v, float) and math.isfinite(v) for v in values):
+        return f"{name} must be a non-empty list of finite numbers"
+    return None
+
+
+DEFAULT_HOME_POSE = [float(q) for q in get_robot(DEFAULT_ROBOT).home_pose]
+"""The default robot's home pose; left at this default, ``home_pose`` follows ``robot``."""
+PER_JOINT_PARAMS = ("max_velocity", "envelope_lower", "envelope_upper")
+"""Parameters holding one value for all joints or one per joint."""
 
 
 PARAMS = (
@@ -218,6 +255,49 @@ PARAMS = (
         read_only=True,
     ),
     ParamSpec(
+        "envelope_margin",
+        0.05,
+        "Safety envelope: this far (rad) inside the robot's joint position limits",
+        float_range=(0.0, 1.0),
+    ),
+    ParamSpec(
+        "envelope_lower",
+        [-100.0],
+        "Safety envelope: joint-space box lower bounds (rad; one for all joints or one per "
+        "joint), intersected with the joint limits",
+        validator=lambda v: _finite_problem("envelope_lower", v),
+    ),
+    ParamSpec(
+        "envelope_upper",
+        [100.0],
+        "Safety envelope: joint-space box upper bounds (rad; one for all joints or one per joint)",
+        validator=lambda v: _finite_problem("envelope_upper", v),
+    ),
+    ParamSpec(
+        "home_pose",
+        DEFAULT_HOME_POSE,
+        "Joint positions the home service drives to (rad; the default follows robot)",
+        validator=lambda v: _finite_problem("home_pose", v),
+    ),
+    ParamSpec(
+        "homing_gain",
+        2.0,
+        "Homing P gain (1/s): velocity = gain x (home - position), clamped to max_velocity",
+        float_range=(0.01, 100.0),
+    ),
+    ParamSpec(
+        "homing_tolerance",
+        0.02,
+        "Homing ends when every joint is this close to home (rad)",
+        float_range=(1e-4, 1.0),
+    ),
+    ParamSpec(
+        "homing_timeout_s",
+        10.0,
+        "Homing fails (zero velocities) when home is not reached within this long (s)",
+        float_range=(0.1, 600.0),
+    ),
+    ParamSpec(
         "realtime_priority",
         0,
         "SCHED_FIFO priority of the node's threads (0: normal scheduling); needs "
@@ -263,6 +343,13 @@ class PolicyControllerNode(ManagedNode):
         self._rng = np.random.default_rng(self.params["seed"])
         self._limits = np.empty(n)
         self._set_limits(self.params["max_velocity"])
+        self._envelope: tuple[np.ndarray, np.ndarray] = self._envelope_bounds()
+        self._violation: dict[str, Any] | None = None  # set by the tick, cleared by homing
+        self._violations = 0
+        self._homing: _Homing | None = None  # swapped by the home service, read by the tick
+        self._homings = 0
+        self._homing_failures = 0
+        self.status.set(envelope_violation=None, envelope_violations=0, homing=False)
         self._action = np.empty(n, dtype=np.float32)
         self._command = np.empty(n)
         self._zeros = np.zeros(n)
@@ -307,6 +394,14 @@ class PolicyControllerNode(ManagedNode):
             self._on_set_exploration,
             qos_profile=SERVICE_QOS,
         )
+        self._home_wake = self.create_guard_condition(lambda: None)
+        self.create_service(
+            Trigger,
+            f"{controller}/{HOME_SERVICE}",
+            self._on_home,
+            qos_profile=SERVICE_QOS,
+            callback_group=ReentrantCallbackGroup(),
+        )
         self.create_timer(
             WATCHDOG_PERIOD_S,
             self._watchdog,
@@ -338,6 +433,9 @@ class PolicyControllerNode(ManagedNode):
     def deactivate_node(self) -> None:
         """Stops commanding; holds position (zero velocities now, then at hold_rate_hz)."""
         self._commanding = False
+        homing = self._homing
+        if homing is not None:
+            self._end_homing(homing, False, "homing stopped: the controller was deactivated")
         self._holding = True
         self._last_hold = time.monotonic()
         self._commands_pub.publish(commands_to_msg(self._zeros, stamp=0))
@@ -357,17 +455,45 @@ class PolicyControllerNode(ManagedNode):
     # --- parameters -----------------------------------------------------------------------
 
     def _max_velocity_problem(self, name: str, value: Any) -> str | None:
-        """max_velocity has one value, or one per joint (joint_names is read-only)."""
-        if name != "max_velocity":
+        """max_velocity and the envelope bounds have one value, or one per joint; home_pose
+        one per joint (joint_names is read-only)."""
+        if name not in (*PER_JOINT_PARAMS, "home_pose"):
             return None
         n = len(
             _effective_joint_names(
                 self.get_parameter("robot").value, self.get_parameter("joint_names").value
             )
         )
+        if name == "home_pose":
+            if list(value) != DEFAULT_HOME_POSE and len(value) != n:
+                return f"home_pose must have {n} (joint count) values, got {len(value)}"
+            return None
         if len(value) not in (1, n):
-            return f"max_velocity must have 1 or {n} (joint count) values, got {len(value)}"
+            return f"{name} must have 1 or {n} (joint count) values, got {len(value)}"
         return None
+
+    def _envelope_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(lower, upper): the robot's joint limits moved ``envelope_margin`` inwards,
+        intersected with the ``envelope_lower`` / ``envelope_upper`` box."""
+        n = len(self.joint_names)
+        lower = np.broadcast_to(np.asarray(self.params["envelope_lower"], float), n).copy()
+        upper = np.broadcast_to(np.asarray(self.params["envelope_upper"], float), n).copy()
+        margin = self.params["envelope_margin"]
+        low_limit = _robot_vector(self.robot, self.joint_names, "position_lower")
+        high_limit = _robot_vector(self.robot, self.joint_names, "position_upper")
+        if low_limit is not None and high_limit is not None:
+            np.maximum(lower, low_limit + margin, out=lower)
+            np.minimum(upper, high_limit - margin, out=upper)
+        return lower, upper
+
+    def _home_target(self) -> np.ndarray:
+        """``home_pose``, or the robot description's home pose when left at the default."""
+        values = list(self.params["home_pose"])
+        if values == DEFAULT_HOME_POSE:
+            robot_home = _robot_vector(self.robot, self.joint_names, "home_pose")
+            if robot_home is not None:
+                return robot_home
+        return np.asarray(values, dtype=np.float64)
 
     def _set_limits(self, values: Any) -> None:
         self._limits[:] = np.asarray(values, dtype=np.float64)
@@ -377,6 +503,8 @@ class PolicyControllerNode(ManagedNode):
             self._set_limits(value)
         elif name == "seed":
             self._rng = np.random.default_rng(value)
+        elif name in ("envelope_margin", "envelope_lower", "envelope_upper"):
+            self._envelope = self._envelope_bounds()  # one reference swap
         self._update_status()
 
     # --- control: joint states in, commands out ------------------------------------------
@@ -395,8 +523,16 @@ class PolicyControllerNode(ManagedNode):
             self._stale = False
             self.get_logger().info("joint states resumed")
             self._update_status()
+        if not self._commanding:
+            return
+        homing = self._homing  # one reference read: the home service swaps it
+        if homing is not None:
+            self._home_tick(homing, positions, msg)
+            return
+        if self._outside_envelope(positions, stamp_ns, msg):
+            return
         active = self._active  # one reference read: the decoder swaps it, nobody locks it
-        if active is None or not self._commanding:
+        if active is None:
             return
         started = time.perf_counter_ns()
         explore = self.params["explore"]
@@ -413,6 +549,101 @@ class PolicyControllerNode(ManagedNode):
             action_to_msg(msg.header.stamp, self.joint_names, action, exploring=explore)
         )
         self._ticks += 1  # the status reads it when it publishes
+
+    def _outside_envelope(self, positions: np.ndarray, stamp_ns: int, msg: JointState) -> bool:
+        """True when the policy must not command now: this state left the safety envelope
+        (recorded, reported), or an earlier one did and the arm is not back inside. Either way
+        this state is answered with zero velocities (hold), and no action is echoed."""
+        lower, upper = self._envelope
+        outside = np.flatnonzero((positions < lower) | (positions > upper))
+        if outside.size == 0 and self._violation is None:
+            return False
+        if outside.size == 0:  # back inside (a driver reset): the policy commands again
+            self._violation = None
+            self.get_logger().info("back inside the safety envelope: commanding again")
+            self.status.set(envelope_violation=None)
+            self.status.publish()
+            return False
+        self._commands_pub.publish(commands_to_msg(self._zeros, stamp=msg.header.stamp))
+        if self._violation is None:
+            j = int(outside[0])
+            reason = (
+                f"joint {self.joint_names[j]} at {positions[j]:.4f} rad left the safety "
+                f"envelope [{lower[j]:.4f}, {upper[j]:.4f}]: holding (zero velocities) until "
+                "homing or a reset brings the arm back"
+            )
+            self._violation = {"stamp_ns": stamp_ns, "reason": reason}
+            self._violations += 1
+            self.status.set(
+                envelope_violation=self._violation, envelope_violations=self._violations
+            )
+            self.get_logger().error(reason)
+            self.status.publish()
+        return True
+
+    def _home_tick(self, homing: _Homing, positions: np.ndarray, msg: JointState) -> None:
+        """One step of homing: a P-law towards the target clamped to max_velocity, until within
+        ``homing_tolerance`` (success, the envelope violation cleared) or the deadline."""
+        np.subtract(homing.target, positions, out=self._command)
+        error = float(np.max(np.abs(self._command)))
+        stamp_ns = self._last_stamp_ns
+        if error <= self.params["homing_tolerance"]:
+            self._commands_pub.publish(commands_to_msg(self._zeros, stamp=msg.header.stamp))
+            if self._violation is not None:
+                self._violation = None
+                self.status.set(envelope_violation=None)
+            self._end_homing(homing, True, f"home reached at stamp_ns={stamp_ns}")
+            return
+        if time.monotonic() > homing.deadline:
+            self._commands_pub.publish(commands_to_msg(self._zeros, stamp=msg.header.stamp))
+            self._end_homing(
+                homing,
+                False,
+                f"homing timed out after {self.params['homing_timeout_s']} s, "
+                f"{error:.4f} rad from home (stamp_ns={stamp_ns})",
+            )
+            return
+        np.multiply(self._command, self.params["homing_gain"], out=self._command)
+        np.clip(self._command, -self._limits, self._limits, out=self._command)
+        self._commands_pub.publish(commands_to_msg(self._command, stamp=msg.header.stamp))
+
+    def _end_homing(self, homing: _Homing, ok: bool, message: str) -> None:
+        """Answers a home call (the waiting service callback reads ``result``)."""
+        if self._homing is homing:
+            self._homing = None
+        if homing.result is None:
+            homing.result = (ok, message)
+            if not ok:
+                self._homing_failures += 1
+            self.status.set(homing=False, homing_failures=self._homing_failures)
+            homing.done.set()
+            self._home_wake.trigger()
+
+    async def _on_home(
+        self, request: Trigger.Request, response: Trigger.Response
+    ) -> Trigger.Response:
+        """Drives the arm home (see :meth:`_home_tick`) and answers when it is there (the
+        message names the stamp of the state that reached it: ``stamp_ns=<ns>``) or why not;
+        never holds the executor. A call while homing is in progress is answered "busy"."""
+        if not self._commanding:
+            response.success, response.message = False, "not active (lifecycle): not homing"
+            return response
+        if self._homing is not None:
+            self.status.drop("home", "busy: homing is already in progress")
+            response.success, response.message = False, "busy"
+            return response
+        timeout = self.params["homing_timeout_s"]
+        homing = _Homing(self._home_target(), time.monotonic() + timeout, threading.Event())
+        self._homings += 1
+        self.status.set(homing=True, homings=self._homings)
+        self._homing = homing  # the tick takes it from the next joint state on
+        while not homing.done.is_set() and time.monotonic() < homing.deadline + 0.5:
+            await NextSpin()  # resumed at the executor's next wake-up (self._home_wake: at once)
+        if homing.result is None:  # no joint state came to end it
+            self._end_homing(homing, False, f"homing got no joint states for {timeout} s")
+        response.success, response.message = homing.result
+        self.status.publish()
+        return response
 
     def _check_stamp(self, stamp_ns: int) -> None:
         """Raises ValueError for a stamp too far from the node's clock or not after the previous

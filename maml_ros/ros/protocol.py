@@ -172,6 +172,12 @@ class StepJoiner:
             self._add(stamp_ns, "state", (positions, velocities))
 
     @property
+    def newest_state_ns(self) -> int | None:
+        """The stamp of the newest joint state buffered (None before the first)."""
+        with self._cond:
+            return self._newest_state_ns
+
+    @property
     def period_ns(self) -> int | None:
         """Control period: the median of the last :data:`PERIOD_WINDOW` stamp deltas within
         :data:`PERIOD_BOUNDS_NS` (None before the first)."""
@@ -324,6 +330,13 @@ def episode_from_reset_message(message: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def stamp_from_reset_message(message: str) -> int | None:
+    """The stamp a homing answer names ("... stamp_ns=123"): its episode is the steps stamped
+    after it (see ``<controller>/home`` in :mod:`maml_ros.ros.interfaces`); None if none."""
+    match = re.search(r"stamp_ns=(\d+)", message)
+    return int(match.group(1)) if match else None
+
+
 def episode_return(steps: Sequence[Step]) -> tuple[float, bool]:
     """(sum of rewards, success at any step) of one episode."""
     return float(sum(s.reward for s in steps)), any(s.success for s in steps)
@@ -456,7 +469,9 @@ class Robot(Protocol):
         ...
 
     def reset(self, timeout_s: float, check_cancel: CheckCancel) -> tuple[bool, str]:
-        """Starts a new episode; the message names its number ("... episode 3 ...")."""
+        """Starts a new episode; the message names its number ("... episode 3 ...") or, for a
+        robot without episode numbers (homing), the stamp after which it starts
+        ("... stamp_ns=<ns>")."""
         ...
 
     def set_exploration(
@@ -528,6 +543,9 @@ class AdaptationProtocol:
         self.cancellations = 0
         self.rollouts_discarded = 0
         self.exploration_mismatches = 0
+        self.envelope_discards = 0
+        self._violation: tuple[int, str] | None = None  # the controller's last envelope exit
+        self._discarded_for: int | None = None  # the stamp of the exit that discarded last
         self._next_version = 0
         self._accepting = False
         self._stopping = threading.Event()
@@ -607,6 +625,12 @@ class AdaptationProtocol:
         with self._active_cond:
             self._active_task = active
             self._active_cond.notify_all()
+
+    def on_envelope_violation(self, stamp_ns: int, reason: str) -> None:
+        """The controller reports that the joint state ``stamp_ns`` left its safety envelope
+        (it holds the arm): a rollout with steps from before that state up to it is
+        discarded."""
+        self._violation = (stamp_ns, reason)  # one reference swap: read by the worker
 
     def on_controller_ack(self, run_id: str, version: int) -> None:
         """The controller reports that it runs ``version`` of run ``run_id``."""
@@ -964,26 +988,32 @@ class AdaptationProtocol:
         whose action explored when ``explore`` is off (or the other way round) loses it."""
         self.joiner.clear()
         episode_before = self.joiner.last_episode
+        newest_before = self.joiner.newest_state_ns  # the new episode's states come after it
         ok, message = self.robot.reset(cfg["service_timeout_s"], self._check_cancel)
         if not ok:
             raise PartialRollout(f"reset failed: {message}")
         target = episode_from_reset_message(message)
+        since = stamp_from_reset_message(message)  # homing: the episode starts after it
+        # An envelope exit stamped after this belongs to this episode.
+        after_ns = since if since is not None else newest_before
         steps: list[Step] = []
         # Steps of the previous episode still in flight are skipped, for step_timeout_s at most.
         start_deadline = time.monotonic() + cfg["step_timeout_s"]
         while len(steps) < cfg["horizon"]:
-            step = self._next_step(cfg)
+            step = self._next_step(cfg, after_ns)
             if not steps:
-                stale = (
-                    step.episode != target
-                    if target is not None
-                    else episode_before is not None and step.episode == episode_before
-                )
+                if since is not None:
+                    stale = step.stamp_ns <= since
+                elif target is not None:
+                    stale = step.episode != target
+                else:
+                    stale = episode_before is not None and step.episode == episode_before
                 if stale:
                     if time.monotonic() > start_deadline:
                         raise PartialRollout(
-                            f"episode {target} never started after the reset "
-                            f"(still seeing episode {step.episode})"
+                            f"episode {target if since is None else f'after {since}'} never "
+                            f"started after the reset (still seeing episode {step.episode}, "
+                            f"stamp {step.stamp_ns})"
                         )
                     continue
             elif step.episode != steps[0].episode or step.generation != steps[0].generation:
@@ -1018,12 +1048,28 @@ class AdaptationProtocol:
             raise PartialRollout(problem)
         return steps
 
-    def _next_step(self, cfg: Mapping[str, Any]) -> Step:
-        """The next complete step taken under the confirmed task."""
+    def _check_envelope(self, after_ns: int | None) -> None:
+        """PartialRollout (counted in ``envelope_discards``) when the controller left its
+        safety envelope at a state stamped after ``after_ns`` (None: no check yet); each exit
+        discards one rollout."""
+        violation = self._violation
+        if violation is None or after_ns is None or violation[0] <= after_ns:
+            return
+        if violation[0] == self._discarded_for:
+            return  # that exit has discarded its rollout already
+        self._discarded_for = violation[0]
+        self.envelope_discards += 1
+        self.status.set(envelope_discards=self.envelope_discards)
+        raise PartialRollout(f"safety envelope left at stamp {violation[0]}: {violation[1]}")
+
+    def _next_step(self, cfg: Mapping[str, Any], after_ns: int | None = None) -> Step:
+        """The next complete step taken under the confirmed task; PartialRollout when the
+        controller reports a safety-envelope exit stamped after ``after_ns``."""
         deadline = time.monotonic() + cfg["step_timeout_s"]
         while True:
             self._check_cancel()
             self._check_task_unchanged()
+            self._check_envelope(after_ns)
             left = deadline - time.monotonic()
             if left <= 0:
                 starved = self.joiner.starvation(cfg["step_timeout_s"])

@@ -38,6 +38,9 @@ episode, with ``hold_after_episode`` on (default), the driver holds the arm stil
 commands ignored) and keeps publishing states and rewards until the next reset; nothing in the
 messages marks the end (learners count steps from the reset), only ``~/status`` shows
 ``episode_over``. With ``hold_after_episode`` off the commands keep being executed.
+With ``offer_reset`` off the driver has no ``reset`` service (a real arm under a plain
+velocity controller): the episode counter stays 0, commands are always executed, and the
+adaptation node's ``reset_mode: homing`` has the controller drive the arm home instead.
 """
 
 from __future__ import annotations
@@ -46,7 +49,6 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -60,7 +62,14 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 
-from maml_ros.ros.common import NodeStatus, ParamSpec, ValidatedParameters, ns_to_stamp, run_node
+from maml_ros.ros.common import (
+    NextSpin,
+    NodeStatus,
+    ParamSpec,
+    ValidatedParameters,
+    ns_to_stamp,
+    run_node,
+)
 from maml_ros.ros.convert import (
     TaskChange,
     active_task_to_msg,
@@ -151,6 +160,13 @@ PARAMS = [
         True,
         "After episode_steps steps, hold still (ignore commands) until the next reset",
     ),
+    ParamSpec(
+        "offer_reset",
+        True,
+        "Offer the reset service; false: a driver without one, like a real arm under a plain "
+        "velocity controller (episodes never end: hold_after_episode does not apply)",
+        read_only=True,
+    ),
     ParamSpec("publish_clock", False, "Publish rosgraph_msgs/Clock on /clock with the sim time"),
     ParamSpec(
         "initial_task",
@@ -190,14 +206,6 @@ class _Command:
     def answers(self, stamp_ns: int, seq_before: int) -> bool:
         """True when this command answers the state ``stamp_ns`` published at ``seq_before``."""
         return self.seq > seq_before and self.stamp_ns in (None, stamp_ns)
-
-
-class _NextSpin:
-    """Awaitable that gives the executor back once (rclpy resumes the task at its next
-    wake-up)."""
-
-    def __await__(self) -> Generator[None, None, None]:
-        yield
 
 
 @dataclass
@@ -267,13 +275,14 @@ class SimArmNode(Node):
         # The reset callback is a coroutine in a group of its own: while it waits for the
         # physics thread, the executor goes on (commands, and other reset calls: busy).
         self._wake = self.create_guard_condition(lambda: None)
-        self.create_service(
-            Trigger,
-            RESET_SERVICE,
-            self._on_reset,
-            qos_profile=SERVICE_QOS,
-            callback_group=ReentrantCallbackGroup(),
-        )
+        if self.params["offer_reset"]:
+            self.create_service(
+                Trigger,
+                RESET_SERVICE,
+                self._on_reset,
+                qos_profile=SERVICE_QOS,
+                callback_group=ReentrantCallbackGroup(),
+            )
         self._confirm_task(self._sim_ns + self._period_ns)
         self._update_status()
         self._worker = threading.Thread(target=self._run, name="sim_arm_physics", daemon=True)
@@ -337,7 +346,7 @@ class SimArmNode(Node):
             return response
         deadline = time.monotonic() + RESET_TIMEOUT_S
         while not reset.done.is_set() and time.monotonic() < deadline:
-            await _NextSpin()  # resumed at the executor's next wake-up (self._wake: at once)
+            await NextSpin()  # resumed at the executor's next wake-up (self._wake: at once)
         if not reset.done.is_set() or reset.episode < 0:
             response.success = False
             response.message = "reset timed out: the physics loop is not running"
@@ -407,7 +416,11 @@ class SimArmNode(Node):
         if clock_pub is not None:
             clock_pub.publish(Clock(clock=ns_to_stamp(stamp_ns)))
 
-        holding = self.params["hold_after_episode"] and self._step >= self.params["episode_steps"]
+        holding = (
+            self.params["offer_reset"]  # without a reset nothing would end the hold
+            and self.params["hold_after_episode"]
+            and self._step >= self.params["episode_steps"]
+        )
         action, answered = self._action_for_state(stamp_ns, seq_before, wait=not holding)
         if self._stop.is_set():
             return  # shutting down: do not execute a command nobody answered
