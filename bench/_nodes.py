@@ -53,6 +53,57 @@ def wait_for_nodes(
         time.sleep(poll_s)
 
 
+FAKE_DRIVER_NODES = ("policy_controller", "adaptation")
+
+
+def start_nodes_for_fake_driver(
+    group: NodeGroup,
+    pids: dict[str, int],
+    policy_path: Path,
+    rollouts: int,
+    rate_hz: float,
+    bad_every: int,
+    controller_params: dict[str, Any] | None = None,
+    ready_timeout_s: float = 60.0,
+    before_wait: Any = None,
+) -> FakeArmDriver:
+    """Starts the controller (exploring, on ``policy_path``) and an adaptation node (K =
+    ``rollouts``, 50-step episodes, one evaluation episode) into ``pids``, and returns this
+    process's :class:`FakeArmDriver` once both nodes are ready (``before_wait()`` first)."""
+    pids["policy_controller"] = group.start(
+        "policy_controller",
+        "policy_controller_node",
+        {"initial_policy": str(policy_path), "explore": True, **(controller_params or {})},
+    )
+    pids["adaptation"] = group.start(
+        "adaptation",
+        "adaptation_node",
+        {
+            "checkpoint": str(policy_path),
+            "device": "cpu",
+            "rollouts": rollouts,
+            "horizon": 50,
+            "eval_episodes": 1,
+            "step_timeout_s": 2.0,
+            "policy_ack_timeout_s": 1.0,
+        },
+    )
+    driver = FakeArmDriver(rate_hz, bad_every=bad_every, status_nodes=FAKE_DRIVER_NODES)
+    if before_wait is not None:
+        before_wait()
+    wait_for_nodes(
+        lambda: (
+            driver.status.get("policy_controller", {}).get("has_policy")
+            and driver.status.get("adaptation", {}).get("ready")
+        ),
+        ready_timeout_s,
+        group,
+        "both nodes ready",
+        poll_s=0.05,
+    )
+    return driver
+
+
 def peak_rss_mb(pid: int) -> float | None:
     """VmHWM (peak resident set) of a live process in MiB, None if it is gone."""
     return _proc_status_kb(pid, "VmHWM")

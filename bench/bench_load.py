@@ -41,7 +41,7 @@ from typing import Any
 
 from _common import emit_json, machine_info, shipped_bundle
 from _nodes import (
-    FakeArmDriver,
+    FAKE_DRIVER_NODES,
     NodeGroup,
     add_realtime_option,
     cpu_seconds,
@@ -49,14 +49,14 @@ from _nodes import (
     peak_rss_mb,
     rss_mb,
     run_driver_realtime,
-    wait_for_nodes,
+    start_nodes_for_fake_driver,
 )
 
 from maml_ros.rl.checkpoint import save_bundle
 from maml_ros.sim import sample_tasks
 
 FINAL_PHASES = ("done", "rolled_back", "failed", "cancelled")
-NODES = ("policy_controller", "adaptation")
+NODES = FAKE_DRIVER_NODES
 
 
 def run_load(
@@ -82,39 +82,15 @@ def run_load(
     rss_early: dict[str, float | None] = {}
     phases: list[str] = []
     try:
-        pids["policy_controller"] = group.start(
-            "policy_controller",
-            "policy_controller_node",
-            {
-                "initial_policy": str(policy_path),
-                "explore": True,
-                "realtime_priority": realtime_priority,
-            },
-        )
-        pids["adaptation"] = group.start(
-            "adaptation",
-            "adaptation_node",
-            {
-                "checkpoint": str(policy_path),
-                "device": "cpu",
-                "rollouts": rollouts,
-                "horizon": 50,
-                "eval_episodes": 1,
-                "step_timeout_s": 2.0,
-                "policy_ack_timeout_s": 1.0,
-            },
-        )
-        driver = FakeArmDriver(rate_hz, bad_every=bad_every, status_nodes=NODES)
-        run_driver_realtime(realtime_priority)
-        wait_for_nodes(
-            lambda: (
-                driver.status.get("policy_controller", {}).get("has_policy")
-                and driver.status.get("adaptation", {}).get("ready")
-            ),
-            60.0,
+        driver = start_nodes_for_fake_driver(
             group,
-            "both nodes ready",
-            poll_s=0.05,
+            pids,
+            policy_path,
+            rollouts,
+            rate_hz,
+            bad_every,
+            controller_params={"realtime_priority": realtime_priority},
+            before_wait=lambda: run_driver_realtime(realtime_priority),
         )
         tasks = sample_tasks("reach", 50, "test", seed=1)
         cpu_start = {name: cpu_seconds(pid) for name, pid in pids.items()}

@@ -26,13 +26,19 @@ from pathlib import Path
 from typing import Any
 
 from _common import emit_json, machine_info, shipped_bundle
-from _nodes import FakeArmDriver, NodeGroup, isolate_dds, rss_mb, wait_for_nodes
+from _nodes import (
+    FAKE_DRIVER_NODES,
+    NodeGroup,
+    isolate_dds,
+    rss_mb,
+    start_nodes_for_fake_driver,
+)
 
 from maml_ros.rl.checkpoint import save_bundle
 from maml_ros.ros.convert import task_id_of
 from maml_ros.sim import sample_tasks
 
-NODES = ("policy_controller", "adaptation")
+NODES = FAKE_DRIVER_NODES
 FINAL_PHASES = ("done", "rolled_back", "failed", "cancelled")
 
 
@@ -67,34 +73,8 @@ def run_soak(
     rss_start: dict[str, float | None] = {}
     seconds = minutes * 60.0
     try:
-        pids["policy_controller"] = group.start(
-            "policy_controller",
-            "policy_controller_node",
-            {"initial_policy": str(policy_path), "explore": True},
-        )
-        pids["adaptation"] = group.start(
-            "adaptation",
-            "adaptation_node",
-            {
-                "checkpoint": str(policy_path),
-                "device": "cpu",
-                "rollouts": rollouts,
-                "horizon": 50,
-                "eval_episodes": 1,
-                "step_timeout_s": 2.0,
-                "policy_ack_timeout_s": 1.0,
-            },
-        )
-        driver = FakeArmDriver(rate_hz, bad_every=bad_every, status_nodes=NODES)
-        wait_for_nodes(
-            lambda: (
-                driver.status.get("policy_controller", {}).get("has_policy")
-                and driver.status.get("adaptation", {}).get("ready")
-            ),
-            120.0,
-            group,
-            "both nodes ready",
-            poll_s=0.05,
+        driver = start_nodes_for_fake_driver(
+            group, pids, policy_path, rollouts, rate_hz, bad_every, ready_timeout_s=120.0
         )
         tasks = sample_tasks("reach", max(2, int(seconds / interval_s) + 2), "test", seed=3)
         driver.start(seconds)
