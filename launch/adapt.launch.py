@@ -1,8 +1,9 @@
 """Launch the simulated arm, the policy controller and the adaptation node in one namespace.
 
-    ros2 launch maml_ros adapt.launch.py [checkpoint:=...] [device:=cpu] [namespace:=arm1]
-        [use_sim_time:=true] [params_file:=...] [deploy_key_file:=...] [state_file:=...]
-        [resume:=true|false]
+    ros2 launch maml_ros adapt.launch.py [robot:=franka_panda] [checkpoint:=...] [device:=cpu]
+        [namespace:=arm1] [use_sim_time:=true] [params_file:=...] [deploy_key_file:=...]
+        [state_file:=...] [resume:=true|false] [reset_mode:=service|homing]
+        [offer_reset:=true|false]
 
 Then deliver a task change (``ros2 run maml_ros maml-ros-task reach --goal 0.5 0.1 0.4``) and
 watch ``adaptation/status``. The driver and the controller respawn when they crash; the
@@ -24,7 +25,12 @@ launch generates a fresh key for itself (32 random bytes, hex) in a private temp
 (mode 0700, the file 0600) and removes it at shutdown; ``deploy_key_file:=FILE`` uses yours
 (mode 600), ``deploy_key_file:=none`` pairs nothing (any publisher deploys; both nodes warn).
 ``state_file:=FILE`` makes the adaptation survive a restart (``resume:=false`` starts from the
-checkpoint instead).
+checkpoint instead). ``robot:=NAME`` sets all three nodes' robot description; the adaptation
+node then loads that robot's shipped ``models/<robot>_maml.safetensors`` (``arm_maml`` for the
+default kuka_iiwa) unless ``checkpoint:=`` names one, and exits with a clear error when none
+ships. ``reset_mode:=homing offer_reset:=false`` rehearses a real arm's driver, which has no
+``reset`` service: the controller drives the arm home between episodes. Every other parameter,
+the safety envelope included, comes from ``params_file``.
 Importing this file has no side effects: everything happens in generate_launch_description().
 """
 
@@ -117,7 +123,11 @@ def _nodes(context: LaunchContext) -> list:
         *node(
             "sim_arm_node",
             "sim_arm",
-            {"publish_clock": use_sim_time, **robot},
+            {
+                "publish_clock": use_sim_time,
+                "offer_reset": ParameterValue(LaunchConfiguration("offer_reset"), value_type=bool),
+                **robot,
+            },
             respawn=True,
             lifecycle=False,
         ),
@@ -130,6 +140,7 @@ def _nodes(context: LaunchContext) -> list:
                 "device": ParameterValue(LaunchConfiguration("device"), value_type=str),
                 "state_file": ParameterValue(LaunchConfiguration("state_file"), value_type=str),
                 "resume": ParameterValue(LaunchConfiguration("resume"), value_type=bool),
+                "reset_mode": ParameterValue(LaunchConfiguration("reset_mode"), value_type=str),
                 **paired,
                 **robot,
             },
@@ -146,14 +157,14 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument(
                 "checkpoint",
                 default_value="",
-                description="Policy checkpoint; empty = the shipped models/arm_maml.safetensors",
+                description="Policy checkpoint; empty = the robot's shipped model "
+                "(models/<robot>_maml.safetensors, arm_maml for kuka_iiwa)",
             ),
             DeclareLaunchArgument(
                 "robot",
                 default_value="kuka_iiwa",
                 choices=list(robot_names()),
-                description="Robot description of all three nodes (maml_ros.runtime.robots); "
-                "only kuka_iiwa has a shipped checkpoint",
+                description="Robot description of all three nodes (maml_ros.runtime.robots)",
             ),
             DeclareLaunchArgument(
                 "device",
@@ -186,6 +197,20 @@ def generate_launch_description() -> LaunchDescription:
                 default_value="true",
                 choices=["true", "false"],
                 description="With state_file: resume the saved policy or start from the checkpoint",
+            ),
+            DeclareLaunchArgument(
+                "reset_mode",
+                default_value="service",
+                choices=["service", "homing"],
+                description="How an episode starts: the driver's reset service, or homing "
+                "(the controller drives the arm home; no driver support needed)",
+            ),
+            DeclareLaunchArgument(
+                "offer_reset",
+                default_value="true",
+                choices=["true", "false"],
+                description="Whether the simulated driver offers a reset service "
+                "(false: like a real arm; use with reset_mode:=homing)",
             ),
             DeclareLaunchArgument(
                 "params_file",

@@ -44,6 +44,7 @@ def finish(proc: subprocess.Popen, timeout_s: float) -> tuple[int, str]:
     [
         (["checkpoint:=/nonexistent/policy.safetensors"], "cannot read checkpoint"),
         (["params_file:=/nonexistent/adapt.yaml"], "does not exist"),
+        (["robot:=xarm6"], "no trained policy ships for robot 'xarm6'"),
     ],
 )
 def test_a_launch_that_cannot_work_ends_non_zero_with_the_reason(arguments, reason) -> None:

@@ -49,8 +49,11 @@ def test_arguments_nodes_and_exit_handlers() -> None:
         "state_file",
         "resume",
         "robot",
+        "reset_mode",
+        "offer_reset",
     }
     assert set(declared["robot"].choices) == {"kuka_iiwa", "franka_panda", "xarm6"}
+    assert declared["reset_mode"].choices == ["service", "homing"]
     nodes = [a for a in actions if isinstance(a, LaunchNode)]
     assert sorted(n.node_executable for n in nodes) == [
         "adaptation_node",

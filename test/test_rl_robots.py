@@ -8,8 +8,10 @@ import yaml
 
 from maml_ros.rl.checkpoint import load_bundle
 from maml_ros.rl.config import ConfigError, config_from_dict
+from maml_ros.rl.evaluate import main as eval_main
 from maml_ros.rl.train import main
-from maml_ros.runtime.robots import get_robot
+from maml_ros.ros.demo import parse_args as demo_parse_args
+from maml_ros.runtime.robots import RobotSpecError, get_robot, shipped_model_name
 
 SMOKE = {
     "seed": 0,
@@ -50,3 +52,21 @@ def test_an_unknown_robot_is_a_config_error(tmp_path, capsys) -> None:
     config.write_text(yaml.safe_dump(SMOKE))
     assert main(["--config", str(config), "--out", str(tmp_path / "o"), "--robot", "r2d2"]) == 2
     assert "unknown robot 'r2d2'" in capsys.readouterr().err
+
+
+def test_each_robot_has_its_own_shipped_model_name() -> None:
+    assert shipped_model_name("kuka_iiwa") == "arm_maml.safetensors"  # its name from before
+    assert shipped_model_name("kuka_iiwa", "multitask") == "arm_multitask.safetensors"
+    assert shipped_model_name("xarm6") == "xarm6_maml.safetensors"
+    with pytest.raises(RobotSpecError, match="model kind"):
+        shipped_model_name("xarm6", "oracle")
+
+
+def test_a_robot_without_a_shipped_model_gets_a_clear_message(capsys) -> None:
+    assert eval_main(["--robot", "xarm6", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert "no trained policy ships for robot 'xarm6'" in err and "xarm6_maml" in err
+    assert "make train ROBOT=xarm6" in err
+    with pytest.raises(SystemExit) as exc:
+        demo_parse_args(["--robot", "xarm6"])
+    assert exc.value.code == 2 and "--checkpoint" in capsys.readouterr().err

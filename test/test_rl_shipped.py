@@ -1,11 +1,11 @@
 """The shipped checkpoints (models/) load, validate, and run on the arm."""
 
 import numpy as np
+import pytest
 import torch
 
 from maml_ros.rl.adapt import adapt_policy
 from maml_ros.rl.checkpoint import (
-    SHIPPED_MULTITASK_MODEL,
     bundle_from_bytes,
     bundle_to_bytes,
     find_shipped_model,
@@ -14,12 +14,25 @@ from maml_ros.rl.checkpoint import (
 from maml_ros.rl.config import config_from_dict
 from maml_ros.rl.pg import Rollouts
 from maml_ros.rl.policy import numpy_policy
-from maml_ros.sim import ACT_DIM, FAMILIES, OBS_DIM, ArmEnv, sample_tasks
+from maml_ros.runtime.robots import get_robot, policy_mismatch, shipped_model_name
+from maml_ros.sim import FAMILIES, ArmEnv, sample_tasks
+
+SHIPPED_ROBOTS = ("kuka_iiwa",)
+"""Every robot with a meta-trained policy and a multi-task baseline in models/."""
+
+shipped = pytest.mark.parametrize("robot", SHIPPED_ROBOTS)
 
 
-def test_shipped_meta_policy_loads_and_its_metadata_validates():
-    bundle = load_bundle(find_shipped_model())
-    assert (bundle.spec.obs_dim, bundle.spec.act_dim) == (OBS_DIM, ACT_DIM)
+def shipped_bundle(robot: str, kind: str = "maml"):
+    return load_bundle(find_shipped_model(shipped_model_name(robot, kind)))
+
+
+@shipped
+def test_shipped_meta_policy_loads_and_its_metadata_validates(robot):
+    bundle = shipped_bundle(robot)
+    joints = len(get_robot(robot).joint_names)
+    assert (bundle.spec.obs_dim, bundle.spec.act_dim) == (2 * joints, joints)
+    assert policy_mismatch(bundle.metadata, robot, get_robot(robot).joint_names) is None
     meta = bundle.metadata
     cfg = config_from_dict(meta["config"])
     assert cfg.env.name == "arm" and meta["algo"] == "promp"
@@ -33,18 +46,21 @@ def test_shipped_meta_policy_loads_and_its_metadata_validates():
     assert all(torch.equal(again.params[k], v) for k, v in bundle.params.items())
 
 
-def test_shipped_multitask_baseline_shares_the_normalisation():
-    meta = load_bundle(find_shipped_model())
-    multitask = load_bundle(find_shipped_model(SHIPPED_MULTITASK_MODEL))
+@shipped
+def test_shipped_multitask_baseline_shares_the_normalisation(robot):
+    meta = shipped_bundle(robot)
+    multitask = shipped_bundle(robot, "multitask")
     assert multitask.metadata["algo"] == "multitask"
     assert torch.equal(multitask.obs_mean, meta.obs_mean)
     assert torch.equal(multitask.obs_std, meta.obs_std)
 
 
-def test_shipped_policy_runs_and_adapts_on_the_arm():
-    bundle = load_bundle(find_shipped_model())
+@shipped
+def test_shipped_policy_runs_and_adapts_on_the_arm(robot):
+    bundle = shipped_bundle(robot)
+    obs_dim, act_dim = bundle.spec.obs_dim, bundle.spec.act_dim
     policy = numpy_policy(bundle)
-    env = ArmEnv(sample_tasks("reach", 1, "test", 0)[0], horizon=10)
+    env = ArmEnv(sample_tasks("reach", 1, "test", 0, robot=robot)[0], horizon=10, robot=robot)
     rng = np.random.default_rng(0)
     obs_l, act_l, rew_l = [], [], []
     try:
@@ -59,8 +75,8 @@ def test_shipped_policy_runs_and_adapts_on_the_arm():
     finally:
         env.close()
     rollouts = Rollouts.from_numpy(
-        np.reshape(obs_l, (2, 10, OBS_DIM)),
-        np.reshape(act_l, (2, 10, ACT_DIM)),
+        np.reshape(obs_l, (2, 10, obs_dim)),
+        np.reshape(act_l, (2, 10, act_dim)),
         np.reshape(rew_l, (2, 10)),
     )
     new, info = adapt_policy(bundle, rollouts)

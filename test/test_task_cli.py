@@ -44,6 +44,12 @@ def test_reach_dynamics_and_json_build_valid_tasks() -> None:
     task, args = parse(["--topic", "/arm1/task", "--wait-s", "1.5", "json", text])
     assert task.to_json() == text and args.topic == "/arm1/task" and args.wait_s == 1.5
 
+    # --robot sizes the joint vectors and goes into the task (before or after the subcommand).
+    task, _ = parse(["--robot", "xarm6", "dynamics", "--joint-gain", *["1"] * 5, "0.5"])
+    assert task.robot == "xarm6" and task.joint_gain == (1, 1, 1, 1, 1, 0.5)
+    task, _ = parse(["reach", "--goal", "0.45", "0.05", "0.4", "--robot", "franka_panda"])
+    assert task.robot == "franka_panda" and json.loads(task.to_json())["robot"] == "franka_panda"
+
     # The options also come after the subcommand, as the usage line shows them.
     task, args = parse(["reach", "--goal", "0.5", "0.1", "0.4", "--topic", "t", "--require", "a"])
     assert args.topic == "t" and args.require == ["a"] and args.wait_s == 10.0
@@ -58,7 +64,10 @@ def test_reach_dynamics_and_json_build_valid_tasks() -> None:
         (["reach"], "--goal"),
         (["dynamics"], "at least one"),
         (["dynamics", "--payload-kg", "-1"], "payload_kg"),
-        (["dynamics", "--joint-gain", "1", "1"], "--joint-gain"),
+        (["dynamics", "--joint-gain", "1", "1"], "joint_gain must have 7 values"),
+        (["--robot", "xarm6", "dynamics", "--joint-gain", *["1"] * 7], "must have 6 values"),
+        (["--robot", "ur5", "reach", "--goal", "0.5", "0.1", "0.4"], "invalid choice"),
+        (["--robot", "xarm6", "json", '{"family": "reach", "goal": [0.5, 0.1, 0.4]}'], "xarm6"),
         (["json", "{not json"], "JSON"),
         (["json", '{"family": "fly"}'], "family"),
         (["--wait-s", "0", "reach", "--goal", "0.5", "0.1", "0.4"], "wait-s"),
@@ -159,6 +168,18 @@ def test_a_refusal_fails_with_the_reason(capsys) -> None:
         nodes.close()
     err = capsys.readouterr().err
     assert f"{NAMESPACE}/adaptation refused" in err and "not ready" in err
+
+
+def test_a_task_for_another_robot_is_refused_by_the_inbox(capsys) -> None:
+    nodes = Receivers(["sim_arm", "adaptation"])  # their TaskInbox serves the default robot
+    try:
+        argv = ["--wait-s", "5", "--robot", "franka_panda", "reach", "--goal", "0.45", "0.05"]
+        assert main([*argv, "0.4", *REMAP]) == 1
+    finally:
+        nodes.close()
+    err = capsys.readouterr().err
+    assert f"{NAMESPACE}/sim_arm refused" in err and "robot 'franka_panda'" in err
+    assert not any(nodes.received.values()), "a task for another robot reached on_task"
 
 
 def test_no_subscriber_exits_1(capsys) -> None:

@@ -46,6 +46,7 @@ from maml_ros.runtime.reader import (
     policy_from_bytes,
     with_checksum,
 )
+from maml_ros.runtime.robots import DEFAULT_ROBOT, shipped_model_name
 
 
 @dataclass
@@ -368,11 +369,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     return path
 
 
-SHIPPED_MODEL = "arm_maml.safetensors"
-SHIPPED_MULTITASK_MODEL = "arm_multitask.safetensors"
-
-
-def find_shipped_model(name: str = SHIPPED_MODEL) -> Path:
+def find_shipped_model(name: str = shipped_model_name(DEFAULT_ROBOT)) -> Path:
     """Path of a shipped model: ``models/`` in the source tree, else the installed
     ``share/maml_ros/models``; raises FileNotFoundError naming both places."""
     repo_path = Path(__file__).resolve().parents[2] / "models" / name

@@ -44,7 +44,6 @@ import torch
 
 from maml_ros.rl.adapt import adapt_policy
 from maml_ros.rl.checkpoint import (
-    SHIPPED_MULTITASK_MODEL,
     CheckpointError,
     PolicyBundle,
     atomic_write_bytes,
@@ -64,6 +63,7 @@ from maml_ros.runtime.robots import (
     no_shipped_model_message,
     policy_mismatch,
     robot_names,
+    shipped_model_name,
 )
 from maml_ros.sim.task import TaskFamily, family_names, get_family
 
@@ -602,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
         "--robot",
         default=DEFAULT_ROBOT,
         choices=robot_names(),
-        help=f"robot description (only {DEFAULT_ROBOT} has a shipped model)",
+        help="robot description; its shipped models/<robot>_maml.safetensors unless --policy",
     )
     add_backend_arguments(parser)
     args = parser.parse_args(argv)
@@ -618,24 +618,25 @@ def main(argv: list[str] | None = None) -> int:
         if args.seeds < 1:
             parser.error("--seeds must be >= 1")
         cfg = dataclasses.replace(cfg, seeds=tuple(range(args.seeds)))
-    if args.robot != DEFAULT_ROBOT and not args.policy:
+    try:
+        shipped = None if args.policy else find_shipped_model(shipped_model_name(args.robot))
+    except FileNotFoundError:
         message = no_shipped_model_message(args.robot, "maml-ros-eval")
         print(f"{message} as --policy (EVAL_ARGS=--policy=...)", file=sys.stderr)
         return 2
     try:
-        meta = load_bundle(args.policy or find_shipped_model())
+        meta = load_bundle(args.policy or shipped)
         mismatch = policy_mismatch(meta.metadata, args.robot, get_robot(args.robot).joint_names)
         if args.env == "arm" and mismatch:
             raise CheckpointError(f"{args.policy or 'the shipped model'}: {mismatch} (--robot)")
         evaluated_families(meta, args.env)
         multitask = None
-        if args.robot != DEFAULT_ROBOT and not args.multitask:
-            pass  # no shipped baseline for this robot: skip fine-tuning
-        elif args.multitask:
+        if args.multitask:
             multitask = load_bundle(args.multitask)
         else:
             try:
-                multitask = load_bundle(find_shipped_model(SHIPPED_MULTITASK_MODEL))
+                name = shipped_model_name(args.robot, "multitask")
+                multitask = load_bundle(find_shipped_model(name))
             except FileNotFoundError:
                 print(
                     "maml-ros-eval: no multi-task baseline found; skipping fine-tuning",

@@ -70,7 +70,13 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import String, UInt8MultiArray
 from std_srvs.srv import SetBool, Trigger
 
-from maml_ros.rl.checkpoint import CheckpointError, PolicyBundle, load_bundle, read_regular_file
+from maml_ros.rl.checkpoint import (
+    CheckpointError,
+    PolicyBundle,
+    find_shipped_model,
+    load_bundle,
+    read_regular_file,
+)
 from maml_ros.ros.common import (
     AUTOSTART,
     ManagedNode,
@@ -114,7 +120,14 @@ from maml_ros.ros.protocol import (
 )
 from maml_ros.ros.tasks import TaskInbox
 from maml_ros.runtime import deploy_key_problem, read_deploy_key
-from maml_ros.runtime.robots import DEFAULT_ROBOT, get_robot, policy_mismatch, robot_problem
+from maml_ros.runtime.robots import (
+    DEFAULT_ROBOT,
+    get_robot,
+    no_shipped_model_message,
+    policy_mismatch,
+    robot_problem,
+    shipped_model_name,
+)
 
 JOINT_STATE_BUFFER_QOS = QoSProfile(
     depth=100,
@@ -124,8 +137,6 @@ JOINT_STATE_BUFFER_QOS = QoSProfile(
 )
 """The sensor-data profile of ``joint_states`` with a deeper local queue: a step whose state is
 lost cannot be used, so this node keeps up to 100 states while its process is descheduled."""
-SHIPPED_CHECKPOINT = "models/arm_maml.safetensors"
-"""Path of the meta-trained checkpoint inside share/maml_ros."""
 DEFAULT_JOINT_NAMES = list(get_robot(DEFAULT_ROBOT).joint_names)
 """The default robot's joints (the KUKA iiwa's); left at this default, ``joint_names`` follows
 the ``robot`` parameter."""
@@ -217,7 +228,8 @@ PARAMS = (
     ParamSpec(
         "checkpoint",
         "",
-        "Policy checkpoint (safetensors); '' = the shipped share/maml_ros/" + SHIPPED_CHECKPOINT,
+        "Policy checkpoint (safetensors); '' = the robot's shipped share/maml_ros/models/"
+        "<robot>_maml.safetensors (kuka_iiwa: arm_maml.safetensors)",
         read_only=True,
     ),
     ParamSpec(
@@ -381,11 +393,13 @@ PARAMS = (
 )
 
 
-def shipped_checkpoint() -> Path:
-    """The meta-trained checkpoint installed with the package."""
-    from ament_index_python.packages import get_package_share_directory
-
-    return Path(get_package_share_directory("maml_ros")) / SHIPPED_CHECKPOINT
+def shipped_checkpoint(robot: str) -> Path:
+    """The meta-trained checkpoint installed with the package for ``robot``; ValueError saying
+    how to train one when none ships."""
+    try:
+        return find_shipped_model(shipped_model_name(robot))
+    except FileNotFoundError as err:
+        raise ValueError(f"{no_shipped_model_message(robot, 'adaptation')} ({err})") from err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -521,7 +535,7 @@ class AdaptationNode(ManagedNode):
         self.create_subscription(JointState, actions_topic(controller), self._on_action, STREAM_QOS)
         self.create_subscription(Vector3Stamped, REWARD_TOPIC, self._on_reward, STREAM_QOS)
         self.create_subscription(String, ACTIVE_TASK_TOPIC, self._on_active_task, LATCHED_QOS)
-        self.task_inbox = TaskInbox(self, self.status, self.protocol.submit)
+        self.task_inbox = TaskInbox(self, self.status, self.protocol.submit, self.robot)
         self.create_subscription(
             String, self.params["controller_status_topic"], self._on_controller_status, LATCHED_QOS
         )
@@ -547,7 +561,7 @@ class AdaptationNode(ManagedNode):
         """Loads the checkpoint (it must fit the joints) and starts the worker's warm-up."""
         if self.protocol.meta_bundle is not None:
             return  # configured before (a cleanup keeps what was loaded)
-        path = self.params["checkpoint"] or str(shipped_checkpoint())
+        path = self.params["checkpoint"] or str(shipped_checkpoint(self.robot))
         max_bytes = self.params["policy_max_bytes"]
         try:
             bundle = load_bundle(path, max_bytes=max_bytes)

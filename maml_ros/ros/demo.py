@@ -37,7 +37,12 @@ from maml_ros.ros.convert import TaskChange
 from maml_ros.ros.interfaces import LATCHED_QOS
 from maml_ros.ros.tasks import DEFAULT_REQUIRED, TaskDelivery
 from maml_ros.runtime.deployment import create_deploy_key
-from maml_ros.runtime.robots import DEFAULT_ROBOT, no_shipped_model_message, robot_names
+from maml_ros.runtime.robots import (
+    DEFAULT_ROBOT,
+    no_shipped_model_message,
+    robot_names,
+    shipped_model_name,
+)
 from maml_ros.sim import TaskSpec, sample_tasks
 
 EXECUTABLES = ("sim_arm_node", "policy_controller_node", "adaptation_node")
@@ -59,11 +64,16 @@ def find_executable(name: str) -> str:
     raise DemoError(f"executable {name} not found (run `make setup` and `source tools/env.sh`)")
 
 
-def installed_config() -> Path:
-    """The installed config/adapt.yaml."""
+def installed_file(*parts: str) -> Path:
+    """A file of the installed share/maml_ros (``installed_file("config", "adapt.yaml")``)."""
     from ament_index_python.packages import get_package_share_directory
 
-    return Path(get_package_share_directory("maml_ros")) / "config" / "adapt.yaml"
+    return Path(get_package_share_directory("maml_ros"), *parts)
+
+
+def installed_config() -> Path:
+    """The installed config/adapt.yaml."""
+    return installed_file("config", "adapt.yaml")
 
 
 def demo_tasks(seed: int, robot: str = DEFAULT_ROBOT) -> list[TaskSpec]:
@@ -222,7 +232,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--robot",
         default=DEFAULT_ROBOT,
         choices=robot_names(),
-        help=f"robot description (only {DEFAULT_ROBOT} has a shipped checkpoint)",
+        help="robot description; its shipped models/<robot>_maml.safetensors unless --checkpoint",
     )
     parser.add_argument("--timeout-s", type=float, default=180.0, help="per adaptation")
     args = parser.parse_args(argv)
@@ -230,7 +240,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--real-time-factor must be >= 0 and --timeout-s > 0")
     if args.rollouts is not None and args.rollouts < 1:
         parser.error("--rollouts must be >= 1")
-    if args.robot != DEFAULT_ROBOT and not args.checkpoint:
+    shipped = installed_file("models", shipped_model_name(args.robot))
+    if not args.checkpoint and not shipped.is_file():
         parser.exit(2, no_shipped_model_message(args.robot, parser.prog) + " as --checkpoint\n")
     return args
 

@@ -271,7 +271,7 @@ class SimArmNode(Node):
             self._on_command,
             COMMAND_QOS,
         )
-        self.task_inbox = TaskInbox(self, self.status, self._on_task)
+        self.task_inbox = TaskInbox(self, self.status, self._on_task, self.params["robot"])
         # The reset callback is a coroutine in a group of its own: while it waits for the
         # physics thread, the executor goes on (commands, and other reset calls: busy).
         self._wake = self.create_guard_condition(lambda: None)

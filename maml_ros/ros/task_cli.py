@@ -2,12 +2,15 @@
 
     maml-ros-task reach --goal 0.5 0.1 0.4
     maml-ros-task dynamics --joint-gain 1 1 0.5 1 1 1 1 --payload-kg 1.0 [--goal X Y Z]
+    maml-ros-task --robot xarm6 dynamics --joint-gain 1 1 0.5 1 1 1
     maml-ros-task json '{"family": "reach", "goal": [0.5, 0.1, 0.4]}'
     maml-ros-task reach --goal 0.5 0.1 0.4 --wait-s 10 --require sim_arm adaptation
     maml-ros-task reach --goal 0.5 0.1 0.4 --ros-args -r __ns:=/robot1
 
-The options may come before or after the subcommand. The task is validated (``TaskSpec``)
-before any ROS start-up; invalid input is an argparse error (exit code 2). Then it gets a fresh
+The options may come before or after the subcommand. ``--robot`` (default ``kuka_iiwa``) names
+the arm the task is for: it sizes the joint vectors, bounds the goal, and the nodes refuse a
+task for another robot than theirs. The task is validated (``TaskSpec``) before any ROS
+start-up; invalid input is an argparse error (exit code 2). Then it gets a fresh
 id, waits until every ``--require``'d node (default: the driver ``sim_arm`` and the
 ``adaptation`` node, in this command's namespace) subscribes to the task topic, publishes the
 task, and repeats it until each of them has acknowledged it on ``task_ack``
@@ -28,7 +31,8 @@ from typing import Any
 from maml_ros.ros.convert import TaskChange
 from maml_ros.ros.interfaces import TASK_TOPIC
 from maml_ros.ros.tasks import DEFAULT_REQUIRED
-from maml_ros.sim import NUM_JOINTS, TaskSpec, TaskSpecError
+from maml_ros.runtime.robots import DEFAULT_ROBOT, robot_names
+from maml_ros.sim import TaskSpec, TaskSpecError
 
 
 def _common_options(parser: argparse.ArgumentParser, default: Any) -> None:
@@ -53,6 +57,12 @@ def _common_options(parser: argparse.ArgumentParser, default: Any) -> None:
         help="nodes that must acknowledge the task; relative names resolve in this command's "
         f"namespace (default: {' '.join(DEFAULT_REQUIRED)})",
     )
+    parser.add_argument(
+        "--robot",
+        default=default if default is argparse.SUPPRESS else DEFAULT_ROBOT,
+        choices=robot_names(),
+        help=f"the robot the task is for (default: {DEFAULT_ROBOT})",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a changed body (reach+dynamics when --goal is given too)",
     )
     dyn.add_argument("--goal", type=float, nargs=3, metavar=("X", "Y", "Z"))
-    vector = {"type": float, "nargs": NUM_JOINTS, "metavar": "V"}
+    vector = {"type": float, "nargs": "+", "metavar": "V"}  # one per joint of --robot
     dyn.add_argument("--joint-gain", **vector, help="actuator gain per joint (1 nominal, 0 dead)")
     dyn.add_argument("--joint-damping", **vector, help="joint damping per joint (N·m·s/rad)")
     dyn.add_argument("--payload-kg", type=float, help="payload at the end effector (kg)")
@@ -84,10 +94,14 @@ def _parser() -> argparse.ArgumentParser:
 def task_from_args(args: argparse.Namespace) -> TaskSpec:
     """The validated TaskSpec the parsed arguments describe; raises TaskSpecError."""
     if args.command == "json":
-        return TaskSpec.from_json(args.text)
+        task = TaskSpec.from_json(args.text)
+        if task.robot != args.robot:
+            raise TaskSpecError(f"the JSON task is for robot {task.robot!r}, not {args.robot!r}")
+        return task
     if args.command == "reach":
-        return TaskSpec.from_dict({"family": "reach", "goal": args.goal})
+        return TaskSpec.from_dict({"family": "reach", "goal": args.goal, "robot": args.robot})
     fields: dict[str, Any] = {
+        "robot": args.robot,
         "family": "dynamics" if args.goal is None else "reach+dynamics",
         "goal": args.goal,
         "joint_gain": args.joint_gain,
@@ -96,7 +110,7 @@ def task_from_args(args: argparse.Namespace) -> TaskSpec:
         "encoder_offset": args.encoder_offset,
     }
     fields = {k: v for k, v in fields.items() if v is not None}
-    if len(fields) == 1:
+    if len(fields) == 2:
         raise TaskSpecError(
             "dynamics needs at least one of --joint-gain, --joint-damping, --payload-kg, "
             "--encoder-offset, --goal"

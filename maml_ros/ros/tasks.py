@@ -20,6 +20,7 @@ from std_msgs.msg import String
 from maml_ros.ros.common import NodeStatus
 from maml_ros.ros.convert import TaskChange, task_ack_to_msg, task_from_msg, task_to_msg
 from maml_ros.ros.interfaces import TASK_ACK_QOS, TASK_ACK_TOPIC, TASK_QOS, TASK_TOPIC
+from maml_ros.runtime.robots import DEFAULT_ROBOT
 
 DEFAULT_REQUIRED = ("sim_arm", "adaptation")
 """The nodes of adapt.launch.py that read tasks: the driver and the adaptation node."""
@@ -29,15 +30,21 @@ REPEAT_PERIOD_S = 0.5
 
 class TaskInbox:
     """A node's ``task`` subscription: validates each message, acknowledges it on ``task_ack``
-    and hands valid task changes to ``on_task``; bad messages are refused, counted and dropped."""
+    and hands valid task changes to ``on_task``; bad messages, and tasks for another robot than
+    ``robot``, are refused, counted and dropped."""
 
     def __init__(
-        self, node: Node, status: NodeStatus, on_task: Callable[[TaskChange], str | None]
+        self,
+        node: Node,
+        status: NodeStatus,
+        on_task: Callable[[TaskChange], str | None],
+        robot: str = DEFAULT_ROBOT,
     ) -> None:
         """``on_task(change)`` returns None when it takes the task, else why it refuses it."""
         self._node = node
         self._status = status
         self._on_task = on_task
+        self._robot = robot
         self._ack_pub = node.create_publisher(String, TASK_ACK_TOPIC, TASK_ACK_QOS)
         node.create_subscription(String, TASK_TOPIC, self.receive, TASK_QOS)
 
@@ -49,7 +56,10 @@ class TaskInbox:
             self._status.drop("task", str(err))
             self._ack(None, str(err))
             return
-        reason = self._on_task(change)
+        if change.task.robot != self._robot:
+            reason = f"task is for robot {change.task.robot!r}, this node's is {self._robot!r}"
+        else:
+            reason = self._on_task(change)
         if reason is not None:
             self._status.drop("task", reason)
         self._ack(change.id, reason)

@@ -294,11 +294,19 @@ def policy_mismatch(
     return None
 
 
+def shipped_model_name(robot: str, kind: str = "maml") -> str:
+    """The file name under ``models/`` of ``robot``'s shipped ``kind`` model (``maml``: the
+    meta-trained policy; ``multitask``: the fine-tuning baseline): ``<robot>_<kind>.safetensors``,
+    ``arm_<kind>.safetensors`` for the default robot (its name from before robots had names)."""
+    if kind not in ("maml", "multitask"):
+        raise RobotSpecError(f"model kind must be 'maml' or 'multitask', got {kind!r}")
+    return f"{'arm' if robot == DEFAULT_ROBOT else robot}_{kind}.safetensors"
+
+
 def no_shipped_model_message(robot: str, prog: str) -> str:
-    """What ``prog`` says when asked for ``robot`` without a checkpoint: only the default robot
-    has a shipped model; how to train one."""
+    """What ``prog`` says when asked for ``robot`` without a shipped model: how to train one."""
     return (
-        f"{prog}: no trained policy ships for robot {robot!r} (only {DEFAULT_ROBOT} has one); "
-        f"train one with `make train ROBOT={robot}` (maml-ros-train --robot {robot}) and pass "
-        "its runs/train/policy_best.safetensors"
+        f"{prog}: no trained policy ships for robot {robot!r} (no models/"
+        f"{shipped_model_name(robot)}); train one with `make train ROBOT={robot}` "
+        f"(maml-ros-train --robot {robot}) and pass its runs/train/policy_best.safetensors"
     )
