@@ -65,7 +65,7 @@ lint: setup
 params: setup
 	$(ENV) python -m maml_ros.ros.params_doc --write
 
-# ROBOT= a maml_ros.runtime.robots name (default kuka_iiwa, the only one with a shipped model).
+# ROBOT= a maml_ros.runtime.robots name (default kuka_iiwa); its shipped models/<robot>_maml.safetensors unless a checkpoint is given.
 ROBOT ?= kuka_iiwa
 ROBOT_ARG := $(if $(filter-out kuka_iiwa,$(ROBOT)),--robot $(ROBOT))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,17 +17,15 @@ from maml_ros.runtime.robots import (
 )
 from maml_ros.sim import FAMILIES, ArmEnv, TaskSpec, TaskSpecError, sample_tasks, task_split
 
-# sha256 (first 16 hex) of float32 observations + float64 rewards of a seeded 20-step rollout,
-# recorded with the code before robots had descriptions (commit d58a3d3).
-IIWA_ROLLOUTS = {
-    "reach": "dff63d066a379f80",
-    "dynamics": "e61f9118cec18677",
-    "reach+dynamics": "0669c2ec659813f1",
-}
+IIWA_ROLLOUTS = Path(__file__).parent / "data" / "iiwa_rollouts_d58a3d3.npz"
+"""Observations and rewards of a seeded 20-step rollout per family, recorded with the code
+before robots had descriptions (commit d58a3d3). On the machine that recorded them the env
+matches them bit for bit; PyBullet's floating point differs slightly between CPUs (a first
+version of this test compared hashes and failed on another CPU model), hence the tolerance."""
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_default_robot_reproduces_the_iiwa_env_bit_for_bit(family: str) -> None:
+def test_default_robot_reproduces_the_iiwa_env(family: str) -> None:
     task = sample_tasks(family, 3, "test", seed=5)[2]
     env = ArmEnv(task)
     try:
@@ -40,8 +38,9 @@ def test_default_robot_reproduces_the_iiwa_env_bit_for_bit(family: str) -> None:
             rewards.append(r)
     finally:
         env.close()
-    data = np.asarray(observations, np.float32).tobytes() + np.asarray(rewards).tobytes()
-    assert hashlib.sha256(data).hexdigest()[:16] == IIWA_ROLLOUTS[family]
+    with np.load(IIWA_ROLLOUTS) as recorded:
+        np.testing.assert_allclose(observations, recorded[f"{family}_obs"], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(rewards, recorded[f"{family}_rew"], rtol=1e-4, atol=1e-5)
     assert "robot" not in task.to_dict()  # iiwa task messages are as before
 
 
