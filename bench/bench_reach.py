@@ -2,11 +2,14 @@
 
 For held-out reach goals: K exploration rollouts of the meta-policy, one inner step (the
 on-robot :func:`adapt_policy`), then one deterministic episode of the adapted policy, recording
-the end effector. The displacement from the home pose is split along the home-to-goal direction
-("along") and across it ("lateral"). A step that knows the goal's distance has an along/distance
-slope near 1; a step of fixed length has a slope near 0. The last printed line is JSON.
+the end effector (validation goals by default: this bench is a development tool, and choices
+made with it must not see the test split). The displacement from the home pose is split along
+the home-to-goal direction ("along") and across it ("lateral"). A step that knows the goal's
+distance has an along/distance slope near 1; a step of fixed length has a slope near 0. The
+last printed line is JSON.
 
     python bench/bench_reach.py [--checkpoint F] [--goals 60] [--k 20] [--seed 7]
+        [--split validation|test]
 """
 
 from __future__ import annotations
@@ -55,12 +58,15 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--split", default="validation", choices=["validation", "test"])
     args = parser.parse_args()
     if args.goals < 3 or args.k < 1:
         parser.error("need --goals >= 3 and --k >= 1")
 
     bundle, source = shipped_bundle(args.checkpoint)
-    tasks = make_task_source("arm", ["reach"], [1.0]).sample(args.goals, "test", args.seed, "reach")
+    tasks = make_task_source("arm", ["reach"], [1.0]).sample(
+        args.goals, args.split, args.seed, "reach"
+    )
     env = make_env("arm", min(100, args.goals * args.k), args.workers)
     try:  # the exploring episodes and the step of `make eval`'s post1
         evaluator = Evaluator(env, EvalConfig(k=args.k))
@@ -87,6 +93,7 @@ def main() -> None:
         **machine_info(),
         "checkpoint": source,
         "goals": args.goals,
+        "split": args.split,
         "k": args.k,
         "success_post1": float((closest < arm.success_threshold).mean()),
         "closest_cm_median": float(100 * np.median(closest)),

@@ -1,6 +1,7 @@
 """maml-ros-eval: statistics, and the protocol end to end on the toy point env."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -96,6 +97,32 @@ def test_cli_quick_run_on_the_toy_writes_json_and_plot(tmp_path, capsys):
     assert report["baseline_best_lr"] == {"scratch": 0.25, "finetune": 0.25}
     assert {"pre", "post1", "post3", "oracle"} <= set(report["tasks"][-1]["returns"])
     assert (out / "eval.png").stat().st_size > 0
+
+
+def test_baseline_lrs_are_chosen_on_validation_and_applied_once_to_the_split(tmp_path, monkeypatch):
+    from maml_ros.rl.envs import PointTaskSource
+
+    requested = []
+    sample = PointTaskSource.sample
+
+    def spy(self, n, split, seed, family=None):
+        requested.append(split)
+        return sample(self, n, split, seed, family)
+
+    monkeypatch.setattr(PointTaskSource, "sample", spy)
+    bundle = load_bundle(point_bundle(tmp_path))
+    cfg = replace(EvalConfig.quick(), baseline_lr_factors=(0.1, 1.0), workers=1)
+    run_eval(bundle, bundle, cfg, tmp_path / "eval", env_name="point")
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert requested == ["validation"] * 2 + ["test"] * 2  # reach, dynamics; lrs first
+    assert report["split"] == "test"
+    assert set(report["baseline_lr_grid_validation_return"]["scratch"]) == {"0.025", "0.25"}
+    for task in report["tasks"]:  # the test tasks see each baseline at its chosen lr only
+        assert [k for k in task["returns"] if k.startswith("scratch_lr")] == [
+            f"scratch_lr{report['baseline_best_lr']['scratch']:g}"
+        ]
+    with pytest.raises(ValueError, match="out of range"):
+        run_eval(bundle, bundle, replace(cfg, split="out_of_range"), tmp_path, "point")
 
 
 def test_cli_rejects_a_corrupt_policy(tmp_path, capsys):

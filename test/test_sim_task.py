@@ -115,6 +115,30 @@ def test_train_and_test_regions_are_disjoint(family):
         assert closest >= 2 * GOAL_MARGIN - 1e-9
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_validation_and_test_share_the_held_out_region_on_independent_streams(family):
+    validation = sample_tasks(family, 200, "validation", seed=0)
+    test = sample_tasks(family, 200, "test", seed=0)
+    assert {task_split(t) for t in validation} == {"test"}
+    assert not set(validation) & set(test)
+    assert not set(validation) & set(sample_tasks(family, 200, "test", seed=1))
+    assert sample_tasks(family, 5, "validation", 3) == sample_tasks(family, 5, "validation", 3)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_out_of_range_tasks_lie_beyond_the_training_ranges(family):
+    tasks = sample_tasks(family, 200, "out_of_range", seed=0)
+    assert {task_split(t) for t in tasks} == {"out_of_range"}
+    assert not {task_split(t) for t in sample_tasks(family, 200, "train", 0)} & {"out_of_range"}
+    if family != "dynamics":
+        half = 3 * 0.12 / 2
+        for t in tasks:
+            beyond = max(abs(v - c) for v, c in zip(t.goal, (0.55, 0.0, 0.45), strict=True))
+            assert half + 0.02 - 1e-9 <= beyond <= half + 0.06 + 1e-9
+    if family != "reach":
+        assert all(t.payload_kg > 3.0 and min(t.joint_damping) > 2.0 for t in tasks)
+
+
 def test_held_out_goals_span_a_30cm_cube_away_from_home():
     goals = [t.goal for t in sample_tasks("reach", 300, "test", seed=1)]
     assert min(math.dist(g, HOME_EE) for g in goals) >= MIN_GOAL_DISTANCE
@@ -135,7 +159,7 @@ def test_sampler_argument_errors():
     with pytest.raises(TaskSpecError, match="unknown family"):
         sample_tasks("swim", 1)
     with pytest.raises(ValueError, match="split"):
-        sample_tasks("reach", 1, "validation")
+        sample_tasks("reach", 1, "valid")
     with pytest.raises(ValueError, match="seed"):
         sample_tasks("reach", 1, "train", seed=-1)
     with pytest.raises(ValueError, match="n must"):

@@ -51,12 +51,17 @@ class BatchEnv(Protocol):
 
 
 class TaskSource(Protocol):
-    """Seeded task sampler with disjoint train and test splits."""
+    """Seeded task sampler with disjoint train, held-out (validation and test) and, where a
+    family has one, out-of-range splits (:data:`maml_ros.sim.task.SPLITS`)."""
 
     families: tuple[str, ...]
 
     def sample(self, n: int, split: str, seed: int, family: str | None = None) -> list[Any]:
         """``n`` tasks of ``family`` (None: the configured mixture) from ``split``."""
+        ...
+
+    def has_out_of_range(self, family: str) -> bool:
+        """Whether ``family`` has an ``out_of_range`` split."""
         ...
 
     def family_of(self, task: Any) -> str:
@@ -139,9 +144,10 @@ class PointTaskSource:
         self.family_weights = np.asarray(family_weights, dtype=np.float64)
 
     def sample(self, n: int, split: str, seed: int, family: str | None = None) -> list[PointTask]:
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        rng = np.random.default_rng(seed)
+        if split not in ("train", "validation", "test"):
+            raise ValueError(f"split must be 'train', 'validation' or 'test', got {split!r}")
+        rng = np.random.default_rng(seed if split != "validation" else [seed, 2])
+        split = "train" if split == "train" else "test"  # validation: the test region
         tasks = []
         for _ in range(n):
             fam = (
@@ -162,6 +168,9 @@ class PointTaskSource:
 
     def family_of(self, task: PointTask) -> str:
         return task.family
+
+    def has_out_of_range(self, family: str) -> bool:
+        return False
 
     def to_json(self, task: PointTask) -> str:
         return f'{{"family": "{task.family}", "goal": {list(task.goal)}, "gain": {task.gain}}}'
@@ -204,6 +213,11 @@ class ArmTaskSource:
 
     def family_of(self, task: Any) -> str:
         return task.family
+
+    def has_out_of_range(self, family: str) -> bool:
+        from maml_ros.sim.task import get_family
+
+        return get_family(family).sample_out_of_range is not None
 
     def to_json(self, task: Any) -> str:
         return task.to_json()

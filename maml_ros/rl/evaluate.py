@@ -1,6 +1,8 @@
 """``maml-ros-eval``: Meta-World-style few-shot evaluation of the shipped policy on held-out tasks.
 
-Per seed, held-out ("test" split) tasks of every task family the checkpoint was trained on
+Per seed, held-out tasks (``--split``: ``test`` by default, ``validation`` for every choice
+made while developing, ``out_of_range`` for tasks beyond the training ranges; see
+:data:`maml_ros.sim.task.SPLITS`) of every task family the checkpoint was trained on
 (its ``task_families`` metadata; the registry of :mod:`maml_ros.sim.task` says what each
 family reports); per task:
 
@@ -19,9 +21,9 @@ family reports); per task:
   pre and oracle closed by one step is ``{family}_gap_recovered``.
 
 Per family and stage the summary has ``{family}_{metric}_{stage}`` for the family's metrics.
-Baseline lrs are picked per baseline as the best on the tasks of the families with
-``baselines`` (built in: reach), on the evaluation tasks themselves (an optimistic choice for
-the baselines). 95% CIs are percentile bootstraps over tasks (all seeds
+Baseline lrs are picked per baseline as the best mean return on *validation* tasks of the
+families with ``baselines`` (built in: reach), the same number per seed as evaluated, and then
+applied once to the evaluated split. 95% CIs are percentile bootstraps over tasks (all seeds
 pooled). Writes ``eval.json`` and ``eval.png`` to ``--out``; the last printed line is JSON.
 """
 
@@ -67,6 +69,9 @@ from maml_ros.runtime.robots import (
 )
 from maml_ros.sim.task import TaskFamily, family_names, get_family
 
+EVAL_SPLITS = ("validation", "test", "out_of_range")
+"""What ``maml-ros-eval --split`` evaluates on (the baselines' lrs are chosen on validation)."""
+
 SUMMARY_KEYS = (
     "reach_success_pre",
     "reach_success_post1",
@@ -93,6 +98,7 @@ class EvalConfig:
     oracle_iterations: int = 25
     workers: int = 2
     bootstrap: int = 5000
+    split: str = "test"
 
     @classmethod
     def quick(cls) -> EvalConfig:
@@ -233,6 +239,19 @@ def oracle_return(
         env.close()
 
 
+def baseline_starts(meta: PolicyBundle, multitask: PolicyBundle | None, seed: int) -> dict:
+    """The baselines' starting policies: ``scratch`` (random init), ``finetune`` (multi-task)."""
+    starts = {"scratch": random_init_bundle(meta, seed)}
+    if multitask is not None:
+        starts["finetune"] = multitask
+    return starts
+
+
+def lr_grid(start: PolicyBundle, cfg: EvalConfig) -> list[float]:
+    """A baseline's lr grid: its own inner lr times ``cfg.baseline_lr_factors``."""
+    return [round(start.inner.lr * f, 12) for f in cfg.baseline_lr_factors]
+
+
 def evaluate_seed(
     evaluator: Evaluator,
     meta: PolicyBundle,
@@ -241,8 +260,13 @@ def evaluate_seed(
     families: list[str],
     task_json: list[str],
     seed: int,
+    baseline_lrs: dict[str, float] | None = None,
 ) -> tuple[list[TaskResult], dict[str, dict[float, list[float]]]]:
-    """The protocol on one seed's tasks; also per-lr baseline returns (for lr selection)."""
+    """The protocol on one seed's tasks; also per-lr baseline returns.
+
+    ``baseline_lrs`` None: the lr-selection pass (the baselines' whole lr grid, no MAML
+    stages); else the evaluation pass: MAML's stages and each baseline at its chosen lr.
+    """
     cfg = evaluator.cfg
     n = len(tasks)
     rng_seed = 1_000_003 * (seed + 1)
@@ -253,22 +277,26 @@ def evaluate_seed(
         returns[name] = batch.returns.mean(1).numpy()
         success[name] = batch.success.float().mean(1).numpy()
 
-    thetas = [meta] * n
-    record("pre", evaluator.evaluate(thetas, tasks, rng_seed + 1))
-    current = thetas
-    for step in range(1, 4):
-        explore = evaluator.run_episodes(current, tasks, cfg.k, rng_seed + 10 + step, explore=True)
-        current = evaluator.adapt_all(current, explore)
-        if step in (1, 3):
-            record(f"post{step}", evaluator.evaluate(current, tasks, rng_seed + 20 + step))
+    if baseline_lrs is not None:
+        thetas = [meta] * n
+        record("pre", evaluator.evaluate(thetas, tasks, rng_seed + 1))
+        current = thetas
+        for step in range(1, 4):
+            explore = evaluator.run_episodes(
+                current, tasks, cfg.k, rng_seed + 10 + step, explore=True
+            )
+            current = evaluator.adapt_all(current, explore)
+            if step in (1, 3):
+                record(f"post{step}", evaluator.evaluate(current, tasks, rng_seed + 20 + step))
     baselines: dict[str, dict[float, list[float]]] = {}
-    starts = {"scratch": random_init_bundle(meta, seed)}
-    if multitask is not None:
-        starts["finetune"] = multitask
-    for name, start in starts.items():
+    for name, start in baseline_starts(meta, multitask, seed).items():
         explore = evaluator.run_episodes([start] * n, tasks, cfg.k, rng_seed + 40, explore=True)
         baselines[name] = {}
-        for lr in (round(start.inner.lr * f, 12) for f in cfg.baseline_lr_factors):
+        if baseline_lrs is None:
+            lrs = lr_grid(start, cfg)
+        else:
+            lrs = [baseline_lrs[name]] if name in baseline_lrs else []
+        for lr in lrs:
             adapted = evaluator.adapt_all([_with_lr(start, lr)] * n, explore)
             batch = evaluator.evaluate(adapted, tasks, rng_seed + 50)
             baselines[name][lr] = batch.returns.mean(1).tolist()
@@ -500,12 +528,19 @@ def run_eval(
     per-task oracle's small PPO runs stay in-process).
     """
     t0 = time.monotonic()
+    if cfg.split not in EVAL_SPLITS:
+        raise ValueError(f"split must be one of {EVAL_SPLITS}, got {cfg.split!r}")
     out.mkdir(parents=True, exist_ok=True)
     families = evaluated_families(meta, env_name)
     task_source = make_task_source(env_name, families, [1.0] * len(families), robot)
     families = tuple(f for f in families if f in task_source.families)
+    if cfg.split == "out_of_range":
+        families = tuple(f for f in families if task_source.has_out_of_range(f))
     if not families:
-        raise ValueError(f"the {env_name!r} env samples none of the policy's task families")
+        raise ValueError(
+            f"the {env_name!r} env samples none of the policy's task families"
+            + (" out of range" if cfg.split == "out_of_range" else "")
+        )
     results: list[TaskResult] = []
     per_lr: dict[str, dict[float, list[float]]] = {}
     with ExitStack() as stack:
@@ -524,49 +559,71 @@ def run_eval(
             )
             stack.callback(env.close)
             groups.append((group, Evaluator(env, cfg)))
-        for seed in cfg.seeds:
-            for group, evaluator in groups:
-                tasks = []
-                for family in group:
-                    seed_f = 7919 * seed + 1 + family_names().index(family)
-                    tasks += task_source.sample(
-                        cfg.tasks_per_seed(family), "test", seed_f, family=family
-                    )
-                task_families = [task_source.family_of(t) for t in tasks]
-                seed_results, baselines = evaluate_seed(
-                    evaluator,
-                    meta,
-                    multitask,
-                    tasks,
-                    task_families,
-                    [task_source.to_json(t) for t in tasks],
-                    seed,
-                )
-                for name, by_lr in baselines.items():
-                    for lr, values in by_lr.items():
-                        per_lr.setdefault(name, {}).setdefault(lr, []).extend(
-                            v
-                            for v, fam in zip(values, task_families, strict=True)
-                            if get_family(fam).baselines
+
+        def task_sets(split: str):
+            """Per seed and eval batch: the evaluator and that seed's tasks of ``split``."""
+            for seed in cfg.seeds:
+                for group, evaluator in groups:
+                    tasks = []
+                    for family in group:
+                        seed_f = 7919 * seed + 1 + family_names().index(family)
+                        tasks += task_source.sample(
+                            cfg.tasks_per_seed(family), split, seed_f, family=family
                         )
-                for result, task in zip(seed_results, tasks, strict=True):
-                    for metric in get_family(result.family).extra_metrics:
-                        EXTRA_METRICS[metric].measure(
-                            result, meta, task, task_source, cfg, seed, env_name, robot
-                        )
-                results.extend(seed_results)
-            print(
-                f"maml-ros-eval: seed {seed} done ({time.monotonic() - t0:.0f} s)", file=sys.stderr
+                    yield seed, evaluator, tasks
+
+        with_baselines = any(get_family(f).baselines for f in families)
+        for seed, evaluator, tasks in task_sets("validation") if with_baselines else ():
+            task_families = [task_source.family_of(t) for t in tasks]
+            _, baselines = evaluate_seed(
+                evaluator, meta, multitask, tasks, task_families, [""] * len(tasks), seed
             )
-    best_lr = {
-        name: max(by_lr, key=lambda lr: float(np.mean(by_lr[lr]))) for name, by_lr in per_lr.items()
-    }
+            for name, by_lr in baselines.items():
+                for lr, values in by_lr.items():
+                    per_lr.setdefault(name, {}).setdefault(lr, []).extend(
+                        v
+                        for v, fam in zip(values, task_families, strict=True)
+                        if get_family(fam).baselines
+                    )
+        best_lr = {
+            name: max(by_lr, key=lambda lr: float(np.mean(by_lr[lr])))
+            for name, by_lr in per_lr.items()
+        }
+        print(
+            f"maml-ros-eval: baseline lrs {best_lr} ({time.monotonic() - t0:.0f} s)",
+            file=sys.stderr,
+        )
+        last_seed = None
+        for seed, evaluator, tasks in task_sets(cfg.split):
+            task_families = [task_source.family_of(t) for t in tasks]
+            seed_results, _ = evaluate_seed(
+                evaluator,
+                meta,
+                multitask,
+                tasks,
+                task_families,
+                [task_source.to_json(t) for t in tasks],
+                seed,
+                baseline_lrs=best_lr,
+            )
+            for result, task in zip(seed_results, tasks, strict=True):
+                for metric in get_family(result.family).extra_metrics:
+                    EXTRA_METRICS[metric].measure(
+                        result, meta, task, task_source, cfg, seed, env_name, robot
+                    )
+            results.extend(seed_results)
+            if seed != last_seed:
+                print(
+                    f"maml-ros-eval: seed {seed} ({time.monotonic() - t0:.0f} s)", file=sys.stderr
+                )
+                last_seed = seed
     summary = summarize(results, best_lr, cfg.bootstrap, families)
     report = {
         "summary": summary,
+        "split": cfg.split,
         "families": list(families),
         "baseline_best_lr": best_lr,
-        "baseline_lr_grid_reach_return": {
+        "baseline_lr_grid_validation_return": {
             name: {f"{lr:g}": float(np.mean(v)) for lr, v in by_lr.items()}
             for name, by_lr in per_lr.items()
         },
@@ -604,11 +661,18 @@ def main(argv: list[str] | None = None) -> int:
         choices=robot_names(),
         help="robot description; its shipped models/<robot>_maml.safetensors unless --policy",
     )
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=EVAL_SPLITS,
+        help="tasks to evaluate on (default test; validation for development choices)",
+    )
     add_backend_arguments(parser)
     args = parser.parse_args(argv)
     check_backend_arguments(parser, args)
     torch.set_num_threads(1)
     cfg = EvalConfig.quick() if args.quick else EvalConfig()
+    cfg = dataclasses.replace(cfg, split=args.split)
     for name, value in (("k", args.k), ("workers", args.workers)):
         if value is not None:
             if value < 1:
@@ -642,19 +706,19 @@ def main(argv: list[str] | None = None) -> int:
                     "maml-ros-eval: no multi-task baseline found; skipping fine-tuning",
                     file=sys.stderr,
                 )
+        summary = run_eval(
+            meta,
+            multitask,
+            cfg,
+            Path(args.out),
+            env_name=args.env,
+            robot=args.robot,
+            backend=args.backend,
+            ray_address=args.ray_address,
+        )
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"maml-ros-eval: {exc}", file=sys.stderr)
         return 2
-    summary = run_eval(
-        meta,
-        multitask,
-        cfg,
-        Path(args.out),
-        env_name=args.env,
-        robot=args.robot,
-        backend=args.backend,
-        ray_address=args.ray_address,
-    )
     line = {}
     for key in SUMMARY_KEYS:
         line[key] = summary.get(key)

@@ -13,9 +13,9 @@ joint of that robot and the goal must lie in its workspace. Families are plug-in
   is judged with the same reach reward as ``"reach"``.
 - ``"reach+dynamics"``: both at once.
 
-:func:`sample_tasks` draws seeded meta-train and held-out meta-test sets from disjoint regions
-(:func:`task_split` tells which region any task belongs to), so "held-out" is a property that
-a test can check, not a promise.
+:func:`sample_tasks` draws seeded train, validation, test and out-of-range sets (:data:`SPLITS`)
+from disjoint regions (:func:`task_split` tells which region any task belongs to), so
+"held-out" is a property that a test can check, not a promise.
 """
 
 from __future__ import annotations
@@ -85,6 +85,17 @@ PAYLOAD_BIN = 0.5
 """Payload bins (kg) of the dynamics train/test checkerboard (affected joint x payload bin)."""
 PAYLOAD_MARGIN = 0.02
 """Sampled payloads stay this far (kg) inside their bin."""
+
+SPLITS = ("train", "validation", "test", "out_of_range")
+"""What :func:`sample_tasks` draws from. ``train``: the training region. ``validation`` and
+``test``: the held-out region (interleaved with the training one: interpolation), on two
+independent random streams, so that choices made on validation never see a test task.
+``out_of_range``: just outside what training saw (extrapolation), for families that define it."""
+OUT_OF_RANGE_GOAL_BAND = (0.02, 0.06)
+"""Out-of-range reach goals lie this far (m) outside one face of the goal cube."""
+OUT_OF_RANGE_DAMPING = (2.0, 3.0)
+OUT_OF_RANGE_PAYLOAD = (3.0, 4.5)
+"""Out-of-range bodies: every joint's damping and the payload beyond the sampled ranges."""
 
 _FIELDS = (
     "family",
@@ -279,7 +290,11 @@ def goal_cell(goal: tuple[float, ...], robot: RobotSpec = KUKA_IIWA) -> tuple[in
 
 
 def goal_split(goal: tuple[float, ...], robot: RobotSpec = KUKA_IIWA) -> str | None:
-    """``"train"`` / ``"test"`` checkerboard region of a goal, None on a margin or outside."""
+    """``"train"`` / ``"test"`` checkerboard region of a goal, ``"out_of_range"`` outside the
+    goal cube, None on a margin."""
+    half = robot.goal_cube_cells * robot.goal_cell_size / 2
+    if any(abs(v - c) > half for v, c in zip(goal, robot.goal_cube_center, strict=True)):
+        return "out_of_range"
     cell = goal_cell(goal, robot)
     if cell is None:
         return None
@@ -287,7 +302,10 @@ def goal_split(goal: tuple[float, ...], robot: RobotSpec = KUKA_IIWA) -> str | N
 
 
 def dynamics_split(task: TaskSpec) -> str | None:
-    """Checkerboard over (weakest joint, payload bin); None for a nominal gain or on a margin."""
+    """Checkerboard over (weakest joint, payload bin); ``"out_of_range"`` when the payload or a
+    joint's damping is beyond the sampled ranges; None for a nominal gain or on a margin."""
+    if task.payload_kg > SAMPLE_PAYLOAD[1] or max(task.joint_damping) > SAMPLE_DAMPING[1]:
+        return "out_of_range"
     gains = task.joint_gain
     weakest = min(range(len(gains)), key=lambda j: gains[j])
     if gains[weakest] >= 1.0:
@@ -301,11 +319,13 @@ def dynamics_split(task: TaskSpec) -> str | None:
 
 
 def task_split(task: TaskSpec) -> str | None:
-    """Which region ``task`` belongs to: ``"train"``, ``"test"`` or None (neither).
+    """Which region ``task`` belongs to: ``"train"``, ``"test"`` (the held-out region, which
+    the validation and test splits share), ``"out_of_range"`` or None (none of them).
 
     The family's split rule decides. Built-in ones: reach goals on a 3x3x3 checkerboard of
-    goal cells (1 cm margins); dynamics on a checkerboard over (weakest joint, 0.5 kg payload
-    bin), 0.02 kg margins; ``"reach+dynamics"`` needs both parts in the same region.
+    goal cells (1 cm margins), out of range outside the cube; dynamics on a checkerboard over
+    (weakest joint, 0.5 kg payload bin), 0.02 kg margins, out of range beyond the sampled
+    payload or damping; ``"reach+dynamics"`` needs both parts in the same region.
     """
     return get_family(task.family).split(task, task.robot_spec)
 
@@ -313,7 +333,8 @@ def task_split(task: TaskSpec) -> str | None:
 def sample_goal(
     rng: np.random.Generator, split: str, robot: RobotSpec = KUKA_IIWA
 ) -> tuple[float, float, float]:
-    """A goal in a ``split`` cell of the robot's goal cube, away from its home position."""
+    """A goal in a ``split`` (``"train"`` or ``"test"``) cell of the robot's goal cube, away from
+    its home position."""
     parity = 0 if split == "train" else 1
     cells_per_axis = robot.goal_cube_cells
     cells = [
@@ -333,10 +354,41 @@ def sample_goal(
             return (float(goal[0]), float(goal[1]), float(goal[2]))
 
 
+def sample_goal_out_of_range(
+    rng: np.random.Generator, robot: RobotSpec = KUKA_IIWA
+) -> tuple[float, float, float]:
+    """A valid goal just outside one face of the robot's goal cube (``OUT_OF_RANGE_GOAL_BAND``)."""
+    half = robot.goal_cube_cells * robot.goal_cell_size / 2
+    center = np.array(robot.goal_cube_center)
+    for _ in range(10_000):  # rejection: faces outside the workspace or reach are redrawn
+        goal = center + rng.uniform(-half, half, size=3)
+        axis = rng.integers(3)
+        side = 1.0 if rng.random() < 0.5 else -1.0
+        goal[axis] = center[axis] + side * (half + rng.uniform(*OUT_OF_RANGE_GOAL_BAND))
+        if robot.goal_contains(tuple(goal)):
+            return (float(goal[0]), float(goal[1]), float(goal[2]))
+    raise RobotSpecError(f"{robot.name}: no valid goal just outside the goal cube")
+
+
+def sample_body_out_of_range(
+    rng: np.random.Generator, robot: RobotSpec = KUKA_IIWA
+) -> dict[str, Any]:
+    """A changed body as :func:`sample_body`'s, with every joint's damping and the payload
+    beyond the sampled ranges (``OUT_OF_RANGE_DAMPING``, ``OUT_OF_RANGE_PAYLOAD``)."""
+    body = sample_body(rng, "train", robot)
+    body["joint_damping"] = tuple(
+        float(d) for d in rng.uniform(*OUT_OF_RANGE_DAMPING, robot.num_joints)
+    )
+    low, high = OUT_OF_RANGE_PAYLOAD
+    body["payload_kg"] = float(rng.uniform(low + PAYLOAD_MARGIN, high))
+    return body
+
+
 def sample_body(
     rng: np.random.Generator, split: str, robot: RobotSpec = KUKA_IIWA
 ) -> dict[str, Any]:
-    """A changed body (one weak or dead joint, damping, payload, offsets) from ``split``."""
+    """A changed body (one weak or dead joint, damping, payload, offsets) from ``split``
+    (``"train"`` or ``"test"``)."""
     n = robot.num_joints
     parity = 0 if split == "train" else 1
     num_bins = round((SAMPLE_PAYLOAD[1] - SAMPLE_PAYLOAD[0]) / PAYLOAD_BIN)
@@ -360,26 +412,32 @@ def sample_body(
 def sample_tasks(
     family: str, n: int, split: str = "train", seed: int = 0, robot: str = DEFAULT_ROBOT
 ) -> list[TaskSpec]:
-    """``n`` seeded tasks of ``family`` for ``robot`` from the ``split`` ("train" or "test")
-    region.
+    """``n`` seeded tasks of ``family`` for ``robot`` from ``split`` (one of :data:`SPLITS`).
 
     The same (family, n, split, seed, robot) gives the same list; the first ``m`` tasks of a
-    larger draw equal a draw of ``m``. Train and test regions are disjoint (see
-    :func:`task_split`).
+    larger draw equal a draw of ``m``. The train, held-out (validation and test) and
+    out-of-range regions are disjoint (see :func:`task_split`); validation and test draw from
+    the held-out region on independent streams.
     """
     spec = get_family(family)
     description = task_robot(robot)
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if split == "out_of_range" and spec.sample_out_of_range is None:
+        raise ValueError(f"family {family!r} has no out_of_range split")
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be a non-negative int, got {n!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     family_index = family_names().index(family)
-    rng = np.random.default_rng([int(seed), family_index, 0 if split == "train" else 1])
+    stream = {"train": 0, "test": 1, "validation": 2, "out_of_range": 3}[split]
+    rng = np.random.default_rng([int(seed), family_index, stream])
     tasks = []
     for _ in range(n):
-        fields = spec.sample(rng, split, description)
+        if split == "out_of_range":
+            fields = spec.sample_out_of_range(rng, description)
+        else:
+            fields = spec.sample(rng, "train" if split == "train" else "test", description)
         tasks.append(TaskSpec(family=family, robot=description.name, **fields))
     return tasks
 
@@ -387,6 +445,7 @@ def sample_tasks(
 # --- task families as plug-ins -------------------------------------------------------------
 
 Sampler = Callable[[np.random.Generator, str, RobotSpec], dict[str, Any]]
+OutOfRangeSampler = Callable[[np.random.Generator, RobotSpec], dict[str, Any]]
 SplitRule = Callable[[TaskSpec, RobotSpec], "str | None"]
 Validator = Callable[[TaskSpec, RobotSpec], "str | None"]
 Applier = Callable[["ArmEnv", TaskSpec], None]
@@ -397,10 +456,12 @@ DEFAULT_METRICS = ("return", "success")
 
 @dataclass(frozen=True)
 class TaskFamily:
-    """One task family: ``sample(rng, split, robot)`` returns the TaskSpec fields of a task from
-    ``split``; ``split(task, robot)`` says which region a task is in (``"train"``, ``"test"``
-    or None; the two must be disjoint); ``problem(task, robot)`` says why a task is no valid
-    task of the family (or None); ``apply(env, task)``, when given, runs after
+    """One task family: ``sample(rng, region, robot)`` returns the TaskSpec fields of a task from
+    ``region`` (``"train"`` or ``"test"``, the held-out region the validation and test splits
+    share); ``sample_out_of_range(rng, robot)``, when given, one from beyond the training
+    ranges; ``split(task, robot)`` says which region a task is in (``"train"``, ``"test"``,
+    ``"out_of_range"`` or None; they must be disjoint); ``problem(task, robot)`` says why a
+    task is no valid task of the family (or None); ``apply(env, task)``, when given, runs after
     ``ArmEnv.set_task`` applied the generic fields.
 
     Evaluation (``rl/evaluate.py``) reads the rest: ``metrics`` are reported per stage as
@@ -421,6 +482,7 @@ class TaskFamily:
     extra_metrics: tuple[str, ...] = ()
     baselines: bool = False
     eval_batch: str = ""
+    sample_out_of_range: OutOfRangeSampler | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or any(c.isspace() for c in self.name):
@@ -428,8 +490,9 @@ class TaskFamily:
         for key in ("sample", "split", "problem"):
             if not callable(getattr(self, key)):
                 raise ValueError(f"family {self.name!r}: {key} must be callable")
-        if self.apply is not None and not callable(self.apply):
-            raise ValueError(f"family {self.name!r}: apply must be callable or None")
+        for key in ("apply", "sample_out_of_range"):
+            if getattr(self, key) is not None and not callable(getattr(self, key)):
+                raise ValueError(f"family {self.name!r}: {key} must be callable or None")
         if not self.metrics or not all(isinstance(m, str) and m for m in self.metrics):
             raise ValueError(f"family {self.name!r}: metrics must be non-empty strings")
         if not all(isinstance(m, str) and m for m in self.extra_metrics):
@@ -502,6 +565,7 @@ REACH = TaskFamily(
     name="reach",
     sample=lambda rng, split, robot: {"goal": sample_goal(rng, split, robot)},
     split=lambda task, robot: goal_split(task.goal, robot),
+    sample_out_of_range=lambda rng, robot: {"goal": sample_goal_out_of_range(rng, robot)},
     problem=_reach_problem,
     metrics=("success", "return"),  # the order of the shipped report's keys
     description="a hidden goal in the goal cube; nominal body",
@@ -512,6 +576,7 @@ DYNAMICS = TaskFamily(
     name="dynamics",
     sample=lambda rng, split, robot: sample_body(rng, split, robot),
     split=lambda task, robot: dynamics_split(task),
+    sample_out_of_range=sample_body_out_of_range,
     problem=_dynamics_problem,
     description="a changed body (weak or dead joint, damping, payload, encoder offsets); "
     "the robot's fixed default goal",
@@ -525,6 +590,10 @@ REACH_DYNAMICS = TaskFamily(
         **sample_body(rng, split, robot),
     },
     split=_both_split,
+    sample_out_of_range=lambda rng, robot: {
+        "goal": sample_goal_out_of_range(rng, robot),
+        **sample_body_out_of_range(rng, robot),
+    },
     description="both: a hidden goal and a changed body",
 )
 BUILTIN = ("reach", "dynamics", "reach+dynamics")
