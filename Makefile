@@ -75,8 +75,9 @@ demo: setup
 train: setup
 	$(ENV) maml-ros-train --config config/train.yaml --out runs/train $(ROBOT_ARG) $(TRAIN_ARGS)
 
+# The oracle returns it trains are kept in models/ (the repo's copy, committed) and reused.
 eval: setup
-	$(ENV) maml-ros-eval --out out/eval $(ROBOT_ARG) $(EVAL_ARGS)
+	$(ENV) maml-ros-eval --out out/eval $(ROBOT_ARG) --oracle-cache models/oracle_returns_$(ROBOT).json $(EVAL_ARGS)
 
 $(BENCHES): bench-%: setup
 	$(ENV) tools/isolated.sh python bench/bench_$*.py $(BENCH_ARGS)

@@ -44,7 +44,7 @@ def test_bootstrap_ci_brackets_the_mean_and_narrows_with_more_data():
 def result(family, pre, post1, post3, oracle=None, success=0.0):
     returns = {"pre": pre, "post1": post1, "post3": post3, "scratch_lr0.1": pre - 1}
     if oracle is not None:
-        returns["oracle"] = oracle
+        returns.update(oracle=oracle, oracle_iterations=120.0, oracle_plateaued=1.0)
     stages = ("pre", "post1", "post3", "scratch_lr0.1")
     return TaskResult(0, family, "{}", returns, dict.fromkeys(stages, success))
 
@@ -65,6 +65,10 @@ def test_summary_numbers_and_gap_recovered():
     assert summary["dynamics_gap_recovered"] == pytest.approx(0.5)
     lo, hi = summary["dynamics_gap_recovered_ci95"]
     assert lo <= 0.5 <= hi
+    # the oracle alone, never the adapted policy: post1 - oracle = -3, -3
+    assert summary["dynamics_return_post1_minus_oracle"] == -3
+    assert summary["dynamics_return_oracle"] == -9
+    assert summary["dynamics_oracle_plateaued"] == 2
 
 
 def point_bundle(tmp_path):
@@ -96,6 +100,17 @@ def test_cli_quick_run_on_the_toy_writes_json_and_plot(tmp_path, capsys):
     # the baselines' lr grid is their own inner lr times the factors (quick: 1.0 alone)
     assert report["baseline_best_lr"] == {"scratch": 0.25, "finetune": 0.25}
     assert {"pre", "post1", "post3", "oracle"} <= set(report["tasks"][-1]["returns"])
+    # the oracle trained (quick: 2 iterations, patience 1) is stored and reused
+    cache = json.loads((out / "oracle_returns.json").read_text())
+    assert len(cache["entries"]) == 1
+    (entry,) = cache["entries"].values()
+    assert entry["iterations"] == 2
+    assert report["tasks"][-1]["returns"]["oracle"] == entry["return"]
+    entry["return"] = 123.0  # a stored oracle is not trained again
+    (out / "oracle_returns.json").write_text(json.dumps(cache))
+    assert main([*args, "--out", str(out), "--workers", "1"]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert report["tasks"][-1]["returns"]["oracle"] == 123.0
     assert (out / "eval.png").stat().st_size > 0
 
 
@@ -123,6 +138,19 @@ def test_baseline_lrs_are_chosen_on_validation_and_applied_once_to_the_split(tmp
         ]
     with pytest.raises(ValueError, match="out of range"):
         run_eval(bundle, bundle, replace(cfg, split="out_of_range"), tmp_path, "point")
+
+
+@pytest.mark.parametrize(
+    "text", ["not json", '{"version": 2, "entries": {}}', '{"version": 1, "entries": {"k": 1}}']
+)
+def test_cli_rejects_a_corrupt_oracle_cache(tmp_path, capsys, text):
+    cache = tmp_path / "oracles.json"
+    cache.write_text(text)
+    policy = point_bundle(tmp_path)
+    args = ["--policy", str(policy), "--env", "point", "--quick", "--oracle-cache", str(cache)]
+    assert main([*args, "--out", str(tmp_path / "o")]) == 2
+    assert "maml-ros-eval" in capsys.readouterr().err
+    assert cache.read_text() == text  # nothing overwritten
 
 
 def test_cli_rejects_a_corrupt_policy(tmp_path, capsys):

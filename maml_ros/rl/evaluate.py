@@ -16,9 +16,15 @@ family reports); per task:
 - **scratch**: a random-init policy (same architecture and observation normalisation), K
   episodes, one plain PG step with the best lr of the same grid;
 - for families declaring the extra metric ``gap_recovered`` (built in: dynamics), an
-  **oracle**: the best of PPO trained on that task alone from theta (``oracle_iterations``
-  iterations of K episodes) and the adapted policies above; the fraction of the gap between
-  pre and oracle closed by one step is ``{family}_gap_recovered``.
+  independent **oracle**: PPO trained on that task alone from a random init (the same
+  architecture and observation normalisation, none of theta's weights), K episodes per
+  iteration, until its deterministic return plateaus (no gain above ``oracle_min_gain`` in
+  ``oracle_patience`` checks ``oracle_check_every`` iterations apart) or
+  ``oracle_max_iterations``; its best checked return is the oracle. Oracle returns are stored
+  per task, robot and budget in an oracle cache (``--oracle-cache``; the shipped
+  ``models/oracle_returns_<robot>.json``) and reused. ``{family}_gap_recovered`` is the fraction
+  of the gap between pre and that oracle closed by one step, and
+  ``{family}_return_post1_minus_oracle`` compares the adapted return with it directly.
 
 Per family and stage the summary has ``{family}_{metric}_{stage}`` for the family's metrics.
 Baseline lrs are picked per baseline as the best mean return on *validation* tasks of the
@@ -30,6 +36,7 @@ pooled). Writes ``eval.json`` and ``eval.png`` to ``--out``; the last printed li
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -59,6 +66,7 @@ from maml_ros.rl.policy import GaussianMLPPolicy
 from maml_ros.rl.sampling import RolloutBatch, sample_rollouts
 from maml_ros.rl.train import add_backend_arguments, check_backend_arguments
 from maml_ros.rl.trainer import MetaTrainer
+from maml_ros.runtime.reader import read_file_bytes
 from maml_ros.runtime.robots import (
     DEFAULT_ROBOT,
     get_robot,
@@ -95,7 +103,10 @@ class EvalConfig:
     n_dynamics: int = 3
     n_other: int = 3
     baseline_lr_factors: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
-    oracle_iterations: int = 25
+    oracle_max_iterations: int = 300
+    oracle_check_every: int = 20
+    oracle_patience: int = 3
+    oracle_min_gain: float = 0.05
     workers: int = 2
     bootstrap: int = 5000
     split: str = "test"
@@ -110,7 +121,9 @@ class EvalConfig:
             n_dynamics=1,
             n_other=1,
             baseline_lr_factors=(1.0,),
-            oracle_iterations=1,
+            oracle_max_iterations=2,
+            oracle_check_every=1,
+            oracle_patience=1,
             bootstrap=200,
         )
 
@@ -183,6 +196,15 @@ def random_init_bundle(meta: PolicyBundle, seed: int) -> PolicyBundle:
     return meta.replace(params=policy.params(), lrs=None, metadata={"kind": "scratch"})
 
 
+@dataclass(frozen=True)
+class OracleResult:
+    """An oracle's best checked return, the iterations it trained and whether it plateaued."""
+
+    ret: float
+    iterations: int
+    plateaued: bool
+
+
 def oracle_return(
     meta: PolicyBundle,
     task: Any,
@@ -191,8 +213,9 @@ def oracle_return(
     seed: int,
     env_name: str,
     robot: str = DEFAULT_ROBOT,
-) -> float:
-    """Eval return of PPO trained on ``task`` alone from theta (multi-task trainer, one task)."""
+) -> OracleResult:
+    """PPO trained on ``task`` alone from a random init (multi-task trainer, one task) until
+    its deterministic return plateaus; its best checked return."""
 
     class OneTask:
         families = (task.family,)
@@ -221,22 +244,78 @@ def oracle_return(
             "pg": meta.pg.to_dict(),
         }
     )
-    env = make_env(env_name, cfg.k, 1, robot=robot)
+    env = make_env(env_name, cfg.k, cfg.workers, robot=robot)
     try:
         trainer = MetaTrainer(train_cfg, env, OneTask())
         trainer.set_obs_normalization(meta.obs_mean, meta.obs_std)
+        start = random_init_bundle(meta, seed)
         with torch.no_grad():
             for name, value in trainer.params.items():
-                value.copy_(meta.params[name])
-        for _ in range(cfg.oracle_iterations):
-            trainer.step()
-        final = trainer.bundle()
-        batch = sample_rollouts(
-            env, trainer.policy, final.params, [task], cfg.k, seed, explore=False
-        )
-        return float(batch.returns.mean())
+                value.copy_(start.params[name])
+        best, since_best, iterations = -math.inf, 0, 0
+        while iterations < cfg.oracle_max_iterations and since_best < cfg.oracle_patience:
+            for _ in range(cfg.oracle_check_every):
+                trainer.step()
+            iterations += cfg.oracle_check_every
+            batch = sample_rollouts(
+                env, trainer.policy, trainer.bundle().params, [task], cfg.k, seed, explore=False
+            )
+            ret = float(batch.returns.mean())
+            since_best = 0 if ret > best + cfg.oracle_min_gain else since_best + 1
+            best = max(best, ret)
+        return OracleResult(best, iterations, since_best >= cfg.oracle_patience)
     finally:
         env.close()
+
+
+def oracle_cache_name(robot: str) -> str:
+    """The file name under ``models/`` of ``robot``'s stored oracle returns."""
+    return f"oracle_returns_{robot}.json"
+
+
+class OracleCache:
+    """Oracle returns by task, robot and budget, in a JSON file (read at start, rewritten
+    atomically after each new entry); a missing file is an empty cache."""
+
+    VERSION = 1
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.entries: dict[str, dict[str, Any]] = {}
+        if path is not None and path.is_file():
+            data = json.loads(read_file_bytes(path, 16 << 20))
+            if not isinstance(data, dict) or data.get("version") != self.VERSION:
+                raise ValueError(f"{path}: not an oracle cache of version {self.VERSION}")
+            entries = data.get("entries")
+            if not isinstance(entries, dict) or not all(
+                isinstance(e, dict) and isinstance(e.get("return"), (int, float))
+                for e in entries.values()
+            ):
+                raise ValueError(f"{path}: entries must map keys to {{'return': number, ...}}")
+            self.entries = entries
+
+    @staticmethod
+    def key(task_json: str, robot: str, env_name: str, cfg: EvalConfig) -> str:
+        budget = (cfg.k, cfg.oracle_max_iterations, cfg.oracle_check_every, cfg.oracle_patience)
+        return json.dumps([env_name, robot, task_json, budget, cfg.oracle_min_gain])
+
+    def get(self, key: str) -> OracleResult | None:
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        return OracleResult(
+            float(entry["return"]), int(entry["iterations"]), bool(entry["plateaued"])
+        )
+
+    def put(self, key: str, result: OracleResult) -> None:
+        self.entries[key] = {
+            "return": result.ret,
+            "iterations": result.iterations,
+            "plateaued": result.plateaued,
+        }
+        if self.path is not None:
+            text = json.dumps({"version": self.VERSION, "entries": self.entries}, indent=1)
+            atomic_write_bytes(self.path, (text + "\n").encode())
 
 
 def baseline_starts(meta: PolicyBundle, multitask: PolicyBundle | None, seed: int) -> dict:
@@ -354,18 +433,25 @@ class _Summary(dict):
 class ExtraMetric:
     """A measurement beyond the per-stage metrics, named by ``TaskFamily.extra_metrics``:
     ``measure`` adds entries to one task's result after the protocol ran (it gets the meta
-    policy, the task, the task source, the eval config, the seed, env name and robot);
+    policy, the task, the task source, the eval config, the seed, env name, robot and the
+    :class:`OracleCache`);
     ``summarize(family, results, summary)`` adds the family's summary keys."""
 
     measure: Callable[..., None]
     summarize: Callable[[str, list[TaskResult], _Summary], None]
 
 
-def _measure_oracle(result: TaskResult, meta, task, task_source, cfg, seed, env_name, robot):
-    trained = oracle_return(meta, task, task_source, cfg, seed, env_name, robot)
-    adapted = max(result.returns["post1"], result.returns["post3"], result.returns["pre"])
-    result.returns["oracle_ppo"] = trained
-    result.returns["oracle"] = max(trained, adapted)
+def _measure_oracle(
+    result: TaskResult, meta, task, task_source, cfg, seed, env_name, robot, oracles: OracleCache
+):
+    key = OracleCache.key(task_source.to_json(task), robot, env_name, cfg)
+    oracle = oracles.get(key)
+    if oracle is None:
+        oracle = oracle_return(meta, task, task_source, cfg, seed, env_name, robot)
+        oracles.put(key, oracle)
+    result.returns["oracle"] = oracle.ret
+    result.returns["oracle_iterations"] = oracle.iterations
+    result.returns["oracle_plateaued"] = float(oracle.plateaued)
 
 
 def _summarize_gap(family: str, results: list[TaskResult], summary: _Summary) -> None:
@@ -381,7 +467,12 @@ def _summarize_gap(family: str, results: list[TaskResult], summary: _Summary) ->
 
     summary[f"{family}_gap_recovered"] = gap(gains)
     summary[f"{family}_gap_recovered_ci95"] = list(bootstrap_ci(gains, gap, summary.n_boot))
-    summary[f"{family}_return_oracle"] = float(gains[:, 2].mean())
+    summary.put(f"{family}_return_oracle", list(gains[:, 2]))
+    summary.put(f"{family}_return_post1_minus_oracle", list(gains[:, 1] - gains[:, 2]))
+    summary[f"{family}_oracle_iterations_max"] = max(
+        int(r.returns["oracle_iterations"]) for r in results
+    )
+    summary[f"{family}_oracle_plateaued"] = sum(r.returns["oracle_plateaued"] for r in results)
 
 
 EXTRA_METRICS: dict[str, ExtraMetric] = {
@@ -521,8 +612,10 @@ def run_eval(
     robot: str = DEFAULT_ROBOT,
     backend: str = "local",
     ray_address: str | None = None,
+    oracle_cache: Path | None = None,
 ) -> dict[str, Any]:
-    """The whole protocol; writes eval.json and eval.png; returns the summary.
+    """The whole protocol; writes eval.json and eval.png; returns the summary (oracle returns
+    are read from and added to ``oracle_cache``, None: kept in memory).
 
     ``backend="ray"`` runs the episodes of all tasks in ``cfg.workers`` Ray actors (the
     per-task oracle's small PPO runs stay in-process).
@@ -543,6 +636,7 @@ def run_eval(
         )
     results: list[TaskResult] = []
     per_lr: dict[str, dict[float, list[float]]] = {}
+    oracles = OracleCache(oracle_cache)
     with ExitStack() as stack:
         groups = []
         for group in eval_batches(families):
@@ -609,7 +703,7 @@ def run_eval(
             for result, task in zip(seed_results, tasks, strict=True):
                 for metric in get_family(result.family).extra_metrics:
                     EXTRA_METRICS[metric].measure(
-                        result, meta, task, task_source, cfg, seed, env_name, robot
+                        result, meta, task, task_source, cfg, seed, env_name, robot, oracles
                     )
             results.extend(seed_results)
             if seed != last_seed:
@@ -662,6 +756,11 @@ def main(argv: list[str] | None = None) -> int:
         help="robot description; its shipped models/<robot>_maml.safetensors unless --policy",
     )
     parser.add_argument(
+        "--oracle-cache",
+        help="JSON file of oracle returns to reuse and extend (default: OUT/oracle_returns.json, "
+        "starting from the shipped models/oracle_returns_<robot>.json)",
+    )
+    parser.add_argument(
         "--split",
         default="test",
         choices=EVAL_SPLITS,
@@ -706,6 +805,14 @@ def main(argv: list[str] | None = None) -> int:
                     "maml-ros-eval: no multi-task baseline found; skipping fine-tuning",
                     file=sys.stderr,
                 )
+        oracle_cache = Path(args.oracle_cache) if args.oracle_cache else None
+        if oracle_cache is None:
+            oracle_cache = Path(args.out) / "oracle_returns.json"
+            oracle_cache.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                shipped_oracles = find_shipped_model(oracle_cache_name(args.robot))
+                if not oracle_cache.exists():
+                    atomic_write_bytes(oracle_cache, read_file_bytes(shipped_oracles, 16 << 20))
         summary = run_eval(
             meta,
             multitask,
@@ -715,6 +822,7 @@ def main(argv: list[str] | None = None) -> int:
             robot=args.robot,
             backend=args.backend,
             ray_address=args.ray_address,
+            oracle_cache=oracle_cache,
         )
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"maml-ros-eval: {exc}", file=sys.stderr)
