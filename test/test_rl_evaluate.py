@@ -42,10 +42,10 @@ def test_bootstrap_ci_brackets_the_mean_and_narrows_with_more_data():
 
 
 def result(family, pre, post1, post3, oracle=None, success=0.0):
-    returns = {"pre": pre, "post1": post1, "post3": post3, "scratch_lr0.1": pre - 1}
+    returns = {"pre": pre, "post1": post1, "post2": post3, "post3": post3, "scratch_lr0.1": pre - 1}
     if oracle is not None:
         returns.update(oracle=oracle, oracle_iterations=120.0, oracle_plateaued=1.0)
-    stages = ("pre", "post1", "post3", "scratch_lr0.1")
+    stages = ("pre", "post1", "post2", "post3", "scratch_lr0.1")
     return TaskResult(0, family, "{}", returns, dict.fromkeys(stages, success))
 
 
@@ -112,6 +112,13 @@ def test_cli_quick_run_on_the_toy_writes_json_and_plot(tmp_path, capsys):
     report = json.loads((out / "eval.json").read_text())
     assert report["tasks"][-1]["returns"]["oracle"] == 123.0
     assert (out / "eval.png").stat().st_size > 0
+    # curves: K (quick: 2 besides the protocol's 4) for MAML and the baselines, and steps
+    summary = report["summary"]
+    for key in ("reach_success_post1_k2", "finetune_success_post1_k2", "scratch_return_post1_k2"):
+        assert key in summary and len(summary[f"{key}_ci95"]) == 2
+    assert "reach_success_post1_k4" not in summary  # K = 4 is the protocol's own post1
+    assert {"reach_success_post2", "robust_return", "robust_success"} <= set(summary)
+    assert (out / "eval_curves.png").stat().st_size > 0
 
 
 def test_baseline_lrs_are_chosen_on_validation_and_applied_once_to_the_split(tmp_path, monkeypatch):

@@ -77,6 +77,11 @@ from maml_ros.runtime.robots import (
 )
 from maml_ros.sim.task import TaskFamily, family_names, get_family
 
+
+class EvalError(ValueError):
+    """An evaluation that cannot run as asked (a split, a family set, an oracle cache)."""
+
+
 EVAL_SPLITS = ("validation", "test", "out_of_range")
 """What ``maml-ros-eval --split`` evaluates on (the baselines' lrs are chosen on validation)."""
 
@@ -89,6 +94,8 @@ SUMMARY_KEYS = (
     "finetune_return_post1",
     "scratch_return_post1",
     "dynamics_gap_recovered",
+    "dynamics_return_post1_minus_oracle",
+    "robust_return",
 )
 
 
@@ -110,6 +117,7 @@ class EvalConfig:
     workers: int = 2
     bootstrap: int = 5000
     split: str = "test"
+    k_curve: tuple[int, ...] = (5, 10, 20, 40)
 
     @classmethod
     def quick(cls) -> EvalConfig:
@@ -124,6 +132,7 @@ class EvalConfig:
             oracle_max_iterations=2,
             oracle_check_every=1,
             oracle_patience=1,
+            k_curve=(2, 4),
             bootstrap=200,
         )
 
@@ -283,15 +292,18 @@ class OracleCache:
         self.path = path
         self.entries: dict[str, dict[str, Any]] = {}
         if path is not None and path.is_file():
-            data = json.loads(read_file_bytes(path, 16 << 20))
+            try:
+                data = json.loads(read_file_bytes(path, 16 << 20))
+            except ValueError as exc:  # CheckpointError (unreadable) or invalid JSON
+                raise EvalError(f"oracle cache {path}: {exc}") from exc
             if not isinstance(data, dict) or data.get("version") != self.VERSION:
-                raise ValueError(f"{path}: not an oracle cache of version {self.VERSION}")
+                raise EvalError(f"{path}: not an oracle cache of version {self.VERSION}")
             entries = data.get("entries")
             if not isinstance(entries, dict) or not all(
                 isinstance(e, dict) and isinstance(e.get("return"), (int, float))
                 for e in entries.values()
             ):
-                raise ValueError(f"{path}: entries must map keys to {{'return': number, ...}}")
+                raise EvalError(f"{path}: entries must map keys to {{'return': number, ...}}")
             self.entries = entries
 
     @staticmethod
@@ -356,6 +368,11 @@ def evaluate_seed(
         returns[name] = batch.returns.mean(1).numpy()
         success[name] = batch.success.float().mean(1).numpy()
 
+    def adapted_once(start: PolicyBundle, k: int, seed: int) -> list[PolicyBundle]:
+        explore = evaluator.run_episodes([start] * n, tasks, k, seed, explore=True)
+        return evaluator.adapt_all([start] * n, explore)
+
+    starts = baseline_starts(meta, multitask, seed)
     if baseline_lrs is not None:
         thetas = [meta] * n
         record("pre", evaluator.evaluate(thetas, tasks, rng_seed + 1))
@@ -365,10 +382,20 @@ def evaluate_seed(
                 current, tasks, cfg.k, rng_seed + 10 + step, explore=True
             )
             current = evaluator.adapt_all(current, explore)
-            if step in (1, 3):
-                record(f"post{step}", evaluator.evaluate(current, tasks, rng_seed + 20 + step))
+            record(f"post{step}", evaluator.evaluate(current, tasks, rng_seed + 20 + step))
+        if "finetune" in starts:  # the multi-task policy as it is: domain-randomised, no update
+            record("robust", evaluator.evaluate([starts["finetune"]] * n, tasks, rng_seed + 60))
+        for k in (k for k in cfg.k_curve if k != cfg.k):
+            adapted = adapted_once(meta, k, rng_seed + 100 + k)
+            record(f"post1_k{k}", evaluator.evaluate(adapted, tasks, rng_seed + 300 + k))
+            for name, start in starts.items():
+                if name in baseline_lrs:
+                    start = _with_lr(start, baseline_lrs[name])
+                    adapted = adapted_once(start, k, rng_seed + 200 + k)
+                    batch = evaluator.evaluate(adapted, tasks, rng_seed + 400 + k)
+                    record(f"{name}_k{k}", batch)
     baselines: dict[str, dict[float, list[float]]] = {}
-    for name, start in baseline_starts(meta, multitask, seed).items():
+    for name, start in starts.items():
         explore = evaluator.run_episodes([start] * n, tasks, cfg.k, rng_seed + 40, explore=True)
         baselines[name] = {}
         if baseline_lrs is None:
@@ -377,10 +404,8 @@ def evaluate_seed(
             lrs = [baseline_lrs[name]] if name in baseline_lrs else []
         for lr in lrs:
             adapted = evaluator.adapt_all([_with_lr(start, lr)] * n, explore)
-            batch = evaluator.evaluate(adapted, tasks, rng_seed + 50)
-            baselines[name][lr] = batch.returns.mean(1).tolist()
-            returns[f"{name}_lr{lr:g}"] = batch.returns.mean(1).numpy()
-            success[f"{name}_lr{lr:g}"] = batch.success.float().mean(1).numpy()
+            record(f"{name}_lr{lr:g}", evaluator.evaluate(adapted, tasks, rng_seed + 50))
+            baselines[name][lr] = returns[f"{name}_lr{lr:g}"].tolist()
     results = [
         TaskResult(
             seed=seed,
@@ -408,7 +433,7 @@ def bootstrap_ci(values: np.ndarray, stat, n_boot: int, seed: int = 0) -> tuple[
     return (float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5)))
 
 
-STAGES = ("pre", "post1", "post3")
+STAGES = ("pre", "post1", "post2", "post3")
 STAGE_METRICS: dict[str, Callable[[TaskResult, str], float]] = {
     "return": lambda r, stage: r.returns[stage],
     "success": lambda r, stage: r.success[stage],
@@ -498,6 +523,12 @@ def check_family(family: TaskFamily) -> TaskFamily:
     return family
 
 
+def curve_k_values(results: list[TaskResult]) -> list[int]:
+    """The extra K values of the K curve that every result has (``post1_k<K>`` stages)."""
+    ks = [{int(k[len("post1_k") :]) for k in r.returns if k.startswith("post1_k")} for r in results]
+    return sorted(set.intersection(*ks)) if ks else []
+
+
 def summarize(
     results: list[TaskResult],
     best_lr: dict[str, float],
@@ -510,8 +541,9 @@ def summarize(
     specs = [check_family(get_family(f)) for f in families]
     by_family = {f.name: [r for r in results if r.family == f.name] for f in specs}
     pool = [r for f in specs if f.baselines for r in by_family[f.name]]
+    curve_ks = curve_k_values(results)
     summary = _Summary(n_boot)
-    for stage in STAGES:
+    for stage in (*STAGES, *(f"post1_k{k}" for k in curve_ks)):
         for family in specs:
             for metric in family.metrics:
                 values = [STAGE_METRICS[metric](r, stage) for r in by_family[family.name]]
@@ -521,9 +553,15 @@ def summarize(
             key = f"{name}_lr{best_lr[name]:g}"
             summary.put(f"{name}_return_post1", [r.returns[key] for r in pool])
             summary.put(f"{name}_success_post1", [r.success[key] for r in pool])
+            for k in curve_ks:
+                summary.put(f"{name}_return_post1_k{k}", [r.returns[f"{name}_k{k}"] for r in pool])
+                summary.put(f"{name}_success_post1_k{k}", [r.success[f"{name}_k{k}"] for r in pool])
         else:
             summary[f"{name}_return_post1"] = None
             summary[f"{name}_return_post1_ci95"] = [None, None]
+    if pool and all("robust" in r.returns for r in pool):
+        summary.put("robust_return", [r.returns["robust"] for r in pool])
+        summary.put("robust_success", [r.success["robust"] for r in pool])
     for family in specs:
         for metric in family.extra_metrics:
             EXTRA_METRICS[metric].summarize(family.name, by_family[family.name], summary)
@@ -553,7 +591,7 @@ def plot(summary: dict[str, Any], path: Path, families: Sequence[str] = ()) -> N
 
     names = list(families or LEGACY_FAMILIES)
     fig, axes = plt.subplots(1, 1 + len(names), figsize=(4.3 * (1 + len(names)), 4), squeeze=False)
-    stages, labels = list(STAGES), ["pre", "1 step", "3 steps"]
+    stages, labels = list(STAGES), ["pre", "1 step", "2 steps", "3 steps"]
     success = [f"{n}_success_{s}" for n in names for s in stages if f"{n}_success_{s}" in summary]
     bars(axes[0][0], success, [k.replace("_success_", " ") for k in success], "success (held-out)")
     axes[0][0].set_ylim(0, 1.05)
@@ -567,6 +605,72 @@ def plot(summary: dict[str, Any], path: Path, families: Sequence[str] = ()) -> N
             gap = summary[f"{name}_gap_recovered"]
             title = f"{name} return (gap recovered {math.nan if gap is None else gap:.2f})"
         bars(ax, keys, names_, title)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def plot_curves(
+    summary: dict[str, Any], path: Path, k: int, k_curve: Sequence[int], family: str = "reach"
+) -> None:
+    """``family``'s success against K (one step; MAML and the baselines) and against inner
+    steps (K fixed), 95% CI bands."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def series(key_of) -> tuple[list[float], list[float], list[float]]:
+        means, lows, highs = [], [], []
+        for x in xs:
+            value = summary.get(key_of(x))
+            ci = summary.get(f"{key_of(x)}_ci95") or [None, None]
+            ok = value is not None and None not in ci
+            means.append(value if ok else math.nan)
+            lows.append(ci[0] if ok else math.nan)
+            highs.append(ci[1] if ok else math.nan)
+        return means, lows, highs
+
+    fig, (by_k, by_steps) = plt.subplots(1, 2, figsize=(10, 4))
+    xs = sorted({*k_curve, k})
+
+    def at_k(prefix: str):
+        return lambda x: prefix + ("" if x == k else f"_k{x}")
+
+    lines = {
+        "MAML (meta-trained θ)": at_k(f"{family}_success_post1"),
+        "fine-tune multi-task": at_k("finetune_success_post1"),
+        "scratch": at_k("scratch_success_post1"),
+    }
+    for label, key_of in lines.items():
+        means, lows, highs = series(key_of)
+        if all(math.isnan(m) for m in means):
+            continue
+        by_k.plot(xs, means, marker="o", label=label)
+        by_k.fill_between(xs, lows, highs, alpha=0.2)
+    for label, key in (("multi-task, no update", "robust_success"), ("θ, no update", None)):
+        value = summary.get(key or f"{family}_success_pre")
+        if value is not None:
+            by_k.axhline(value, linestyle="--", linewidth=1, color="grey", label=label)
+    by_k.set(xscale="log", xlabel="K adaptation rollouts (one step)", ylabel=f"{family} success")
+    by_k.set_xticks(xs, [str(x) for x in xs])
+    by_k.set_ylim(-0.02, 1.02)
+    by_k.legend(fontsize=8)
+    xs = [0, 1, 2, 3]
+    means, lows, highs = series(lambda x: f"{family}_success_" + ("pre" if x == 0 else f"post{x}"))
+    by_steps.errorbar(
+        xs,
+        means,
+        yerr=[np.subtract(means, lows), np.subtract(highs, means)],
+        marker="o",
+        capsize=4,
+    )
+    by_steps.set(xlabel=f"inner steps (K = {k} fresh rollouts each)", ylabel=f"{family} success")
+    by_steps.set_xticks(xs)
+    by_steps.set_ylim(-0.02, 1.02)
+    fig.suptitle(f"{family}, held-out tasks, 95% CIs")
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=90)
@@ -622,7 +726,7 @@ def run_eval(
     """
     t0 = time.monotonic()
     if cfg.split not in EVAL_SPLITS:
-        raise ValueError(f"split must be one of {EVAL_SPLITS}, got {cfg.split!r}")
+        raise EvalError(f"split must be one of {EVAL_SPLITS}, got {cfg.split!r}")
     out.mkdir(parents=True, exist_ok=True)
     families = evaluated_families(meta, env_name)
     task_source = make_task_source(env_name, families, [1.0] * len(families), robot)
@@ -630,7 +734,7 @@ def run_eval(
     if cfg.split == "out_of_range":
         families = tuple(f for f in families if task_source.has_out_of_range(f))
     if not families:
-        raise ValueError(
+        raise EvalError(
             f"the {env_name!r} env samples none of the policy's task families"
             + (" out of range" if cfg.split == "out_of_range" else "")
         )
@@ -731,6 +835,8 @@ def run_eval(
         out / "eval.json", (json.dumps(report, indent=1, default=float) + "\n").encode()
     )
     plot(summary, out / "eval.png", families)
+    if "reach" in families and cfg.k_curve:
+        plot_curves(summary, out / "eval_curves.png", cfg.k, cfg.k_curve)
     return summary
 
 
@@ -761,6 +867,10 @@ def main(argv: list[str] | None = None) -> int:
         "starting from the shipped models/oracle_returns_<robot>.json)",
     )
     parser.add_argument(
+        "--k-curve",
+        help="comma-separated extra K values of the K curve (default 5,10,20,40; '' for none)",
+    )
+    parser.add_argument(
         "--split",
         default="test",
         choices=EVAL_SPLITS,
@@ -772,6 +882,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     cfg = EvalConfig.quick() if args.quick else EvalConfig()
     cfg = dataclasses.replace(cfg, split=args.split)
+    if args.k_curve is not None:
+        try:
+            k_curve = tuple(int(v) for v in args.k_curve.split(",") if v.strip())
+        except ValueError:
+            parser.error(f"--k-curve must be comma-separated integers, got {args.k_curve!r}")
+        if any(v < 1 for v in k_curve):
+            parser.error("--k-curve values must be >= 1")
+        cfg = dataclasses.replace(cfg, k_curve=k_curve)
     for name, value in (("k", args.k), ("workers", args.workers)):
         if value is not None:
             if value < 1:
@@ -813,6 +931,10 @@ def main(argv: list[str] | None = None) -> int:
                 shipped_oracles = find_shipped_model(oracle_cache_name(args.robot))
                 if not oracle_cache.exists():
                     atomic_write_bytes(oracle_cache, read_file_bytes(shipped_oracles, 16 << 20))
+    except (CheckpointError, FileNotFoundError, ValueError) as exc:
+        print(f"maml-ros-eval: {exc}", file=sys.stderr)
+        return 2
+    try:
         summary = run_eval(
             meta,
             multitask,
@@ -824,7 +946,7 @@ def main(argv: list[str] | None = None) -> int:
             ray_address=args.ray_address,
             oracle_cache=oracle_cache,
         )
-    except (CheckpointError, FileNotFoundError, ValueError) as exc:
+    except (CheckpointError, FileNotFoundError, EvalError) as exc:
         print(f"maml-ros-eval: {exc}", file=sys.stderr)
         return 2
     line = {}
