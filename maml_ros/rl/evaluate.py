@@ -110,9 +110,9 @@ class EvalConfig:
     n_dynamics: int = 3
     n_other: int = 3
     baseline_lr_factors: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
-    oracle_max_iterations: int = 300
-    oracle_check_every: int = 20
-    oracle_patience: int = 3
+    oracle_max_iterations: int = 100
+    oracle_check_every: int = 10
+    oracle_patience: int = 2
     oracle_min_gain: float = 0.05
     workers: int = 2
     bootstrap: int = 5000
