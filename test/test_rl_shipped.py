@@ -17,7 +17,7 @@ from maml_ros.rl.policy import numpy_policy
 from maml_ros.runtime.robots import get_robot, policy_mismatch, shipped_model_name
 from maml_ros.sim import FAMILIES, ArmEnv, sample_tasks
 
-SHIPPED_ROBOTS = ("kuka_iiwa",)
+SHIPPED_ROBOTS = ("kuka_iiwa", "franka_panda")
 """Every robot with a meta-trained policy and a multi-task baseline in models/."""
 
 shipped = pytest.mark.parametrize("robot", SHIPPED_ROBOTS)
