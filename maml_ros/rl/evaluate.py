@@ -650,12 +650,16 @@ def plot_curves(
             continue
         by_k.plot(xs, means, marker="o", label=label)
         by_k.fill_between(xs, lows, highs, alpha=0.2)
-    for label, key in (("multi-task, no update", "robust_success"), ("θ, no update", None)):
-        value = summary.get(key or f"{family}_success_pre")
-        if value is not None:
-            by_k.axhline(value, linestyle="--", linewidth=1, color="grey", label=label)
+    flat = (
+        ("multi-task, no update (robust)", "robust_success", "tab:red"),
+        ("θ, no update", f"{family}_success_pre", "grey"),
+    )
+    for label, key, color in flat:
+        if summary.get(key) is not None:
+            by_k.axhline(summary[key], linestyle="--", linewidth=1, color=color, label=label)
     by_k.set(xscale="log", xlabel="K adaptation rollouts (one step)", ylabel=f"{family} success")
     by_k.set_xticks(xs, [str(x) for x in xs])
+    by_k.minorticks_off()
     by_k.set_ylim(-0.02, 1.02)
     by_k.legend(fontsize=8)
     xs = [0, 1, 2, 3]
