@@ -127,7 +127,7 @@ class RobotSpec:
         object.__setattr__(self, "dead_joint_candidates", tuple(self.dead_joint_candidates))
         if set(self.fixed_joints) & set(names):
             raise RobotSpecError(f"{self.name}: a fixed joint cannot also be an arm joint")
-        half = self.goal_cube_cells * self.goal_cell_size / 2
+        half = self.goal_cube_half
         for i in range(3):
             lo, hi = self.goal_cube_center[i] - half, self.goal_cube_center[i] + half
             if not self.workspace_low[i] <= lo < hi <= self.workspace_high[i]:
@@ -140,6 +140,11 @@ class RobotSpec:
             raise RobotSpecError(f"{self.name}: the goal cube is not within max_reach")
         if not self.goal_contains(self.default_goal):
             raise RobotSpecError(f"{self.name}: default_goal is not a valid goal")
+
+    @property
+    def goal_cube_half(self) -> float:
+        """Half the goal cube's edge (m): its faces lie this far from ``goal_cube_center``."""
+        return self.goal_cube_cells * self.goal_cell_size / 2
 
     @property
     def num_joints(self) -> int:

@@ -275,7 +275,7 @@ def nominal_task(robot: str = DEFAULT_ROBOT) -> TaskSpec:
 def goal_cell(goal: tuple[float, ...], robot: RobotSpec = KUKA_IIWA) -> tuple[int, ...] | None:
     """Index of the goal cell holding ``goal`` (None outside the cube or within the margin)."""
     size, margin = robot.goal_cell_size, robot.goal_margin
-    half = robot.goal_cube_cells * size / 2
+    half = robot.goal_cube_half
     cell = []
     for v, c in zip(goal, robot.goal_cube_center, strict=True):
         u = (v - (c - half)) / size
@@ -292,7 +292,7 @@ def goal_cell(goal: tuple[float, ...], robot: RobotSpec = KUKA_IIWA) -> tuple[in
 def goal_split(goal: tuple[float, ...], robot: RobotSpec = KUKA_IIWA) -> str | None:
     """``"train"`` / ``"test"`` checkerboard region of a goal, ``"out_of_range"`` outside the
     goal cube, None on a margin."""
-    half = robot.goal_cube_cells * robot.goal_cell_size / 2
+    half = robot.goal_cube_half
     if any(abs(v - c) > half for v, c in zip(goal, robot.goal_cube_center, strict=True)):
         return "out_of_range"
     cell = goal_cell(goal, robot)
@@ -345,7 +345,7 @@ def sample_goal(
         if (i + j + k) % 2 == parity
     ]
     size, margin = robot.goal_cell_size, robot.goal_margin
-    half = cells_per_axis * size / 2
+    half = robot.goal_cube_half
     while True:  # rejection: about 1 draw in 23 falls near the home position
         cell = cells[rng.integers(len(cells))]
         low = np.array(robot.goal_cube_center) - half + np.array(cell) * size + margin
@@ -358,7 +358,7 @@ def sample_goal_out_of_range(
     rng: np.random.Generator, robot: RobotSpec = KUKA_IIWA
 ) -> tuple[float, float, float]:
     """A valid goal just outside one face of the robot's goal cube (``OUT_OF_RANGE_GOAL_BAND``)."""
-    half = robot.goal_cube_cells * robot.goal_cell_size / 2
+    half = robot.goal_cube_half
     center = np.array(robot.goal_cube_center)
     for _ in range(10_000):  # rejection: faces outside the workspace or reach are redrawn
         goal = center + rng.uniform(-half, half, size=3)
