@@ -147,7 +147,13 @@ def test_baseline_lrs_are_chosen_on_validation_and_applied_once_to_the_split(tmp
 
 
 @pytest.mark.parametrize(
-    "text", ["not json", '{"version": 2, "entries": {}}', '{"version": 1, "entries": {"k": 1}}']
+    "text",
+    [
+        "not json",
+        '{"version": 2, "entries": {}}',
+        '{"version": 1, "entries": {"k": 1}}',
+        '{"version": 1, "entries": {"k": {"return": -1.0}}}',  # get() would need the rest
+    ],
 )
 def test_cli_rejects_a_corrupt_oracle_cache(tmp_path, capsys, text):
     cache = tmp_path / "oracles.json"

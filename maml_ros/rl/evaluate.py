@@ -299,12 +299,23 @@ class OracleCache:
             if not isinstance(data, dict) or data.get("version") != self.VERSION:
                 raise EvalError(f"{path}: not an oracle cache of version {self.VERSION}")
             entries = data.get("entries")
-            if not isinstance(entries, dict) or not all(
-                isinstance(e, dict) and isinstance(e.get("return"), (int, float))
-                for e in entries.values()
-            ):
-                raise EvalError(f"{path}: entries must map keys to {{'return': number, ...}}")
+            if not isinstance(entries, dict) or not all(map(self._valid_entry, entries.values())):
+                raise EvalError(
+                    f"{path}: entries must map keys to "
+                    "{'return': number, 'iterations': int, 'plateaued': bool}"
+                )
             self.entries = entries
+
+    @staticmethod
+    def _valid_entry(entry: Any) -> bool:
+        return (
+            isinstance(entry, dict)
+            and isinstance(entry.get("return"), (int, float))
+            and not isinstance(entry.get("return"), bool)
+            and isinstance(entry.get("iterations"), int)
+            and not isinstance(entry.get("iterations"), bool)
+            and isinstance(entry.get("plateaued"), bool)
+        )
 
     @staticmethod
     def key(task_json: str, robot: str, env_name: str, cfg: EvalConfig) -> str:
@@ -568,6 +579,18 @@ def summarize(
     return dict(summary)
 
 
+def _save_figure(fig: Any, path: Path) -> None:
+    """Lay ``fig`` out, write it to ``path`` atomically (a temporary file, then a rename) and
+    close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(path)
+
+
 def plot(summary: dict[str, Any], path: Path, families: Sequence[str] = ()) -> None:
     """Bar charts of every family's success and returns (baselines beside the baseline
     families') with 95% CI error bars."""
@@ -605,11 +628,7 @@ def plot(summary: dict[str, Any], path: Path, families: Sequence[str] = ()) -> N
             gap = summary[f"{name}_gap_recovered"]
             title = f"{name} return (gap recovered {math.nan if gap is None else gap:.2f})"
         bars(ax, keys, names_, title)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
+    _save_figure(fig, path)
 
 
 def plot_curves(
@@ -675,11 +694,7 @@ def plot_curves(
     by_steps.set_xticks(xs)
     by_steps.set_ylim(-0.02, 1.02)
     fig.suptitle(f"{family}, held-out tasks, 95% CIs")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
+    _save_figure(fig, path)
 
 
 LEGACY_FAMILIES = ("reach", "dynamics")
@@ -763,7 +778,8 @@ def run_eval(
             groups.append((group, Evaluator(env, cfg)))
 
         def task_sets(split: str):
-            """Per seed and eval batch: the evaluator and that seed's tasks of ``split``."""
+            """Per seed and eval batch: the seed, the batch's families, its evaluator and that
+            seed's tasks of ``split``."""
             for seed in cfg.seeds:
                 for group, evaluator in groups:
                     tasks = []
@@ -772,10 +788,10 @@ def run_eval(
                         tasks += task_source.sample(
                             cfg.tasks_per_seed(family), split, seed_f, family=family
                         )
-                    yield seed, evaluator, tasks
+                    yield seed, group, evaluator, tasks
 
         with_baselines = any(get_family(f).baselines for f in families)
-        for seed, evaluator, tasks in task_sets("validation") if with_baselines else ():
+        for seed, _, evaluator, tasks in task_sets("validation") if with_baselines else ():
             task_families = [task_source.family_of(t) for t in tasks]
             _, baselines = evaluate_seed(
                 evaluator, meta, multitask, tasks, task_families, [""] * len(tasks), seed
@@ -795,8 +811,7 @@ def run_eval(
             f"maml-ros-eval: baseline lrs {best_lr} ({time.monotonic() - t0:.0f} s)",
             file=sys.stderr,
         )
-        last_seed = None
-        for seed, evaluator, tasks in task_sets(cfg.split):
+        for seed, group, evaluator, tasks in task_sets(cfg.split):
             task_families = [task_source.family_of(t) for t in tasks]
             seed_results, _ = evaluate_seed(
                 evaluator,
@@ -814,11 +829,11 @@ def run_eval(
                         result, meta, task, task_source, cfg, seed, env_name, robot, oracles
                     )
             results.extend(seed_results)
-            if seed != last_seed:
-                print(
-                    f"maml-ros-eval: seed {seed} ({time.monotonic() - t0:.0f} s)", file=sys.stderr
-                )
-                last_seed = seed
+            print(
+                f"maml-ros-eval: seed {seed}, {' + '.join(group)} done "
+                f"({time.monotonic() - t0:.0f} s)",
+                file=sys.stderr,
+            )
     summary = summarize(results, best_lr, cfg.bootstrap, families)
     report = {
         "summary": summary,
