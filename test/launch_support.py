@@ -1,14 +1,18 @@
-"""What the launch tests share: the launch stack or a clear skip, a fast parameter file, the
-README's task command, and a client that follows the nodes' status over DDS."""
+"""What the launch tests share: the launch stack or a clear skip, ``ros2 launch`` run as a
+terminal runs it, a fast parameter file, the README's task command, and a client that follows
+the nodes' status over DDS."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +40,78 @@ def require_launch_stack() -> None:
         if os.environ.get("MAML_ROS_REQUIRE_LAUNCH") == "1":
             raise ImportError(f"MAML_ROS_REQUIRE_LAUNCH=1: {HOW_TO_GET_IT} ({exc})") from exc
         pytest.skip(HOW_TO_GET_IT, allow_module_level=True)
+
+
+class TerminalSession:
+    """A command (``ros2 launch ...``) in a session of its own, as a terminal runs it, with its
+    output collected as it comes. ``ctrl_c`` sends what Ctrl-C sends: one SIGINT to the whole
+    process group. (``timeout -s INT`` is not that: it signals the launch twice, once directly
+    and once through the group, and a second SIGINT that lands while launch handles the first
+    can leave ``ros2 launch`` hanging at exit, ros2/launch#207.)"""
+
+    def __init__(self, argv: list[str], cwd: Path | None = None) -> None:
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self._lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self._lines)
+
+    def wait_for(self, text: str, timeout_s: float) -> None:
+        """Until ``text`` appears in the output; fails (and stops the session) otherwise."""
+        deadline = time.monotonic() + timeout_s
+        while text not in self.output:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                pytest.fail(f"no {text!r} within {timeout_s} s:\n{self.output[-3000:]}")
+            time.sleep(0.2)
+
+    def ctrl_c(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGINT)
+
+    def kill(self) -> None:
+        """SIGKILL to the whole group: the launch and every node it started."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self._reader.join(timeout=5.0)
+
+    def finish(self, timeout_s: float) -> tuple[int, str]:
+        """The exit code and the whole output once the command and the nodes it started have
+        ended; fails (after killing them) if that takes over ``timeout_s``."""
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"still running after {timeout_s} s:\n{self.output[-3000:]}")
+        self._reader.join(timeout=timeout_s)  # EOF: every process holding the pipe has ended
+        if self._reader.is_alive():
+            self.kill()
+            pytest.fail(f"a node outlived the launch by {timeout_s} s:\n{self.output[-3000:]}")
+        return self.proc.returncode, self.output
+
+
+def ros2_launch(*arguments: str) -> TerminalSession:
+    """``ros2 launch maml_ros adapt.launch.py device:=cpu ARGUMENTS`` as a terminal runs it."""
+    ros2 = shutil.which("ros2")
+    assert ros2, "ros2 is not on PATH: source tools/env.sh (make shell)"
+    return TerminalSession(
+        [ros2, "launch", "maml_ros", "adapt.launch.py", "device:=cpu", *arguments]
+    )
 
 
 def share() -> Path:

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from launch_support import require_launch_stack
+from launch_support import TerminalSession, require_launch_stack
 
 require_launch_stack()
 
@@ -60,14 +60,20 @@ def test_colcon_build_then_ros2_from_the_install_space(tmp_path: Path) -> None:
     failed = bash(f"{overlay}; ros2 launch maml_ros adapt.launch.py params_file:=/nope", ws, 60)
     assert failed.returncode != 0
     assert "params_file:=/nope does not exist" in failed.stdout + failed.stderr
-    run = bash(
-        f"{overlay}; timeout -s INT 25 ros2 launch maml_ros adapt.launch.py device:=cpu "
-        "|| test $? -eq 124",
-        ws,
-        90,
+    # Ctrl-C as a terminal sends it, once the adaptation node waits for a task.
+    session = TerminalSession(
+        [
+            "bash",
+            "-c",
+            f"set -e; source {REPO}/tools/env.sh; {overlay}; "
+            "exec ros2 launch maml_ros adapt.launch.py device:=cpu",
+        ],
+        cwd=ws,
     )
-    output = run.stdout + run.stderr
-    assert run.returncode == 0, output
+    session.wait_for("waiting for a task", 120.0)  # the adaptation node came up
+    session.ctrl_c()
+    code, output = session.finish(60.0)
+    assert code == 0, output
     assert f"loaded {ws}/install/maml_ros/share/maml_ros/models" in output, output
-    assert "waiting for a task" in output, output  # the adaptation node came up
     assert "process has died" not in output, output
+    assert output.count("process has finished cleanly") == 3, output
