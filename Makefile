@@ -20,7 +20,7 @@ ENV := source tools/env.sh &&
 
 BENCHES := $(addprefix bench-,sine sim adapt control e2e train load reach delivery ray fuzz soak)
 
-.PHONY: setup shell test lint params demo train eval clean $(BENCHES)
+.PHONY: setup shell test lint params demo train baselines eval clean $(BENCHES)
 
 setup: $(PKG_STAMP) $(if $(LAUNCH_WHEELS),$(TOOLS_STAMP)) $(if $(filter 1,$(WITH_RAY)),$(RAY_STAMP))
 
@@ -74,6 +74,20 @@ demo: setup
 
 train: setup
 	$(ENV) maml-ros-train --config config/train.yaml --out runs/train $(ROBOT_ARG) $(TRAIN_ARGS)
+
+# The same-budget baselines of the robot's shipped MAML model (its episodes exactly, its
+# minutes + 10% at most): multi-task PPO (fine-tuning start, robust policy) and first-order
+# MAML, ~32 min each on 2 cores; their best checkpoints ship as models/<robot>_<baseline>.*
+baselines: setup
+	set -e; for baseline in multitask fomaml; do \
+	  out=runs/baselines_$(ROBOT)/$$baseline; \
+	  $(ENV) maml-ros-train --config config/train.yaml --baseline $$baseline --out $$out \
+	    $$(test -f $$out/state.safetensors && echo --resume) \
+	    $(ROBOT_ARG) $(TRAIN_ARGS); \
+	  name=$$($(ENV) python -c 'import sys; from maml_ros.runtime.robots import shipped_model_name as n; print(n(*sys.argv[1:]).removesuffix(".safetensors"))' $(ROBOT) $$baseline); \
+	  cp $$out/policy_best.safetensors models/$$name.safetensors; \
+	  cp $$out/policy_best.json models/$$name.json; \
+	done
 
 # The oracle returns it trains are kept in models/ (the repo's copy, committed) and reused.
 eval: setup

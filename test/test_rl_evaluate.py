@@ -146,6 +146,31 @@ def test_baseline_lrs_are_chosen_on_validation_and_applied_once_to_the_split(tmp
         run_eval(bundle, bundle, replace(cfg, split="out_of_range"), tmp_path, "point")
 
 
+def test_first_order_maml_is_a_baseline_with_its_learned_lrs_among_the_candidates(tmp_path):
+    meta = load_bundle(point_bundle(tmp_path))
+    fomaml = meta.replace(
+        lrs={k: torch.full_like(v, 0.3) for k, v in meta.params.items()},
+        metadata={"algo": "fomaml", "episodes": 4000, "minutes": 2.5},
+    )
+    multitask = meta.replace(metadata={"algo": "multitask", "episodes": 4400, "minutes": 2.0})
+    cfg = replace(EvalConfig.quick(), workers=1)
+    summary = run_eval(meta, multitask, cfg, tmp_path / "eval", env_name="point", fomaml=fomaml)
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    grid = report["baseline_lr_grid_validation_return"]
+    assert set(grid["fomaml"]) == {"0.25", "learned"}  # quick grid: factor 1.0, and its own
+    assert set(grid["finetune"]) == {"0.25"}  # no learned lrs, no such candidate
+    for name in ("fomaml", "finetune", "scratch", "multitask", "robust"):
+        assert np.isfinite(summary[f"{name}_return_post1"]), name
+    assert summary["multitask_return_post1"] == summary["finetune_return_post1"]
+    assert summary["robust_return_post1"] == summary["robust_return"]
+    assert summary["fomaml_success_post1_k2"] is not None  # on the K curve too
+    assert summary["selection_split"] == "validation"
+    assert summary["pretrain_episodes_fomaml"] == 4000
+    assert summary["pretrain_minutes_multitask"] == summary["pretrain_minutes_robust"] == 2.0
+    assert summary["pretrain_episodes_maml"] is None  # a hand-made policy: no training on record
+    assert report["fomaml_policy"] is None  # no iteration in its metadata
+
+
 @pytest.mark.parametrize(
     "text",
     [

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import maml_ros.rl.trainer as trainer_module
 from maml_ros.rl.checkpoint import CheckpointError, load_bundle
 from maml_ros.rl.config import ConfigError, config_from_dict, load_config
 from maml_ros.rl.envs import make_env, make_task_source
-from maml_ros.rl.train import main, train
+from maml_ros.rl.train import baseline_config, main, train, training_budget
 from maml_ros.rl.trainer import InnerMismatchError, MetaTrainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -198,3 +199,60 @@ def test_resume_from_a_truncated_state_is_a_clear_error(tmp_path, capsys):
     argv = ["--config", str(out / "config.yaml"), "--out", str(out), "--resume", "--no-progress"]
     assert main(argv) == 2
     assert "cannot resume from" in capsys.readouterr().err
+
+
+def test_a_baseline_trains_alone_with_the_meta_checkpoints_episodes(tmp_path, capsys):
+    cfg = config_from_dict({**TOY, "iterations": 3})
+
+    def factory(c):
+        return make_env("point", c.env.num_envs, 1, c.env.horizon), make_task_source(
+            "point", c.env.families, c.env.family_weights
+        )
+
+    train(cfg, tmp_path / "maml", env_factory=factory, show_progress=False)
+    reference = load_bundle(tmp_path / "maml" / "policy_latest.safetensors")
+    episodes, minutes, measured = training_budget(reference.metadata)
+    assert (episodes, measured) == (3 * 2 * 6 * 10, True) and minutes > 0
+    (tmp_path / "toy.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    for baseline, iterations in (("fomaml", 3), ("multitask", 6)):
+        out = tmp_path / baseline
+        argv = ["--config", str(tmp_path / "toy.yaml"), "--out", str(out), "--no-progress"]
+        argv += [
+            "--baseline",
+            baseline,
+            "--budget-of",
+            str(tmp_path / "maml" / "policy_latest.safetensors"),
+        ]
+        assert main(argv) == 0, capsys.readouterr().err
+        bundle = load_bundle(out / "policy_latest.safetensors")
+        meta = bundle.metadata
+        assert meta["algo"] == baseline and meta["iteration"] == iterations
+        assert meta["episodes"] == episodes  # the same episodes, whatever one iteration samples
+        assert meta["config"]["inner"]["first_order"] == (baseline == "fomaml")
+        assert not (out / "multitask_policy_latest.safetensors").exists()  # no second phase
+        assert torch.equal(bundle.obs_mean, reference.obs_mean)  # the same inputs
+        assert torch.equal(bundle.obs_std, reference.obs_std)
+
+
+def test_an_old_checkpoints_budget_is_its_iterations_and_time_budget():
+    cfg = config_from_dict(
+        {**TOY, "max_minutes": 9, "pretrain": {"iterations": 5, "max_minutes": 2}}
+    )
+    old = {"config": cfg.to_dict(), "iteration": 4}
+    assert training_budget({**old, "algo": "promp"}) == (4 * 2 * 6 * 10, 9.0, False)
+    assert training_budget({**old, "algo": "multitask"}) == (4 * 6 * 10, 2.0, False)
+    with pytest.raises(CheckpointError, match="no training budget"):
+        training_budget({"iteration": 4})
+    with pytest.raises(CheckpointError, match="neither its minutes"):
+        training_budget({**old, "algo": "promp", "config": TOY})
+
+
+def test_baseline_needs_a_known_name_and_budget_of_needs_baseline(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="--baseline must be one of"):
+        baseline_config(config_from_dict(TOY), "reptile", 100, 1.0)
+    config = str(REPO / "config" / "train.yaml")
+    with pytest.raises(SystemExit):
+        main(["--config", config, "--budget-of", "x.safetensors"])
+    assert "--budget-of needs --baseline" in capsys.readouterr().err
+    assert main(["--config", config, "--baseline", "fomaml", "--budget-of", "/nope"]) == 2
+    assert "/nope" in capsys.readouterr().err

@@ -15,6 +15,10 @@ family reports); per task:
   times ``baseline_lr_factors``, so the grid follows the checkpoint's advantage scale);
 - **scratch**: a random-init policy (same architecture and observation normalisation), K
   episodes, one plain PG step with the best lr of the same grid;
+- **fomaml**: first-order MAML (``<robot>_fomaml.safetensors`` from ``make baselines``), K
+  episodes, one step with the best of the same grid and of its own meta-learned lrs;
+- **robust**: the multi-task policy as it is (domain-randomised over the training tasks, no
+  update: what most robot teams ship);
 - for families declaring the extra metric ``gap_recovered`` (built in: dynamics), an
   independent **oracle**: PPO trained on that task alone from a random init (the same
   architecture and observation normalisation, none of theta's weights), K episodes per
@@ -26,7 +30,9 @@ family reports); per task:
   of the gap between pre and that oracle closed by one step, and
   ``{family}_return_post1_minus_oracle`` compares the adapted return with it directly.
 
-Per family and stage the summary has ``{family}_{metric}_{stage}`` for the family's metrics.
+Per family and stage the summary has ``{family}_{metric}_{stage}`` for the family's metrics;
+``pretrain_{episodes,minutes}_{maml,multitask,robust,fomaml}`` say what training each policy
+had (:func:`maml_ros.rl.train.training_budget`), ``selection_split`` where the lrs were chosen.
 Baseline lrs are picked per baseline as the best mean return on *validation* tasks of the
 families with ``baselines`` (built in: reach), the same number per seed as evaluated, and then
 applied once to the evaluated split. 95% CIs are percentile bootstraps over tasks (all seeds
@@ -64,7 +70,7 @@ from maml_ros.rl.envs import BatchEnv, make_env, make_task_source
 from maml_ros.rl.pg import Rollouts
 from maml_ros.rl.policy import GaussianMLPPolicy
 from maml_ros.rl.sampling import RolloutBatch, sample_rollouts
-from maml_ros.rl.train import add_backend_arguments, check_backend_arguments
+from maml_ros.rl.train import add_backend_arguments, check_backend_arguments, training_budget
 from maml_ros.rl.trainer import MetaTrainer
 from maml_ros.runtime.reader import read_file_bytes
 from maml_ros.runtime.robots import (
@@ -91,7 +97,9 @@ SUMMARY_KEYS = (
     "reach_success_post3",
     "reach_return_pre",
     "reach_return_post1",
+    "reach_success_post1_k10",
     "finetune_return_post1",
+    "fomaml_return_post1",
     "scratch_return_post1",
     "dynamics_gap_recovered",
     "dynamics_return_post1_minus_oracle",
@@ -194,8 +202,21 @@ class Evaluator:
         return out
 
 
-def _with_lr(bundle: PolicyBundle, lr: float) -> PolicyBundle:
+LEARNED_LR = "learned"
+"""A baseline's lr candidate that keeps its own meta-learned (Meta-SGD) lrs."""
+LR = float | str
+"""An lr candidate: a scalar inner lr, or :data:`LEARNED_LR`."""
+
+
+def _with_lr(bundle: PolicyBundle, lr: LR) -> PolicyBundle:
+    if lr == LEARNED_LR:
+        return bundle.replace(inner=dataclasses.replace(bundle.inner, steps=1))
     return bundle.replace(inner=dataclasses.replace(bundle.inner, lr=lr, steps=1), lrs=None)
+
+
+def lr_label(lr: LR) -> str:
+    """``lr`` as it appears in result keys and reports."""
+    return lr if isinstance(lr, str) else f"{lr:g}"
 
 
 def random_init_bundle(meta: PolicyBundle, seed: int) -> PolicyBundle:
@@ -341,29 +362,37 @@ class OracleCache:
             atomic_write_bytes(self.path, (text + "\n").encode())
 
 
-def baseline_starts(meta: PolicyBundle, multitask: PolicyBundle | None, seed: int) -> dict:
-    """The baselines' starting policies: ``scratch`` (random init), ``finetune`` (multi-task)."""
+BASELINES = ("finetune", "fomaml", "scratch")
+"""The adapted baselines: the multi-task policy fine-tuned, first-order MAML, random init."""
+
+
+def baseline_starts(
+    meta: PolicyBundle, trained: dict[str, PolicyBundle | None], seed: int
+) -> dict[str, PolicyBundle]:
+    """The baselines' starting policies: ``scratch`` (random init) and those of ``trained``
+    (``finetune``: the multi-task policy, ``fomaml``) that are there."""
     starts = {"scratch": random_init_bundle(meta, seed)}
-    if multitask is not None:
-        starts["finetune"] = multitask
+    starts.update({name: bundle for name, bundle in trained.items() if bundle is not None})
     return starts
 
 
-def lr_grid(start: PolicyBundle, cfg: EvalConfig) -> list[float]:
-    """A baseline's lr grid: its own inner lr times ``cfg.baseline_lr_factors``."""
-    return [round(start.inner.lr * f, 12) for f in cfg.baseline_lr_factors]
+def lr_grid(start: PolicyBundle, cfg: EvalConfig) -> list[LR]:
+    """A baseline's lr candidates: its own inner lr times ``cfg.baseline_lr_factors``, and its
+    meta-learned lrs (:data:`LEARNED_LR`) when it has them."""
+    grid: list[LR] = [round(start.inner.lr * f, 12) for f in cfg.baseline_lr_factors]
+    return grid + ([LEARNED_LR] if start.lrs is not None else [])
 
 
 def evaluate_seed(
     evaluator: Evaluator,
     meta: PolicyBundle,
-    multitask: PolicyBundle | None,
+    trained: dict[str, PolicyBundle | None],
     tasks: list[Any],
     families: list[str],
     task_json: list[str],
     seed: int,
-    baseline_lrs: dict[str, float] | None = None,
-) -> tuple[list[TaskResult], dict[str, dict[float, list[float]]]]:
+    baseline_lrs: dict[str, LR] | None = None,
+) -> tuple[list[TaskResult], dict[str, dict[LR, list[float]]]]:
     """The protocol on one seed's tasks; also per-lr baseline returns.
 
     ``baseline_lrs`` None: the lr-selection pass (the baselines' whole lr grid, no MAML
@@ -383,7 +412,7 @@ def evaluate_seed(
         explore = evaluator.run_episodes([start] * n, tasks, k, seed, explore=True)
         return evaluator.adapt_all([start] * n, explore)
 
-    starts = baseline_starts(meta, multitask, seed)
+    starts = baseline_starts(meta, trained, seed)
     if baseline_lrs is not None:
         thetas = [meta] * n
         record("pre", evaluator.evaluate(thetas, tasks, rng_seed + 1))
@@ -405,7 +434,7 @@ def evaluate_seed(
                     adapted = adapted_once(start, k, rng_seed + 200 + k)
                     batch = evaluator.evaluate(adapted, tasks, rng_seed + 400 + k)
                     record(f"{name}_k{k}", batch)
-    baselines: dict[str, dict[float, list[float]]] = {}
+    baselines: dict[str, dict[LR, list[float]]] = {}
     for name, start in starts.items():
         explore = evaluator.run_episodes([start] * n, tasks, cfg.k, rng_seed + 40, explore=True)
         baselines[name] = {}
@@ -415,8 +444,8 @@ def evaluate_seed(
             lrs = [baseline_lrs[name]] if name in baseline_lrs else []
         for lr in lrs:
             adapted = evaluator.adapt_all([_with_lr(start, lr)] * n, explore)
-            record(f"{name}_lr{lr:g}", evaluator.evaluate(adapted, tasks, rng_seed + 50))
-            baselines[name][lr] = returns[f"{name}_lr{lr:g}"].tolist()
+            record(f"{name}_lr{lr_label(lr)}", evaluator.evaluate(adapted, tasks, rng_seed + 50))
+            baselines[name][lr] = returns[f"{name}_lr{lr_label(lr)}"].tolist()
     results = [
         TaskResult(
             seed=seed,
@@ -503,6 +532,8 @@ def _summarize_gap(family: str, results: list[TaskResult], summary: _Summary) ->
 
     summary[f"{family}_gap_recovered"] = gap(gains)
     summary[f"{family}_gap_recovered_ci95"] = list(bootstrap_ci(gains, gap, summary.n_boot))
+    summary[f"{family}_gap_vs_oracle"] = summary[f"{family}_gap_recovered"]  # the issue's name
+    summary[f"{family}_gap_vs_oracle_ci95"] = summary[f"{family}_gap_recovered_ci95"]
     summary.put(f"{family}_return_oracle", list(gains[:, 2]))
     summary.put(f"{family}_return_post1_minus_oracle", list(gains[:, 1] - gains[:, 2]))
     summary[f"{family}_oracle_iterations_max"] = max(
@@ -540,9 +571,18 @@ def curve_k_values(results: list[TaskResult]) -> list[int]:
     return sorted(set.intersection(*ks)) if ks else []
 
 
+SUMMARY_ALIASES = {
+    "multitask_return_post1": "finetune_return_post1",
+    "multitask_success_post1": "finetune_success_post1",
+    "robust_return_post1": "robust_return",
+    "robust_success_post1": "robust_success",
+}
+"""Second names of summary keys, by which the evaluation protocol (issue 17) asks for them."""
+
+
 def summarize(
     results: list[TaskResult],
-    best_lr: dict[str, float],
+    best_lr: dict[str, LR],
     n_boot: int,
     families: Sequence[str] | None = None,
 ) -> dict[str, Any]:
@@ -559,9 +599,9 @@ def summarize(
             for metric in family.metrics:
                 values = [STAGE_METRICS[metric](r, stage) for r in by_family[family.name]]
                 summary.put(f"{family.name}_{metric}_{stage}", values)
-    for name in ("finetune", "scratch"):
+    for name in BASELINES:
         if name in best_lr:
-            key = f"{name}_lr{best_lr[name]:g}"
+            key = f"{name}_lr{lr_label(best_lr[name])}"
             summary.put(f"{name}_return_post1", [r.returns[key] for r in pool])
             summary.put(f"{name}_success_post1", [r.success[key] for r in pool])
             for k in curve_ks:
@@ -573,6 +613,9 @@ def summarize(
     if pool and all("robust" in r.returns for r in pool):
         summary.put("robust_return", [r.returns["robust"] for r in pool])
         summary.put("robust_success", [r.success["robust"] for r in pool])
+    for name, source in SUMMARY_ALIASES.items():
+        if source in summary:
+            summary[name], summary[f"{name}_ci95"] = summary[source], summary[f"{source}_ci95"]
     for family in specs:
         for metric in family.extra_metrics:
             EXTRA_METRICS[metric].summarize(family.name, by_family[family.name], summary)
@@ -621,8 +664,8 @@ def plot(summary: dict[str, Any], path: Path, families: Sequence[str] = ()) -> N
     for ax, name in zip(axes[0][1:], names, strict=True):
         keys, names_ = [f"{name}_return_{s}" for s in stages], list(labels)
         if get_family(name).baselines:
-            keys += ["finetune_return_post1", "scratch_return_post1"]
-            names_ += ["fine-tune 1", "scratch 1"]
+            keys += ["finetune_return_post1", "fomaml_return_post1", "scratch_return_post1"]
+            names_ += ["fine-tune 1", "FOMAML 1", "scratch 1"]
         title = f"{name} return (held-out)"
         if f"{name}_gap_recovered" in summary:
             gap = summary[f"{name}_gap_recovered"]
@@ -661,6 +704,7 @@ def plot_curves(
     lines = {
         "MAML (meta-trained θ)": at_k(f"{family}_success_post1"),
         "fine-tune multi-task": at_k("finetune_success_post1"),
+        "first-order MAML": at_k("fomaml_success_post1"),
         "scratch": at_k("scratch_success_post1"),
     }
     for label, key_of in lines.items():
@@ -736,9 +780,11 @@ def run_eval(
     backend: str = "local",
     ray_address: str | None = None,
     oracle_cache: Path | None = None,
+    fomaml: PolicyBundle | None = None,
 ) -> dict[str, Any]:
     """The whole protocol; writes eval.json and eval.png; returns the summary (oracle returns
-    are read from and added to ``oracle_cache``, None: kept in memory).
+    are read from and added to ``oracle_cache``, None: kept in memory). ``multitask`` and
+    ``fomaml``: the trained baselines (None: not compared).
 
     ``backend="ray"`` runs the episodes of all tasks in ``cfg.workers`` Ray actors (the
     per-task oracle's small PPO runs stay in-process).
@@ -758,7 +804,8 @@ def run_eval(
             + (" out of range" if cfg.split == "out_of_range" else "")
         )
     results: list[TaskResult] = []
-    per_lr: dict[str, dict[float, list[float]]] = {}
+    per_lr: dict[str, dict[LR, list[float]]] = {}
+    trained = {"finetune": multitask, "fomaml": fomaml}
     oracles = OracleCache(oracle_cache)
     with ExitStack() as stack:
         groups = []
@@ -794,7 +841,7 @@ def run_eval(
         for seed, _, evaluator, tasks in task_sets("validation") if with_baselines else ():
             task_families = [task_source.family_of(t) for t in tasks]
             _, baselines = evaluate_seed(
-                evaluator, meta, multitask, tasks, task_families, [""] * len(tasks), seed
+                evaluator, meta, trained, tasks, task_families, [""] * len(tasks), seed
             )
             for name, by_lr in baselines.items():
                 for lr, values in by_lr.items():
@@ -816,7 +863,7 @@ def run_eval(
             seed_results, _ = evaluate_seed(
                 evaluator,
                 meta,
-                multitask,
+                trained,
                 tasks,
                 task_families,
                 [task_source.to_json(t) for t in tasks],
@@ -835,18 +882,35 @@ def run_eval(
                 file=sys.stderr,
             )
     summary = summarize(results, best_lr, cfg.bootstrap, families)
+    if cfg.split == "out_of_range":
+        for family in families:
+            if f"{family}_success_post1" in summary:
+                summary[f"{family}_success_ood"] = summary[f"{family}_success_post1"]
+                summary[f"{family}_success_ood_ci95"] = summary[f"{family}_success_post1_ci95"]
+    budgets = {"maml": meta, "multitask": multitask, "robust": multitask, "fomaml": fomaml}
+    for name, bundle in budgets.items():
+        if bundle is not None:
+            try:
+                episodes, minutes, measured = training_budget(bundle.metadata)
+            except CheckpointError:  # a hand-made policy: no training on record
+                episodes, minutes, measured = None, None, False
+            summary[f"pretrain_episodes_{name}"] = episodes
+            summary[f"pretrain_minutes_{name}"] = minutes
+            summary[f"pretrain_minutes_{name}_measured"] = measured
+    summary["selection_split"] = "validation"
     report = {
         "summary": summary,
         "split": cfg.split,
         "families": list(families),
         "baseline_best_lr": best_lr,
         "baseline_lr_grid_validation_return": {
-            name: {f"{lr:g}": float(np.mean(v)) for lr, v in by_lr.items()}
+            name: {lr_label(lr): float(np.mean(v)) for lr, v in by_lr.items()}
             for name, by_lr in per_lr.items()
         },
         "protocol": dataclasses.asdict(cfg),
         "policy": {"version": meta.version, "run_id": meta.run_id, "metadata": meta.metadata},
         "multitask_policy": None if multitask is None else multitask.metadata.get("iteration"),
+        "fomaml_policy": None if fomaml is None else fomaml.metadata.get("iteration"),
         "tasks": [dataclasses.asdict(r) for r in results],
         "wall_s": time.monotonic() - t0,
     }
@@ -859,12 +923,26 @@ def run_eval(
     return summary
 
 
+def _baseline_bundle(path: str | None, robot: str, kind: str) -> PolicyBundle | None:
+    """The ``kind`` baseline: ``path``, else the robot's shipped one, else None (said)."""
+    if path:
+        return load_bundle(path)
+    try:
+        return load_bundle(find_shipped_model(shipped_model_name(robot, kind)))
+    except FileNotFoundError:
+        print(f"maml-ros-eval: no {kind} baseline ships for {robot}; not compared", file=sys.stderr)
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     parser = argparse.ArgumentParser(prog="maml-ros-eval", description=__doc__.splitlines()[0])
     parser.add_argument("--policy", help="meta-policy checkpoint (default: the shipped model)")
     parser.add_argument(
         "--multitask", help="multi-task baseline checkpoint (default: shipped, if any)"
+    )
+    parser.add_argument(
+        "--fomaml", help="first-order MAML baseline checkpoint (default: shipped, if any)"
     )
     parser.add_argument("--out", default="out/eval", help="output folder")
     parser.add_argument("--quick", action="store_true", help="smoke-test sized protocol")
@@ -930,18 +1008,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.env == "arm" and mismatch:
             raise CheckpointError(f"{args.policy or 'the shipped model'}: {mismatch} (--robot)")
         evaluated_families(meta, args.env)
-        multitask = None
-        if args.multitask:
-            multitask = load_bundle(args.multitask)
-        else:
-            try:
-                name = shipped_model_name(args.robot, "multitask")
-                multitask = load_bundle(find_shipped_model(name))
-            except FileNotFoundError:
-                print(
-                    "maml-ros-eval: no multi-task baseline found; skipping fine-tuning",
-                    file=sys.stderr,
-                )
+        multitask = _baseline_bundle(args.multitask, args.robot, "multitask")
+        fomaml = _baseline_bundle(args.fomaml, args.robot, "fomaml")
         oracle_cache = Path(args.oracle_cache) if args.oracle_cache else None
         if oracle_cache is None:
             oracle_cache = Path(args.out) / "oracle_returns.json"
@@ -964,6 +1032,7 @@ def main(argv: list[str] | None = None) -> int:
             backend=args.backend,
             ray_address=args.ray_address,
             oracle_cache=oracle_cache,
+            fomaml=fomaml,
         )
     except (CheckpointError, FileNotFoundError, EvalError) as exc:
         print(f"maml-ros-eval: {exc}", file=sys.stderr)

@@ -5,7 +5,11 @@ Writes into ``--out``: ``config.yaml`` (resolved), ``tb/`` (TensorBoard scalars)
 JSON metadata in the header, also mirrored to ``.json`` files), ``state.safetensors`` (theta,
 Meta-SGD lrs, normalisation and Adam state for ``--resume``; no pickle),
 ``learning_curve.png``, and with ``pretrain.iterations > 0`` the multi-task baseline
-``multitask.safetensors``. Every file is written atomically (temp file + os.replace).
+``multitask_policy_best.safetensors`` (and the rest, prefixed ``multitask_``). Checkpoints
+record the episodes and minutes of training behind them. ``--baseline multitask|fomaml`` trains
+a baseline alone with the episodes of a meta-trained checkpoint (``--budget-of``, default the
+robot's shipped model), for ``maml-ros-eval``'s same-budget comparison. Every file is written
+atomically (temp file + os.replace).
 """
 
 from __future__ import annotations
@@ -30,13 +34,16 @@ import yaml
 from maml_ros.rl.checkpoint import (
     CheckpointError,
     atomic_write_bytes,
+    find_shipped_model,
+    load_bundle,
     read_regular_file,
     read_safetensors,
     save_bundle,
 )
-from maml_ros.rl.config import ConfigError, TrainConfig, load_config
+from maml_ros.rl.config import ConfigError, TrainConfig, config_from_dict, load_config
 from maml_ros.rl.envs import BACKENDS, BatchEnv, TaskSource, make_env, make_task_source
 from maml_ros.rl.trainer import MetaTrainer, smoothed
+from maml_ros.runtime.robots import shipped_model_name
 
 STATE_MAX_BYTES = 1 << 30
 """Largest resumable state file read (bytes)."""
@@ -204,6 +211,8 @@ class Run:
         return {
             **self.common_meta,
             "iteration": self.trainer.iteration,
+            "episodes": int(sum(h.get("episodes", 0.0) for h in hist)),
+            "minutes": sum(h["time_iteration"] for h in hist) / 60,
             "pre_return_recent": smoothed([h["pre_return"] for h in hist], 10),
             "post_return_recent": smoothed([h["post_return"] for h in hist], 10),
             **extra,
@@ -276,6 +285,61 @@ class Run:
             self.save()
 
 
+BASELINES = ("multitask", "fomaml")
+"""``maml-ros-train --baseline``: a baseline trained alone with a meta-trained checkpoint's
+budget: ``multitask`` (PPO on the same training tasks, no adaptation: the fine-tuning start
+and the domain-randomised robust policy) or ``fomaml`` (first-order MAML)."""
+BUDGET_SLACK = 1.1
+"""A baseline's time cap: this times the budget's minutes, or one minute more if that is larger
+(its episodes are matched exactly; the cap only stops a run much slower than the reference)."""
+
+
+def episodes_per_iteration(cfg: TrainConfig, algo: str) -> int:
+    """Episodes one iteration samples: K per task of the meta-batch, before and (``promp``)
+    after the update."""
+    return cfg.outer.meta_batch * cfg.outer.rollouts_per_task * (2 if algo == "promp" else 1)
+
+
+def training_budget(metadata: dict[str, Any]) -> tuple[int, float, bool]:
+    """The episodes and minutes of training behind a checkpoint and whether both were measured.
+
+    Checkpoints record ``episodes`` and ``minutes`` (the summed iteration times); for one from
+    before they did, the episodes are its iteration times what an iteration samples (exact) and
+    the minutes its phase's time budget (an upper bound: ``False``)."""
+    if "episodes" in metadata and "minutes" in metadata:
+        return int(metadata["episodes"]), float(metadata["minutes"]), True
+    try:
+        cfg = config_from_dict(metadata["config"])
+        algo, iteration = str(metadata["algo"]), int(metadata["iteration"])
+    except (KeyError, TypeError, ValueError, ConfigError) as exc:
+        raise CheckpointError(f"the checkpoint records no training budget: {exc}") from exc
+    pretrain_phase = algo == "multitask" and cfg.outer.algo != "multitask"
+    minutes = cfg.pretrain.max_minutes if pretrain_phase else cfg.max_minutes
+    if minutes is None:
+        raise CheckpointError("the checkpoint records neither its minutes nor a time budget")
+    algo = "promp" if algo == "fomaml" else algo
+    return iteration * episodes_per_iteration(cfg, algo), float(minutes), False
+
+
+def baseline_config(cfg: TrainConfig, baseline: str, episodes: int, minutes: float) -> TrainConfig:
+    """``cfg`` turned into a ``baseline`` run of ``episodes`` episodes (time cap: ``minutes``
+    and :data:`BUDGET_SLACK`), with no multi-task phase after it."""
+    if baseline not in BASELINES:
+        raise ConfigError(f"--baseline must be one of {BASELINES}, got {baseline!r}")
+    algo = "multitask" if baseline == "multitask" else "promp"
+    inner = dataclasses.replace(
+        cfg.inner, first_order=baseline == "fomaml" or cfg.inner.first_order
+    )
+    return dataclasses.replace(
+        cfg,
+        iterations=max(1, math.ceil(episodes / episodes_per_iteration(cfg, algo))),
+        max_minutes=max(minutes * BUDGET_SLACK, minutes + 1.0),
+        inner=inner,
+        outer=dataclasses.replace(cfg.outer, algo=algo),
+        pretrain=dataclasses.replace(cfg.pretrain, iterations=0),
+    ).validate()
+
+
 def _write_json(path: Path, data: Any) -> None:
     atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
@@ -296,8 +360,13 @@ def train(
     resume: bool = False,
     env_factory: EnvFactory = default_env_factory,
     show_progress: bool = True,
+    baseline: str = "",
+    obs_normalization: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """Run the configured training; returns a summary (also written to ``summary.json``)."""
+    """Run the configured training; returns a summary (also written to ``summary.json``).
+    ``baseline``: the name the run's checkpoints carry as their ``algo`` (see
+    :func:`baseline_config`); ``obs_normalization``: fixed (mean, std) instead of measuring
+    them (a baseline takes the meta-policy's, so that both see the same inputs)."""
     from torch.utils.tensorboard import SummaryWriter
 
     out.mkdir(parents=True, exist_ok=True)
@@ -312,17 +381,18 @@ def train(
         "family_weights": list(cfg.env.family_weights),
         "env": cfg.env.name,
         **_robot_metadata(cfg),
-        "run_id": f"train-{commit[:8]}-seed{cfg.seed}",
+        "run_id": f"train-{commit[:8]}-seed{cfg.seed}{f'-{baseline}' if baseline else ''}",
     }
+    algo = baseline or cfg.outer.algo
     env, tasks = env_factory(cfg)
     writer = SummaryWriter(str(out / "tb"))
     summary: dict[str, Any] = {"out": str(out)}
     t0 = time.monotonic()
     try:
         meta = MetaTrainer(cfg, env, tasks)
-        meta_run = Run(
-            meta, out, "", cfg.iterations, cfg.max_minutes, {**common, "algo": cfg.outer.algo}
-        )
+        if obs_normalization is not None:
+            meta.set_obs_normalization(*obs_normalization)
+        meta_run = Run(meta, out, "", cfg.iterations, cfg.max_minutes, {**common, "algo": algo})
         if resume and meta_run.resume():
             print(f"resumed at iteration {meta.iteration}", file=sys.stderr)
         meta_run.run(writer, show_progress)
@@ -385,11 +455,24 @@ def main(argv: list[str] | None = None) -> int:
         "--workers", type=int, help="override env.workers (sim processes or Ray actors)"
     )
     parser.add_argument("--robot", help="override env.robot (a maml_ros.runtime.robots name)")
+    parser.add_argument(
+        "--baseline",
+        choices=BASELINES,
+        help="train only this baseline, with --budget-of's episodes and minutes",
+    )
+    parser.add_argument(
+        "--budget-of",
+        help="with --baseline: the checkpoint whose training budget to match (default: the "
+        "robot's shipped meta-trained model)",
+    )
     args = parser.parse_args(argv)
+    if args.budget_of and not args.baseline:
+        parser.error("--budget-of needs --baseline")
     if args.threads < 1:
         parser.error("--threads must be >= 1")
     check_backend_arguments(parser, args)
     torch.set_num_threads(args.threads)
+    obs_normalization = None
     try:
         cfg = load_config(args.config)
         if args.iterations is not None:
@@ -400,7 +483,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.robot is not None:
             env = dataclasses.replace(cfg.env, robot=args.robot)
             cfg = dataclasses.replace(cfg, env=env).validate()
-    except ConfigError as exc:
+        if args.baseline:
+            budget_of = args.budget_of or find_shipped_model(shipped_model_name(cfg.env.robot))
+            reference = load_bundle(budget_of)
+            episodes, minutes, _ = training_budget(reference.metadata)
+            cfg = baseline_config(cfg, args.baseline, episodes, minutes)
+            obs_normalization = (reference.obs_mean, reference.obs_std)
+            print(
+                f"maml-ros-train: {args.baseline} with the budget of {budget_of}: "
+                f"{cfg.iterations} iterations ({episodes} episodes), at most "
+                f"{cfg.max_minutes:.1f} min",
+                file=sys.stderr,
+            )
+    except (ConfigError, CheckpointError, FileNotFoundError) as exc:
         print(f"maml-ros-train: {exc}", file=sys.stderr)
         return 2
     try:
@@ -410,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
             resume=args.resume,
             env_factory=backend_env_factory(args.backend, args.ray_address),
             show_progress=not args.no_progress,
+            baseline=args.baseline or "",
+            obs_normalization=obs_normalization,
         )
     except (FileExistsError, CheckpointError) as exc:
         print(f"maml-ros-train: {exc}", file=sys.stderr)

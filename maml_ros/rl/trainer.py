@@ -237,6 +237,7 @@ class MetaTrainer:
             time_sample_post=t_post - t_pre,
             time_optimize=t_opt - t_post,
             time_iteration=t_opt - t0,
+            episodes=float(n_tasks * k * (2 if self.adapts else 1)),
         )
         if self.lrs is not None:
             metrics["meta_sgd_lr_mean"] = float(

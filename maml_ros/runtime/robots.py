@@ -299,12 +299,16 @@ def policy_mismatch(
     return None
 
 
+MODEL_KINDS = ("maml", "multitask", "fomaml")
+"""The models a robot may ship (``models/<robot>_<kind>.safetensors``)."""
+
+
 def shipped_model_name(robot: str, kind: str = "maml") -> str:
     """The file name under ``models/`` of ``robot``'s shipped ``kind`` model (``maml``: the
-    meta-trained policy; ``multitask``: the fine-tuning baseline): ``<robot>_<kind>.safetensors``,
+    meta-trained policy; ``multitask``, ``fomaml``: the baselines): ``<robot>_<kind>.safetensors``,
     ``arm_<kind>.safetensors`` for the default robot (its name from before robots had names)."""
-    if kind not in ("maml", "multitask"):
-        raise RobotSpecError(f"model kind must be 'maml' or 'multitask', got {kind!r}")
+    if kind not in MODEL_KINDS:
+        raise RobotSpecError(f"model kind must be one of {MODEL_KINDS}, got {kind!r}")
     return f"{'arm' if robot == DEFAULT_ROBOT else robot}_{kind}.safetensors"
 
 
