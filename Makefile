@@ -77,7 +77,8 @@ train: setup
 
 # The same-budget baselines of the robot's shipped MAML model (its episodes exactly, its
 # minutes + 10% at most): multi-task PPO (fine-tuning start, robust policy) and first-order
-# MAML, ~32 min each on 2 cores; their best checkpoints ship as models/<robot>_<baseline>.*
+# MAML, ~32 min each on 2 cores; their last checkpoints (all of the budget, as the shipped
+# MAML model is its run's last) ship as models/<robot>_<baseline>.*
 baselines: setup
 	set -e; for baseline in multitask fomaml; do \
 	  out=runs/baselines_$(ROBOT)/$$baseline; \
@@ -85,8 +86,8 @@ baselines: setup
 	    $$(test -f $$out/state.safetensors && echo --resume) \
 	    $(ROBOT_ARG) $(TRAIN_ARGS); \
 	  name=$$($(ENV) python -c 'import sys; from maml_ros.runtime.robots import shipped_model_name as n; print(n(*sys.argv[1:]).removesuffix(".safetensors"))' $(ROBOT) $$baseline); \
-	  cp $$out/policy_best.safetensors models/$$name.safetensors; \
-	  cp $$out/policy_best.json models/$$name.json; \
+	  cp $$out/policy_latest.safetensors models/$$name.safetensors; \
+	  cp $$out/policy_latest.json models/$$name.json; \
 	done
 
 # The oracle returns it trains are kept in models/ (the repo's copy, committed) and reused.

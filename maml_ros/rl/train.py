@@ -251,7 +251,7 @@ class Run:
         bar = tqdm(
             total=self.iterations,
             initial=trainer.iteration,
-            desc=self.prefix.rstrip("_") or "meta",
+            desc=self.prefix.rstrip("_") or self.common_meta.get("algo", "meta"),
             disable=not show_progress,
             dynamic_ncols=True,
         )
