@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from maml_ros.rl.checkpoint import load_bundle
+from maml_ros.rl.checkpoint import find_shipped_model, load_bundle
 from maml_ros.rl.config import ConfigError, config_from_dict
 from maml_ros.rl.evaluate import main as eval_main
 from maml_ros.rl.train import main
@@ -70,3 +70,9 @@ def test_a_robot_without_a_shipped_model_gets_a_clear_message(capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         demo_parse_args(["--robot", "xarm6"])
     assert exc.value.code == 2 and "--checkpoint" in capsys.readouterr().err
+
+
+def test_a_baseline_for_another_robot_is_refused(capsys) -> None:
+    panda_baseline = find_shipped_model(shipped_model_name("franka_panda", "multitask"))
+    assert eval_main(["--multitask", str(panda_baseline), "--quick", "--out", "/nonexistent"]) == 2
+    assert "policy is for robot 'franka_panda'" in capsys.readouterr().err

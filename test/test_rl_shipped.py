@@ -14,6 +14,7 @@ from maml_ros.rl.checkpoint import (
 from maml_ros.rl.config import config_from_dict
 from maml_ros.rl.pg import Rollouts
 from maml_ros.rl.policy import numpy_policy
+from maml_ros.rl.train import BUDGET_SLACK, training_budget
 from maml_ros.runtime.robots import get_robot, policy_mismatch, shipped_model_name
 from maml_ros.sim import FAMILIES, ArmEnv, sample_tasks
 
@@ -53,6 +54,27 @@ def test_shipped_multitask_baseline_shares_the_normalisation(robot):
     assert multitask.metadata["algo"] == "multitask"
     assert torch.equal(multitask.obs_mean, meta.obs_mean)
     assert torch.equal(multitask.obs_std, meta.obs_std)
+
+
+SAME_BUDGET_ROBOTS = ("kuka_iiwa",)
+"""Robots whose baselines were trained with their meta-policy's budget (``make baselines``)."""
+
+
+@pytest.mark.parametrize("robot", SAME_BUDGET_ROBOTS)
+@pytest.mark.parametrize("kind", ["multitask", "fomaml"])
+def test_shipped_same_budget_baselines_had_the_meta_policys_episodes(robot, kind):
+    meta = shipped_bundle(robot)
+    baseline = shipped_bundle(robot, kind)
+    assert baseline.metadata["algo"] == kind
+    assert torch.equal(baseline.obs_mean, meta.obs_mean)
+    episodes, minutes, measured = training_budget(baseline.metadata)
+    meta_episodes, meta_minutes, _ = training_budget(meta.metadata)
+    assert measured and episodes == meta_episodes  # its last checkpoint: all of the budget
+    assert minutes <= meta_minutes * BUDGET_SLACK
+    ours, theirs = (config_from_dict(b.metadata["config"]) for b in (baseline, meta))
+    assert ours.inner.first_order == (kind == "fomaml")
+    for section in ("env", "policy", "pg", "seed"):  # the same problem and the same learner
+        assert getattr(ours, section) == getattr(theirs, section), section
 
 
 @shipped

@@ -923,15 +923,25 @@ def run_eval(
     return summary
 
 
-def _baseline_bundle(path: str | None, robot: str, kind: str) -> PolicyBundle | None:
-    """The ``kind`` baseline: ``path``, else the robot's shipped one, else None (said)."""
+def _baseline_bundle(path: str | None, robot: str, kind: str, env: str) -> PolicyBundle | None:
+    """The ``kind`` baseline: ``path``, else the robot's shipped one (arm), else None (said)."""
     if path:
-        return load_bundle(path)
-    try:
-        return load_bundle(find_shipped_model(shipped_model_name(robot, kind)))
-    except FileNotFoundError:
-        print(f"maml-ros-eval: no {kind} baseline ships for {robot}; not compared", file=sys.stderr)
+        bundle = load_bundle(path)
+    elif env != "arm":
         return None
+    else:
+        try:
+            bundle = load_bundle(find_shipped_model(shipped_model_name(robot, kind)))
+        except FileNotFoundError:
+            print(
+                f"maml-ros-eval: no {kind} baseline ships for {robot}; not compared",
+                file=sys.stderr,
+            )
+            return None
+    mismatch = policy_mismatch(bundle.metadata, robot, get_robot(robot).joint_names)
+    if env == "arm" and mismatch:
+        raise CheckpointError(f"{path or f'the shipped {kind} baseline'}: {mismatch} (--robot)")
+    return bundle
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1008,8 +1018,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.env == "arm" and mismatch:
             raise CheckpointError(f"{args.policy or 'the shipped model'}: {mismatch} (--robot)")
         evaluated_families(meta, args.env)
-        multitask = _baseline_bundle(args.multitask, args.robot, "multitask")
-        fomaml = _baseline_bundle(args.fomaml, args.robot, "fomaml")
+        multitask = _baseline_bundle(args.multitask, args.robot, "multitask", args.env)
+        fomaml = _baseline_bundle(args.fomaml, args.robot, "fomaml", args.env)
         oracle_cache = Path(args.oracle_cache) if args.oracle_cache else None
         if oracle_cache is None:
             oracle_cache = Path(args.out) / "oracle_returns.json"
