@@ -115,7 +115,8 @@ def test_cli_quick_run_on_the_toy_writes_json_and_plot(tmp_path, capsys):
     summary = report["summary"]
     for key in ("reach_success_post1_k2", "finetune_success_post1_k2", "scratch_return_post1_k2"):
         assert key in summary and len(summary[f"{key}_ci95"]) == 2
-    assert "reach_success_post1_k4" not in summary  # K = 4 is the protocol's own post1
+    assert "post1_k4" not in report["tasks"][0]["returns"]  # K = 4 is the protocol's own post1
+    assert summary["reach_success_post1_k4"] == summary["reach_success_post1"]
     assert {"reach_success_post2", "robust_return", "robust_success"} <= set(summary)
     assert (out / "eval_curves.png").stat().st_size > 0
 
@@ -144,6 +145,34 @@ def test_baseline_lrs_are_chosen_on_validation_and_applied_once_to_the_split(tmp
         ]
     with pytest.raises(ValueError, match="out of range"):
         run_eval(bundle, bundle, replace(cfg, split="out_of_range"), tmp_path, "point")
+
+
+def test_the_test_split_run_also_reports_maml_out_of_range(tmp_path, monkeypatch):
+    from maml_ros.rl.envs import PointTaskSource
+
+    requested = []
+    sample = PointTaskSource.sample
+
+    def spy(self, n, split, seed, family=None):  # the toy has no out-of-range tasks: borrow
+        requested.append(split)
+        return sample(self, n, "validation" if split == "out_of_range" else split, seed, family)
+
+    monkeypatch.setattr(PointTaskSource, "sample", spy)
+    monkeypatch.setattr(PointTaskSource, "has_out_of_range", lambda self, family: True)
+    bundle = load_bundle(point_bundle(tmp_path))
+    cfg = replace(EvalConfig.quick(), workers=1)
+    summary = run_eval(bundle, bundle, cfg, tmp_path / "eval", env_name="point")
+    assert requested == ["validation"] * 2 + ["test"] * 2 + ["out_of_range"] * 2
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    *ood_reach, ood_dynamics = report["out_of_range_tasks"]  # quick: 2 reach + 1 dynamics
+    assert set(ood_dynamics["returns"]) == {"pre", "post1", "post2", "post3"}  # MAML alone
+    assert summary["reach_success_ood"] == np.mean([r["success"]["post1"] for r in ood_reach])
+    assert summary["dynamics_return_ood"] == ood_dynamics["returns"]["post1"]
+    assert summary["reach_success_post1_k4"] == summary["reach_success_post1"]  # K's own point
+    assert "robust_return_post1_k4" not in summary
+    requested.clear()
+    summary = run_eval(bundle, bundle, replace(cfg, out_of_range=False), tmp_path / "e2", "point")
+    assert "out_of_range" not in requested and "reach_success_ood" not in summary
 
 
 def test_first_order_maml_is_a_baseline_with_its_learned_lrs_among_the_candidates(tmp_path):

@@ -126,6 +126,9 @@ class EvalConfig:
     bootstrap: int = 5000
     split: str = "test"
     k_curve: tuple[int, ...] = (5, 10, 20, 40)
+    out_of_range: bool = True
+    """With ``split`` test, also MAML's steps on the same number of out-of-range tasks, for
+    ``{family}_success_ood`` (no baselines, no K curve)."""
 
     @classmethod
     def quick(cls) -> EvalConfig:
@@ -436,6 +439,8 @@ def evaluate_seed(
                     record(f"{name}_k{k}", batch)
     baselines: dict[str, dict[LR, list[float]]] = {}
     for name, start in starts.items():
+        if baseline_lrs is not None and name not in baseline_lrs:
+            continue
         explore = evaluator.run_episodes([start] * n, tasks, cfg.k, rng_seed + 40, explore=True)
         baselines[name] = {}
         if baseline_lrs is None:
@@ -585,8 +590,10 @@ def summarize(
     best_lr: dict[str, LR],
     n_boot: int,
     families: Sequence[str] | None = None,
+    extra_metrics: bool = True,
 ) -> dict[str, Any]:
-    """The headline numbers with 95% CIs, per family (``families``: those of ``results``)."""
+    """The headline numbers with 95% CIs, per family (``families``: those of ``results``);
+    ``extra_metrics`` False: the families' per-stage metrics only."""
     if families is None:
         families = list(dict.fromkeys(r.family for r in results))
     specs = [check_family(get_family(f)) for f in families]
@@ -616,10 +623,23 @@ def summarize(
     for name, source in SUMMARY_ALIASES.items():
         if source in summary:
             summary[name], summary[f"{name}_ci95"] = summary[source], summary[f"{source}_ci95"]
-    for family in specs:
+    for family in specs if extra_metrics else ():
         for metric in family.extra_metrics:
             EXTRA_METRICS[metric].summarize(family.name, by_family[family.name], summary)
     return dict(summary)
+
+
+def out_of_range_keys(summary: dict[str, Any], families: Sequence[str]) -> dict[str, Any]:
+    """``{family}_{success,return}_ood`` (and ``_ci95``): the one-step figures of a summary of
+    out-of-range tasks."""
+    keys = {}
+    for family in families:
+        for metric in ("success", "return"):
+            source = f"{family}_{metric}_post1"
+            if source in summary:
+                keys[f"{family}_{metric}_ood"] = summary[source]
+                keys[f"{family}_{metric}_ood_ci95"] = summary[f"{source}_ci95"]
+    return keys
 
 
 def _save_figure(fig: Any, path: Path) -> None:
@@ -824,11 +844,11 @@ def run_eval(
             stack.callback(env.close)
             groups.append((group, Evaluator(env, cfg)))
 
-        def task_sets(split: str):
-            """Per seed and eval batch: the seed, the batch's families, its evaluator and that
-            seed's tasks of ``split``."""
+        def task_sets(split: str, batches=groups):
+            """Per seed and eval batch (of ``batches``): the seed, the batch's families, its
+            evaluator and that seed's tasks of ``split``."""
             for seed in cfg.seeds:
-                for group, evaluator in groups:
+                for group, evaluator in batches:
                     tasks = []
                     for family in group:
                         seed_f = 7919 * seed + 1 + family_names().index(family)
@@ -881,12 +901,35 @@ def run_eval(
                 f"({time.monotonic() - t0:.0f} s)",
                 file=sys.stderr,
             )
+        ood_results: list[TaskResult] = []
+        if cfg.split == "test" and cfg.out_of_range:
+            ood_batches = [
+                (group, Evaluator(evaluator.env, dataclasses.replace(cfg, k_curve=())))
+                for group, evaluator in groups
+                if all(task_source.has_out_of_range(f) for f in group)
+            ]
+            for seed, _, evaluator, tasks in task_sets("out_of_range", ood_batches):
+                task_families = [task_source.family_of(t) for t in tasks]
+                task_json = [task_source.to_json(t) for t in tasks]
+                ood_results += evaluate_seed(
+                    evaluator, meta, {}, tasks, task_families, task_json, seed, baseline_lrs={}
+                )[0]
+            if ood_batches:
+                print(
+                    f"maml-ros-eval: out of range done ({time.monotonic() - t0:.0f} s)",
+                    file=sys.stderr,
+                )
     summary = summarize(results, best_lr, cfg.bootstrap, families)
     if cfg.split == "out_of_range":
-        for family in families:
-            if f"{family}_success_post1" in summary:
-                summary[f"{family}_success_ood"] = summary[f"{family}_success_post1"]
-                summary[f"{family}_success_ood_ci95"] = summary[f"{family}_success_post1_ci95"]
+        summary.update(out_of_range_keys(summary, families))
+    elif ood_results:
+        ood_families = list(dict.fromkeys(r.family for r in ood_results))
+        ood_summary = summarize(ood_results, {}, cfg.bootstrap, ood_families, extra_metrics=False)
+        summary.update(out_of_range_keys(ood_summary, ood_families))
+    on_k_curve = [k for k in summary if k.endswith("_post1") and not k.startswith("robust_")]
+    for key in on_k_curve:  # K = cfg.k's point of the K curve, by its name there too
+        summary.setdefault(f"{key}_k{cfg.k}", summary[key])
+        summary.setdefault(f"{key}_k{cfg.k}_ci95", summary.get(f"{key}_ci95"))
     budgets = {"maml": meta, "multitask": multitask, "robust": multitask, "fomaml": fomaml}
     for name, bundle in budgets.items():
         if bundle is not None:
@@ -912,6 +955,7 @@ def run_eval(
         "multitask_policy": None if multitask is None else multitask.metadata.get("iteration"),
         "fomaml_policy": None if fomaml is None else fomaml.metadata.get("iteration"),
         "tasks": [dataclasses.asdict(r) for r in results],
+        "out_of_range_tasks": [dataclasses.asdict(r) for r in ood_results],
         "wall_s": time.monotonic() - t0,
     }
     atomic_write_bytes(
