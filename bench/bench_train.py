@@ -12,8 +12,10 @@ numbers as lower bounds.
 
     python bench/bench_train.py [--iterations 2] [--cores 1 2] [--config config/train.yaml]
 
-Last line (JSON): ``env_steps_per_s_1core``, ``meta_iters_per_min_1core`` (and ``_2core``),
-plus ``settings`` with every measurement.
+Last line (JSON): ``env_steps_per_s_1core``, ``meta_iters_per_min_1core``,
+``projected_full_run_minutes_1core`` (the config's meta-iterations at the measured pace, capped
+by its ``max_minutes``; observation normalisation and checkpoints not counted) and the same for
+``_2core``, plus ``settings`` with every measurement.
 """
 
 from __future__ import annotations
@@ -77,7 +79,20 @@ def run_setting(config_path: str, cores: int, iterations: int) -> dict[str, Any]
         "horizon": horizon,
         "hidden": list(cfg.policy.hidden),
         "outer_epochs": cfg.outer.epochs,
+        "config_iterations": cfg.iterations,
+        "projected_full_run_minutes": round(
+            projected_minutes(cfg.iterations, wall / iterations, cfg.max_minutes), 2
+        ),
+        "time_capped": cfg.max_minutes is not None
+        and cfg.iterations * wall / iterations > 60.0 * cfg.max_minutes,
     }
+
+
+def projected_minutes(iterations: int, s_per_iteration: float, max_minutes: float | None) -> float:
+    """Minutes ``iterations`` meta-iterations take at ``s_per_iteration``, capped by the
+    trainer's time budget ``max_minutes``."""
+    minutes = iterations * s_per_iteration / 60.0
+    return minutes if max_minutes is None else min(minutes, max_minutes)
 
 
 def main() -> None:
@@ -104,6 +119,7 @@ def main() -> None:
     for s in settings:
         result[f"env_steps_per_s_{s['cores']}core"] = s["env_steps_per_s"]
         result[f"meta_iters_per_min_{s['cores']}core"] = s["meta_iters_per_min"]
+        result[f"projected_full_run_minutes_{s['cores']}core"] = s["projected_full_run_minutes"]
     result["settings"] = settings
     emit_json(result)
 

@@ -308,3 +308,26 @@ def test_eval_runs_on_the_ray_backend(local_ray, tmp_path):
     for key in ("reach_return_pre", "reach_return_post1"):
         assert summary["ray"][key] == pytest.approx(summary["local"][key], rel=1e-6)
     assert np.isfinite(summary["ray"]["reach_return_post1"])
+
+
+def test_eval_batches_take_turns_on_the_actors_cpus(local_ray, tmp_path):
+    """Two eval batches (reach, then reach+dynamics) of 2 envs and 2 actors each on a 2-CPU
+    Ray: their actors share the CPUs instead of the second batch waiting for CPUs that never
+    free."""
+    from maml_ros.rl.evaluate import EvalConfig, eval_batches, run_eval
+
+    trainer = trainer_on("local")
+    try:
+        bundle = trainer.bundle()
+    finally:
+        trainer.env.close()
+    families = ["reach", "reach+dynamics"]
+    bundle = bundle.replace(metadata={**bundle.metadata, "task_families": families})
+    assert len(eval_batches(families)) == 2
+    cfg = dataclasses.replace(
+        EvalConfig.quick(), n_reach=2, n_other=2, k=2, eval_episodes=1, k_curve=(), workers=2
+    )
+    summary = run_eval(bundle, None, cfg, tmp_path, backend="ray")
+    assert np.isfinite(summary["reach_return_post1"])
+    assert np.isfinite(summary["reach+dynamics_return_post1"])
+    assert local_ray.cluster_resources()["CPU"] == 2

@@ -274,6 +274,7 @@ class VecArmBatchEnv:
         env_kwargs: dict[str, Any] | None = None,
         backend: str = "local",
         ray_address: str | None = None,
+        ray_actor_cpus: float = 1.0,
     ) -> None:
         from maml_ros.sim import ArmEnv
 
@@ -291,7 +292,12 @@ class VecArmBatchEnv:
             # One world per actor as VecArmEnv's workers have; one world per env with a single
             # worker, as the in-process ArmBatchEnv has: the same numbers as the local backend.
             self.vec = RayArmEnv(
-                num_envs, workers, env_kwargs, shared_world=workers > 1, address=ray_address
+                num_envs,
+                workers,
+                env_kwargs,
+                shared_world=workers > 1,
+                address=ray_address,
+                actor_cpus=ray_actor_cpus,
             )
         else:
             from maml_ros.sim import VecArmEnv
@@ -328,13 +334,15 @@ def make_env(
     backend: str = "local",
     ray_address: str | None = None,
     robot: str = "kuka_iiwa",
+    ray_actor_cpus: float = 1.0,
 ) -> BatchEnv:
     """``"arm"``: the sim's VecArmEnv (workers > 1) or in-process ArmEnvs; ``"point"``: toy.
 
     ``backend="ray"`` puts the arm's envs in ``workers`` Ray actors instead (a local Ray, or
     the cluster at ``ray_address``; ``"auto"``: the one ``ray start`` runs); ``horizon``
     (None: the arm's default of 50 steps) sets the arm's episode length; ``robot`` names the
-    arm's description (``maml_ros.runtime.robots``).
+    arm's description (``maml_ros.runtime.robots``); ``ray_actor_cpus`` the CPUs each Ray actor
+    reserves (less than 1: envs that take turns share them).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
@@ -349,7 +357,7 @@ def make_env(
         if robot != "kuka_iiwa":  # the default robot's kwargs stay as they were
             kwargs["robot"] = robot
         if backend == "ray":
-            return VecArmBatchEnv(num_envs, workers, kwargs, "ray", ray_address)
+            return VecArmBatchEnv(num_envs, workers, kwargs, "ray", ray_address, ray_actor_cpus)
         env: BatchEnv
         try:
             from maml_ros.sim import VecArmEnv  # noqa: F401

@@ -829,10 +829,9 @@ def run_eval(
     oracles = OracleCache(oracle_cache)
     with ExitStack() as stack:
         groups = []
-        for group in eval_batches(families):
+        batches = [g for g in eval_batches(families) if sum(map(cfg.tasks_per_seed, g))]
+        for group in batches:
             n_tasks = sum(cfg.tasks_per_seed(f) for f in group)
-            if n_tasks == 0:
-                continue
             env = make_env(
                 env_name,
                 n_tasks * cfg.eval_episodes,
@@ -840,6 +839,7 @@ def run_eval(
                 backend=backend,
                 ray_address=ray_address,
                 robot=robot,
+                ray_actor_cpus=1.0 / len(batches),  # the batches take turns: they share CPUs
             )
             stack.callback(env.close)
             groups.append((group, Evaluator(env, cfg)))

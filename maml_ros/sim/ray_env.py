@@ -127,8 +127,10 @@ class RayArmEnv:
     ``step(actions [n_envs, 7]) -> obs, rewards, terminated, truncated, success``;
     ``last_info`` as in VecArmEnv. Either call raises :class:`ActorsLost` when actors died
     (after replacing them; ``replacements`` counts them). ``shared_world``, ``env_kwargs``: as
-    in VecArmEnv. ``timeout_s`` bounds every call (a silent actor counts as dead). Ray is shut
-    down on :meth:`close` if this env started it.
+    in VecArmEnv. ``timeout_s`` bounds every call (a silent actor counts as dead).
+    ``actor_cpus``: the CPUs each actor reserves (below 1 for envs that take turns, so that
+    their actors fit the cluster together). Ray is shut down on :meth:`close` if this env
+    started it.
     """
 
     def __init__(
@@ -141,6 +143,7 @@ class RayArmEnv:
         address: str | None = None,
         timeout_s: float = 120.0,
         max_replacements: int = 16,
+        actor_cpus: float = 1.0,
     ) -> None:
         if isinstance(n_envs, bool) or not isinstance(n_envs, int) or n_envs < 1:
             raise ValueError(f"n_envs must be a positive int, got {n_envs!r}")
@@ -148,6 +151,8 @@ class RayArmEnv:
             n_workers = min(n_envs, os.cpu_count() or 1)
         if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
             raise ValueError(f"n_workers must be a positive int, got {n_workers!r}")
+        if not 0 < actor_cpus <= 64:
+            raise ValueError(f"actor_cpus must be in (0, 64], got {actor_cpus!r}")
         n_workers = min(n_workers, n_envs)
         self._ray = ray = import_ray()
         self._lost_errors = (
@@ -175,13 +180,13 @@ class RayArmEnv:
         self._owns_ray = init_ray(address, max(os.cpu_count() or 1, n_workers))
         try:
             available = self._ray.cluster_resources().get("CPU", 0)
-            if available < n_workers:
+            if available < n_workers * actor_cpus - 1e-9:
                 raise RuntimeError(
-                    f"{n_workers} sim actors need {n_workers} CPUs; the Ray cluster has "
-                    f"{available:g} (add nodes with `ray start --address ...` or pass fewer "
-                    "--workers)"
+                    f"{n_workers} sim actors need {n_workers * actor_cpus:g} CPUs; the Ray "
+                    f"cluster has {available:g} (add nodes with `ray start --address ...` or "
+                    "pass fewer --workers)"
                 )
-            self._remote = self._ray.remote(num_cpus=1, max_restarts=0)(SimActor)
+            self._remote = self._ray.remote(num_cpus=actor_cpus, max_restarts=0)(SimActor)
             self.actors = [self._start(index) for index in range(n_workers)]
             self._wait([actor.info.remote() for actor in self.actors], "start")
         except BaseException:
