@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import random
+import signal
 import sys
 import tempfile
 import threading
@@ -232,7 +233,7 @@ def relay(seconds: float) -> int:
     """A bare rclpy relay, the controller's floor: each joint state is answered on
     ``relay/actions`` with its stamp and nothing else (no policy, no checks); the count."""
     import rclpy
-    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from sensor_msgs.msg import JointState
 
     from maml_ros.ros import interfaces as itf
@@ -253,7 +254,7 @@ def relay(seconds: float) -> int:
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     deadline = time.monotonic() + seconds
-    with contextlib.suppress(KeyboardInterrupt):
+    with contextlib.suppress(KeyboardInterrupt, ExternalShutdownException):  # the bench's SIGINT
         while time.monotonic() < deadline:
             executor.spin_once(timeout_sec=0.1)
     node.destroy_node()
@@ -523,6 +524,8 @@ if __name__ == "__main__":
     parser.add_argument("--k", type=int, default=20)
     add_realtime_option(parser)
     cli = parser.parse_args()
+    # The bench stops its helpers with SIGINT, which a background parent may have set ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if cli.mode == "relay":
         run_driver_realtime(cli.realtime_priority)
         print(json.dumps({"relayed": relay(cli.seconds)}), flush=True)

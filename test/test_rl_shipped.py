@@ -1,5 +1,7 @@
 """The shipped checkpoints (models/) load, validate, and run on the arm."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from maml_ros.rl.checkpoint import (
     find_shipped_model,
     load_bundle,
 )
-from maml_ros.rl.config import config_from_dict
+from maml_ros.rl.config import config_from_dict, load_config
 from maml_ros.rl.pg import Rollouts
 from maml_ros.rl.policy import numpy_policy
 from maml_ros.rl.train import BUDGET_SLACK, training_budget
@@ -104,3 +106,15 @@ def test_shipped_policy_runs_and_adapts_on_the_arm(robot):
     new, info = adapt_policy(bundle, rollouts)
     assert new.version == bundle.version + 1 and np.isfinite(info["inner_loss"])
     assert any(not torch.equal(new.params[k], bundle.params[k]) for k in bundle.params)
+
+
+def test_the_committed_config_is_the_shipped_iiwa_recipe():
+    """``make train`` retrains the shipped iiwa model: its sections, and its iterations as the
+    budget instead of the 32-minute time limit that cut the shipped run to them."""
+    meta = shipped_bundle("kuka_iiwa").metadata
+    shipped = config_from_dict(meta["config"])
+    committed = load_config(Path(__file__).resolve().parents[1] / "config" / "train.yaml")
+    assert committed.iterations == meta["iteration"]
+    assert committed.max_minutes is not None and committed.max_minutes > shipped.max_minutes
+    for name in ("seed", "env", "policy", "inner", "pg", "outer", "obs_norm_episodes"):
+        assert getattr(committed, name) == getattr(shipped, name), name
