@@ -58,7 +58,7 @@ def test_shipped_multitask_baseline_shares_the_normalisation(robot):
     assert torch.equal(multitask.obs_std, meta.obs_std)
 
 
-SAME_BUDGET_ROBOTS = ("kuka_iiwa",)
+SAME_BUDGET_ROBOTS = ("kuka_iiwa", "franka_panda")
 """Robots whose baselines were trained with their meta-policy's budget (``make baselines``)."""
 
 
