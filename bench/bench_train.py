@@ -62,6 +62,8 @@ def run_setting(config_path: str, cores: int, iterations: int) -> dict[str, Any]
     sampling = sum(m["time_sample_pre"] + m["time_sample_post"] for m in metrics)
     optimise = sum(m["time_optimize"] for m in metrics)
     total_steps = steps_per_iter * iterations
+    minutes = cfg.iterations * wall / iterations / 60.0  # the config's run at this pace
+    time_capped = cfg.max_minutes is not None and minutes > cfg.max_minutes
     return {
         "cores": cores,
         "workers": cores,
@@ -80,19 +82,9 @@ def run_setting(config_path: str, cores: int, iterations: int) -> dict[str, Any]
         "hidden": list(cfg.policy.hidden),
         "outer_epochs": cfg.outer.epochs,
         "config_iterations": cfg.iterations,
-        "projected_full_run_minutes": round(
-            projected_minutes(cfg.iterations, wall / iterations, cfg.max_minutes), 2
-        ),
-        "time_capped": cfg.max_minutes is not None
-        and cfg.iterations * wall / iterations > 60.0 * cfg.max_minutes,
+        "projected_full_run_minutes": round(cfg.max_minutes if time_capped else minutes, 2),
+        "time_capped": time_capped,
     }
-
-
-def projected_minutes(iterations: int, s_per_iteration: float, max_minutes: float | None) -> float:
-    """Minutes ``iterations`` meta-iterations take at ``s_per_iteration``, capped by the
-    trainer's time budget ``max_minutes``."""
-    minutes = iterations * s_per_iteration / 60.0
-    return minutes if max_minutes is None else min(minutes, max_minutes)
 
 
 def main() -> None:

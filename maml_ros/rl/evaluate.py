@@ -982,9 +982,14 @@ def _baseline_bundle(path: str | None, robot: str, kind: str, env: str) -> Polic
                 file=sys.stderr,
             )
             return None
+    return _for_robot(bundle, robot, env, path or f"the shipped {kind} baseline")
+
+
+def _for_robot(bundle: PolicyBundle, robot: str, env: str, what: str) -> PolicyBundle:
+    """``bundle``, or CheckpointError naming ``what`` when it cannot drive the arm ``robot``."""
     mismatch = policy_mismatch(bundle.metadata, robot, get_robot(robot).joint_names)
     if env == "arm" and mismatch:
-        raise CheckpointError(f"{path or f'the shipped {kind} baseline'}: {mismatch} (--robot)")
+        raise CheckpointError(f"{what}: {mismatch} (--robot)")
     return bundle
 
 
@@ -1057,10 +1062,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{message} as --policy (EVAL_ARGS=--policy=...)", file=sys.stderr)
         return 2
     try:
-        meta = load_bundle(args.policy or shipped)
-        mismatch = policy_mismatch(meta.metadata, args.robot, get_robot(args.robot).joint_names)
-        if args.env == "arm" and mismatch:
-            raise CheckpointError(f"{args.policy or 'the shipped model'}: {mismatch} (--robot)")
+        meta = _for_robot(
+            load_bundle(args.policy or shipped),
+            args.robot,
+            args.env,
+            args.policy or "the shipped model",
+        )
         evaluated_families(meta, args.env)
         multitask = _baseline_bundle(args.multitask, args.robot, "multitask", args.env)
         fomaml = _baseline_bundle(args.fomaml, args.robot, "fomaml", args.env)
