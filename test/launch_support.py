@@ -42,6 +42,12 @@ def require_launch_stack() -> None:
         pytest.skip(HOW_TO_GET_IT, allow_module_level=True)
 
 
+def _as_a_terminal_job() -> None:
+    """SIGINT handled as in a terminal's job, even where this process inherited it ignored
+    (a background job of a non-interactive shell): launch would ignore Ctrl-C otherwise."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class TerminalSession:
     """A command (``ros2 launch ...``) in a session of its own, as a terminal runs it, with its
     output collected as it comes. ``ctrl_c`` sends what Ctrl-C sends: one SIGINT to the whole
@@ -57,6 +63,7 @@ class TerminalSession:
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
+            preexec_fn=_as_a_terminal_job,
         )
         self._lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
