@@ -3,6 +3,7 @@ stale hold, exploration service, parameter validation, and the executable."""
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import os
@@ -92,13 +93,14 @@ def overflowing_bundle(version: int = 2, run_id: str = "run-a") -> PolicyBundle:
 
 
 class ListPublisher:
-    """Stands in for a publisher: keeps what is published."""
+    """Stands in for a publisher: keeps a copy of what is published (a publisher serialises
+    the message at once, and the controller re-uses its messages)."""
 
     def __init__(self) -> None:
         self.sent: list[Any] = []
 
     def publish(self, msg: Any) -> None:
-        self.sent.append(msg)
+        self.sent.append(copy.deepcopy(msg))
 
 
 def install(ctl: PolicyControllerNode, bundle: PolicyBundle) -> None:
@@ -581,6 +583,62 @@ def test_the_tick_waits_for_no_lock_the_decoder_or_the_status_holds(ros: Ros) ->
         answered = not tick.is_alive()
     assert answered, "the tick blocked on a lock held by another thread"
     assert ctl.status.snapshot()["ticks"] == 1
+
+
+def test_joint_states_are_answered_while_the_nodes_executor_is_held_up(ros: Ros) -> None:
+    """The tick has a node, an executor and a thread of its own: with every other callback of
+    the process's executor held up, joint states are still answered."""
+    import threading
+
+    rig = Rig(ros)
+    rig.send_policy(constant_bundle(BIAS_A))
+    wait_until(lambda: rig.ctl.status.snapshot()["has_policy"])
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        held.set()
+        release.wait(10.0)
+
+    timer = rig.node.create_timer(0.01, hold)
+    assert held.wait(5.0)
+    timer.cancel()
+    try:
+        before = rig.ctl._ticks
+        for _ in range(10):
+            rig.publish_state()
+            time.sleep(0.02)
+        answered = rig.ctl._ticks - before
+    finally:
+        release.set()
+    assert answered >= 5, f"{answered} of 10 joint states answered while the executor was busy"
+
+
+def test_no_tick_command_follows_the_hold_of_a_deactivate(ros: Ros) -> None:
+    """deactivate's zero-velocity hold is the last command: a tick running on the control
+    thread at that moment either commands before it or not at all."""
+    import threading
+
+    rig = Rig(ros, hold_rate_hz=0.1)  # no watchdog holds within the test
+    ctl = rig.ctl
+    assert ctl.handle_policy(policy_to_msg(constant_bundle(BIAS_A)))
+    stop = threading.Event()
+
+    def ticks() -> None:
+        stamp = START_NS
+        while not stop.is_set():
+            stamp += 1_000_000
+            ctl._on_joint_state(arrays_to_joint_state(stamp, JOINTS, np.zeros(7), np.zeros(7)))
+
+    thread = threading.Thread(target=ticks, daemon=True)
+    thread.start()
+    wait_until(lambda: len(rig.commands) > 50)
+    ctl.trigger_deactivate()
+    time.sleep(0.05)
+    stop.set()
+    thread.join(timeout=5.0)
+    time.sleep(0.3)  # the last commands on the wire
+    zero = next(i for i, (_, c, _) in enumerate(rig.commands) if not c.any())
+    assert all(not c.any() for _, c, _ in rig.commands[zero:]), "a command followed the hold"
 
 
 def test_lifecycle_unconfigured_commands_nothing_and_deactivate_holds_position(ros: Ros) -> None:

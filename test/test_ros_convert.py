@@ -280,6 +280,30 @@ def test_stamped_commands_round_trip(velocities, stamp_ns):
     assert convert.command_stamp_ns(convert.commands_to_msg(velocities)) is None
 
 
+@FUZZ
+@given(
+    velocities=st.lists(finite_float, min_size=7, max_size=7),
+    action=st.lists(st.floats(-1e3, 1e3, width=32), min_size=7, max_size=7),
+    stamp_ns=st.integers(1, 2**31 * 10**9 - 1),
+    exploring=st.booleans(),
+)
+def test_tick_messages_equal_the_converters_messages_tick_after_tick(
+    velocities, action, stamp_ns, exploring
+):
+    """The re-used command and echo hold what commands_to_msg / action_to_msg would build,
+    also after an earlier tick wrote other values into them."""
+    out = convert.TickMessages(JOINTS)
+    for scale in (0.5, 1.0):  # the second tick overwrites the first
+        out.velocities[:] = np.asarray(velocities) * scale
+        out.action[:] = np.asarray(action, dtype=np.float32) * np.float32(scale)
+        stamp = convert.as_stamp(stamp_ns)
+        expected = convert.commands_to_msg(out.velocities.copy(), stamp=stamp_ns)
+        assert out.command(stamp_ns) == expected
+        echo = convert.action_to_msg(stamp, JOINTS, out.action.copy(), exploring=exploring)
+        assert out.echo(stamp, exploring) == echo
+        assert convert.action_exploring(out.echo(stamp, exploring)) is exploring
+
+
 def test_command_stamp_accepts_a_time_and_ignores_foreign_labels():
     msg = convert.commands_to_msg(np.zeros(7), stamp=Time(sec=3, nanosec=4))
     assert convert.command_stamp_ns(msg) == 3_000_000_004

@@ -189,6 +189,84 @@ class NodeStatus:
         self._pub.publish(String(data=json.dumps(self.snapshot(), allow_nan=False)))
 
 
+class SubscriptionThread:
+    """One subscription served by a node, an executor and a thread of its own, beside its
+    owner's executor: the real-time path (realtime_tools' idea, in rclpy).
+
+    rclpy rebuilds its wait set in Python at every wake-up, one entry per service, timer and
+    event: a lifecycle node's 28 cost about 0.5 ms a message. This node holds the one
+    subscription and nothing else (no parameter, type-description or logger services), so a
+    message costs what a bare relay's does, and no callback of the owner runs before it.
+
+    The topic is resolved (namespace, remapping) by the owner; the callback and ``idle`` run on
+    this thread, concurrently with the owner's callbacks, so what they share is swapped by
+    reference or locked. ``idle()`` runs after each message and at least every
+    ``idle_period_s``. An exception raised on this thread is re-raised on the owner's executor
+    (the process fails as it would for one of the owner's callbacks)."""
+
+    def __init__(
+        self,
+        owner: Node,
+        msg_type: Any,
+        topic: str,
+        callback: Callable[[Any], None],
+        qos: Any,
+        *,
+        idle: Callable[[], None],
+        idle_period_s: float,
+        suffix: str = "control_loop",
+    ) -> None:
+        self.node = rclpy.create_node(
+            f"{owner.get_name()}_{suffix}",
+            namespace=owner.get_namespace(),
+            context=owner.context,
+            use_global_arguments=False,  # the owner resolved the remapped name
+            enable_rosout=False,
+            start_parameter_services=False,
+            parameter_overrides=[Parameter("start_type_description_service", value=False)],
+        )
+        self.node.create_subscription(msg_type, owner.resolve_topic_name(topic), callback, qos)
+        self._executor = SingleThreadedExecutor(context=owner.context)
+        self._executor.add_node(self.node)
+        self._idle = idle
+        self._idle_period_s = idle_period_s
+        self._stop = threading.Event()
+        self._failure: BaseException | None = None
+        self._reraise = owner.create_guard_condition(self._raise_failure)
+        self._thread = threading.Thread(
+            target=self._spin, name=f"{owner.get_name()}_{suffix}", daemon=True
+        )
+
+    def start(self) -> None:
+        """Starts serving the subscription (call once the owner is fully built)."""
+        self._thread.start()
+
+    def _spin(self) -> None:
+        context = self.node.context
+        try:
+            while not self._stop.is_set() and context.ok():
+                self._executor.spin_once(timeout_sec=self._idle_period_s)
+                self._idle()
+        except ExternalShutdownException:
+            pass
+        except Exception as err:
+            if context.ok() and not self._stop.is_set():
+                self._failure = err
+                self._reraise.trigger()
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def close(self) -> None:
+        """Stops the thread and destroys the node."""
+        self._stop.set()
+        self._executor.shutdown(timeout_sec=1.0)  # wakes the thread's wait
+        if self._thread.is_alive():
+            self._thread.join(timeout=5.0)
+        self.node.destroy_node()
+
+
 AUTOSTART = ParamSpec(
     "autostart",
     True,

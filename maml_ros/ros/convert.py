@@ -17,6 +17,7 @@ reward, action and command converters do not pull in PyBullet or torch.
 
 from __future__ import annotations
 
+import array
 import hashlib
 import json
 import math
@@ -428,6 +429,39 @@ def action_to_msg(
     return msg
 
 
+class TickMessages:
+    """The command and the action echo of a controller tick, allocated once and re-used.
+
+    The tick writes the command into ``velocities`` and the action into ``action``: numpy views
+    of the messages' own float64 arrays, so nothing is converted or allocated per tick, and
+    ``command(stamp_ns)`` / ``echo(stamp, exploring)`` return the messages as
+    :func:`commands_to_msg` and :func:`action_to_msg` would build them (the caller publishes one
+    before writing the next; publishing serialises a message at once)."""
+
+    def __init__(self, joint_names: Sequence[str]) -> None:
+        n = len(joint_names)
+        self._command = Float64MultiArray()
+        self._command.data = array.array("d", bytes(8 * n))
+        self._dim = MultiArrayDimension(size=n, stride=n)
+        self._command.layout.dim = [self._dim]
+        self._echo = JointState()
+        self._echo.name = list(joint_names)
+        self._echo.velocity = array.array("d", bytes(8 * n))
+        self.velocities = np.frombuffer(self._command.data, dtype=np.float64)
+        self.action = np.frombuffer(self._echo.velocity, dtype=np.float64)
+
+    def command(self, stamp_ns: int) -> Float64MultiArray:
+        """The command message holding ``velocities``, answering the state of ``stamp_ns``."""
+        self._dim.label = f"{COMMAND_STAMP_LABEL}{stamp_ns}"
+        return self._command
+
+    def echo(self, stamp: Time, exploring: bool) -> JointState:
+        """The action echo holding ``action``, stamped with the state's ``stamp``."""
+        self._echo.header.stamp = stamp
+        self._echo.header.frame_id = ACTION_EXPLORING if exploring else ACTION_DETERMINISTIC
+        return self._echo
+
+
 def action_from_msg(msg: JointState, joint_names: Sequence[str]) -> tuple[int, np.ndarray]:
     """(stamp_ns, action) of an action echo, reordered to ``joint_names`` (float64)."""
     _check_type(msg, JointState)
@@ -518,6 +552,7 @@ def command_stamp_ns(msg: Float64MultiArray) -> int | None:
 __all__ = [
     "COMMAND_STAMP_LABEL",
     "MAX_TASK_BYTES",
+    "TickMessages",
     "action_exploring",
     "action_from_msg",
     "action_to_msg",

@@ -14,6 +14,14 @@ publishes
 
 Until it has a policy the controller publishes nothing at all (the driver then holds the arm).
 
+The control loop (the joint-state subscription, the tick and the watchdog) runs on a node and a
+thread of its own, ``<name>_control_loop`` (:class:`maml_ros.ros.common.SubscriptionThread`):
+no parameter, lifecycle or home-service callback runs before a tick, and rclpy's per-message
+wait-set rebuild covers one subscription instead of this node's 28 entities. The command and
+the echo are re-used messages written in place (:class:`maml_ros.ros.convert.TickMessages`).
+Between the two threads, what the tick reads is swapped by reference (policy, limits,
+envelope, homing); one lock orders a tick's command before deactivate's hold.
+
 Policies arrive on ``policy`` (latched); the callback only queues the message for a decoder
 thread (the newest pending message wins), so decoding never holds up a tick. A policy is accepted
 when it decodes and validates (size, shapes, dtype, finiteness, and actions finite on probe
@@ -56,7 +64,6 @@ from typing import Any
 
 import numpy as np
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.clock import Clock, ClockType
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, UInt8MultiArray
@@ -68,12 +75,13 @@ from maml_ros.ros.common import (
     NextSpin,
     NodeStatus,
     ParamSpec,
+    SubscriptionThread,
     ValidatedParameters,
     run_node,
     set_realtime_priority,
 )
 from maml_ros.ros.convert import (
-    action_to_msg,
+    TickMessages,
     check_stamp_near_clock,
     commands_to_msg,
     joint_state_to_arrays,
@@ -341,7 +349,6 @@ class PolicyControllerNode(ManagedNode):
         self._refused: tuple[str, int] | None = None  # (run_id, version) that went non-finite
         self._fallbacks = 0
         self._rng = np.random.default_rng(self.params["seed"])
-        self._limits = np.empty(n)
         self._set_limits(self.params["max_velocity"])
         self._envelope: tuple[np.ndarray, np.ndarray] = self._envelope_bounds()
         self._violation: dict[str, Any] | None = None  # set by the tick, cleared by homing
@@ -351,7 +358,7 @@ class PolicyControllerNode(ManagedNode):
         self._homing_failures = 0
         self.status.set(envelope_violation=None, envelope_violations=0, homing=False)
         self._action = np.empty(n, dtype=np.float32)
-        self._command = np.empty(n)
+        self._out = TickMessages(self.joint_names)  # the tick's command and echo, re-used
         self._zeros = np.zeros(n)
         self._last_stamp_ns: int | None = None
         self._behind_ns: int | None = None  # the last of the states stamped before it, in a row
@@ -376,12 +383,17 @@ class PolicyControllerNode(ManagedNode):
             Float64MultiArray, commands_topic(controller), COMMAND_QOS
         )
         self._actions_pub = self.create_publisher(JointState, actions_topic(controller), STREAM_QOS)
-        self.create_subscription(
+        # The tick and the watchdog: a node and a thread of their own (SubscriptionThread).
+        self._control_loop = SubscriptionThread(
+            self,
             JointState,
             JOINT_STATES_TOPIC,
             self._on_joint_state,
             JOINT_STATES_QOS,
+            idle=self._watchdog,
+            idle_period_s=WATCHDOG_PERIOD_S,
         )
+        self._command_lock = threading.Lock()  # a tick's commanding vs deactivate's hold
         self.create_subscription(
             UInt8MultiArray,
             POLICY_TOPIC,
@@ -402,13 +414,9 @@ class PolicyControllerNode(ManagedNode):
             qos_profile=SERVICE_QOS,
             callback_group=ReentrantCallbackGroup(),
         )
-        self.create_timer(
-            WATCHDOG_PERIOD_S,
-            self._watchdog,
-            clock=Clock(clock_type=ClockType.STEADY_TIME),
-        )
         self._update_status()
         self._decoder.start()
+        self._control_loop.start()
         self.autostart()
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -432,13 +440,14 @@ class PolicyControllerNode(ManagedNode):
 
     def deactivate_node(self) -> None:
         """Stops commanding; holds position (zero velocities now, then at hold_rate_hz)."""
-        self._commanding = False
-        homing = self._homing
-        if homing is not None:
-            self._end_homing(homing, False, "homing stopped: the controller was deactivated")
-        self._holding = True
-        self._last_hold = time.monotonic()
-        self._commands_pub.publish(commands_to_msg(self._zeros, stamp=0))
+        with self._command_lock:  # no tick's command can follow this hold
+            self._commanding = False
+            homing = self._homing
+            if homing is not None:
+                self._end_homing(homing, False, "homing stopped: the controller was deactivated")
+            self._holding = True
+            self._last_hold = time.monotonic()
+            self._commands_pub.publish(commands_to_msg(self._zeros, stamp=0))
 
     def _set_realtime(self, priority: int) -> None:
         """Real-time scheduling for the control path, when asked and allowed."""
@@ -496,7 +505,8 @@ class PolicyControllerNode(ManagedNode):
         return np.asarray(values, dtype=np.float64)
 
     def _set_limits(self, values: Any) -> None:
-        self._limits[:] = np.asarray(values, dtype=np.float64)
+        n = len(self.joint_names)  # a new array: the tick (another thread) reads it unlocked
+        self._limits = np.broadcast_to(np.asarray(values, dtype=np.float64), n).copy()
 
     def _on_param_change(self, name: str, value: Any) -> None:
         if name == "max_velocity":
@@ -523,8 +533,14 @@ class PolicyControllerNode(ManagedNode):
             self._stale = False
             self.get_logger().info("joint states resumed")
             self._update_status()
-        if not self._commanding:
-            return
+        with self._command_lock:  # uncontended but for a deactivate: it never waits long
+            if self._commanding:
+                self._answer_state(positions, obs, stamp_ns, msg)
+
+    def _answer_state(
+        self, positions: np.ndarray, obs: np.ndarray, stamp_ns: int, msg: JointState
+    ) -> None:
+        """The tick's answer to a valid state while active: homing, hold, or the policy."""
         homing = self._homing  # one reference read: the home service swaps it
         if homing is not None:
             self._home_tick(homing, positions, msg)
@@ -541,13 +557,14 @@ class PolicyControllerNode(ManagedNode):
         if not np.isfinite(action).all():  # np.clip lets NaN through: never send one
             self._hold_and_fall_back(active, msg)
             return
-        np.clip(action, -1.0, 1.0, out=self._command)
-        np.multiply(self._command, self.params["action_scale"], out=self._command)
-        np.clip(self._command, -self._limits, self._limits, out=self._command)
-        self._commands_pub.publish(commands_to_msg(self._command, stamp=msg.header.stamp))
-        self._actions_pub.publish(
-            action_to_msg(msg.header.stamp, self.joint_names, action, exploring=explore)
-        )
+        out, limits = self._out, self._limits  # one read of the swapped limits
+        command = out.velocities
+        np.clip(action, -1.0, 1.0, out=command)
+        np.multiply(command, self.params["action_scale"], out=command)
+        np.clip(command, -limits, limits, out=command)
+        self._commands_pub.publish(out.command(stamp_ns))  # the command first: the robot waits
+        np.copyto(out.action, action)
+        self._actions_pub.publish(out.echo(msg.header.stamp, explore))
         self._ticks += 1  # the status reads it when it publishes
 
     def _outside_envelope(self, positions: np.ndarray, stamp_ns: int, msg: JointState) -> bool:
@@ -584,8 +601,9 @@ class PolicyControllerNode(ManagedNode):
     def _home_tick(self, homing: _Homing, positions: np.ndarray, msg: JointState) -> None:
         """One step of homing: a P-law towards the target clamped to max_velocity, until within
         ``homing_tolerance`` (success, the envelope violation cleared) or the deadline."""
-        np.subtract(homing.target, positions, out=self._command)
-        error = float(np.max(np.abs(self._command)))
+        command, limits = self._out.velocities, self._limits
+        np.subtract(homing.target, positions, out=command)
+        error = float(np.max(np.abs(command)))
         stamp_ns = self._last_stamp_ns
         if error <= self.params["homing_tolerance"]:
             self._commands_pub.publish(commands_to_msg(self._zeros, stamp=msg.header.stamp))
@@ -603,9 +621,9 @@ class PolicyControllerNode(ManagedNode):
                 f"{error:.4f} rad from home (stamp_ns={stamp_ns})",
             )
             return
-        np.multiply(self._command, self.params["homing_gain"], out=self._command)
-        np.clip(self._command, -self._limits, self._limits, out=self._command)
-        self._commands_pub.publish(commands_to_msg(self._command, stamp=msg.header.stamp))
+        np.multiply(command, self.params["homing_gain"], out=command)
+        np.clip(command, -limits, limits, out=command)
+        self._commands_pub.publish(self._out.command(stamp_ns))
 
     def _end_homing(self, homing: _Homing, ok: bool, message: str) -> None:
         """Answers a home call (the waiting service callback reads ``result``)."""
@@ -639,8 +657,9 @@ class PolicyControllerNode(ManagedNode):
         self._homing = homing  # the tick takes it from the next joint state on
         while not homing.done.is_set() and time.monotonic() < homing.deadline + 0.5:
             await NextSpin()  # resumed at the executor's next wake-up (self._home_wake: at once)
-        if homing.result is None:  # no joint state came to end it
-            self._end_homing(homing, False, f"homing got no joint states for {timeout} s")
+        with self._command_lock:  # the tick may be ending it at this moment
+            if homing.result is None:  # no joint state came to end it
+                self._end_homing(homing, False, f"homing got no joint states for {timeout} s")
         response.success, response.message = homing.result
         self.status.publish()
         return response
@@ -828,7 +847,9 @@ class PolicyControllerNode(ManagedNode):
         )
 
     def destroy_node(self) -> None:
-        """Stops the policy decoder thread, then destroys the node."""
+        """Stops the control loop and the policy decoder thread, then destroys the node."""
+        if hasattr(self, "_control_loop"):  # construction may have failed before it existed
+            self._control_loop.close()
         if hasattr(self, "_policy_cond"):  # construction may have failed before it existed
             with self._policy_cond:
                 self._closing = True
