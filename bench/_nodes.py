@@ -230,8 +230,10 @@ def adapt_load(seconds: float, k: int = 20, threads: int = 1) -> int:
 
 
 def relay(seconds: float) -> int:
-    """A bare rclpy relay, the controller's floor: each joint state is answered on
-    ``relay/actions`` with its stamp and nothing else (no policy, no checks); the count."""
+    """A bare rclpy relay, the controller's floor: each joint state on ``relay/joint_states``
+    is answered on ``relay/actions`` with its stamp and nothing else (no policy, no checks);
+    the count. It has a topic of its own so that it never competes with the controller for
+    the same message (see :class:`FakeArmDriver`'s ``relay_states``)."""
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from sensor_msgs.msg import JointState
@@ -250,7 +252,7 @@ def relay(seconds: float) -> int:
         publisher.publish(answer)
         count += 1
 
-    node.create_subscription(JointState, itf.JOINT_STATES_TOPIC, on_state, itf.JOINT_STATES_QOS)
+    node.create_subscription(JointState, RELAY_STATES_TOPIC, on_state, itf.JOINT_STATES_QOS)
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     deadline = time.monotonic() + seconds
@@ -266,6 +268,8 @@ def relay(seconds: float) -> int:
 
 RELAY_TOPIC = "relay/actions"
 """Where :func:`relay` answers."""
+RELAY_STATES_TOPIC = "relay/joint_states"
+"""What :func:`relay` answers."""
 
 JOINT_NAMES = [f"lbr_iiwa_joint_{i}" for i in range(1, 8)]
 BAD_KINDS = ("nan", "wrong_length", "stale_stamp")
@@ -291,6 +295,10 @@ class FakeArmDriver:
         rewards: bool = True,
         listen_relay: bool = False,
     ) -> None:
+        """``listen_relay``: also send each joint state on ``relay/joint_states`` half a period
+        after ``joint_states`` and time the relay's answers: the relay and the controller
+        then see the same load at the same rate, but never wake for the same message, so
+        neither waits for the other's callback on a shared core."""
         import rclpy
         from geometry_msgs.msg import Vector3Stamped
         from rclpy.executors import SingleThreadedExecutor
@@ -321,9 +329,14 @@ class FakeArmDriver:
         self.node.create_subscription(
             JointState, itf.actions_topic(), self._on_action, itf.STREAM_QOS
         )
+        self.relay_sent: dict[int, float] = {}  # stamp -> relay state send time
         self.relay_received: dict[int, float] = {}  # stamp -> relay answer time
+        self._relay_pub = None
         if listen_relay:
             self.node.create_subscription(JointState, RELAY_TOPIC, self._on_relay, itf.STREAM_QOS)
+            self._relay_pub = self.node.create_publisher(
+                JointState, RELAY_STATES_TOPIC, itf.JOINT_STATES_QOS
+            )
         if listen_commands:
             self.node.create_subscription(
                 Float64MultiArray, itf.commands_topic(), self._on_command, itf.COMMAND_QOS
@@ -346,6 +359,7 @@ class FakeArmDriver:
         self.episode = 0
         self.sent: dict[int, float] = {}  # valid stamp -> send time
         self.received: dict[int, float] = {}  # stamp -> action receive time
+        self.command_received: dict[int, float] = {}  # stamp -> command receive time
         self.command_times: list[float] = []
         self.bad_sent = dict.fromkeys(BAD_KINDS, 0)
         self.slots = 0
@@ -381,7 +395,13 @@ class FakeArmDriver:
         self.relay_received.setdefault(stamp, now)
 
     def _on_command(self, msg: Any) -> None:
-        self.command_times.append(time.perf_counter())
+        from maml_ros.ros.convert import command_stamp_ns
+
+        now = time.perf_counter()
+        self.command_times.append(now)
+        stamp = command_stamp_ns(msg)
+        if stamp:  # 0 / None: a hold, which answers no state
+            self.command_received.setdefault(stamp, now)
 
     def _on_status(self, name: str, msg: Any) -> None:
         try:
@@ -461,6 +481,12 @@ class FakeArmDriver:
             elif self.rewards:
                 reward = -float(np.linalg.norm(positions - self.goal))
                 self._reward_pub.publish(reward_to_msg(stamp, reward, reward > -0.05, episode))
+            if self._relay_pub is not None and kind is None:
+                delay = due + self.period / 2 - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                self.relay_sent[stamp] = time.perf_counter()
+                self._relay_pub.publish(msg)
             self.slots += 1
         self.elapsed = time.perf_counter() - start
         self._running = False
@@ -479,14 +505,20 @@ class FakeArmDriver:
         confirmation = active_task_to_msg(task_from_msg(msg), time.time_ns(), self._session)
         self._active_task_pub.publish(confirmation)
 
-    def latency(self, since: float = 0.0, relay: bool = False) -> dict[str, Any]:
-        """State-in -> action-out latency per valid state sent at or after ``since`` (perf
-        counter), and missed ticks: states whose action had not come back before the next state
-        was due (one period later). ``relay``: the bare relay's answers, not the controller's."""
+    def latency(self, since: float = 0.0, answer: str = "action") -> dict[str, Any]:
+        """State-in -> answer latency per valid state sent at or after ``since`` (perf
+        counter), and missed ticks: states whose answer had not come back before the next state
+        was due (one period later). ``answer``: the controller's ``action`` echo or its
+        ``command`` (``listen_commands``), or the bare ``relay``'s answer."""
         latencies = []
         missed = 0
-        received = self.relay_received if relay else self.received
-        sent_after = {s: t for s, t in self.sent.items() if t >= since}
+        received = {
+            "action": self.received,
+            "command": self.command_received,
+            "relay": self.relay_received,
+        }[answer]
+        sent_at = self.relay_sent if answer == "relay" else self.sent
+        sent_after = {s: t for s, t in sent_at.items() if t >= since}
         for stamp, sent in sent_after.items():
             got = received.get(stamp)
             if got is None or got - sent > self.period:

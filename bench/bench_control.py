@@ -2,21 +2,28 @@
 inner updates load the CPU.
 
 ``policy_controller_node`` runs as its own process (the shipped policy as ``initial_policy``,
-exploration on), beside a bare rclpy relay process (``_nodes.py relay``: subscribe the joint
+exploration on), beside a bare rclpy relay process (``_nodes.py relay``: subscribe a joint
 state, publish an answer with its stamp, nothing else: the floor that rclpy, DDS and this
 machine's scheduling set). This process publishes stamped joint states (sensor-data QoS) at
-each of ``--rates`` in turn and receives both answers. A third process runs ``adapt_policy``
-back to back (K=20 rollouts of horizon 50, the shipped architecture) to load the CPU as the
-adaptation node would.
+each of ``--rates`` in turn, and the same states to the relay on a topic of its own, half a
+period later: both see the same rate and load, and neither wakes for the other's message (on
+one free core, two processes woken by the same message each wait for the other's callback).
+A third process runs ``adapt_policy`` back to back (K=20 rollouts of horizon 50, the shipped
+architecture) to load the CPU as the adaptation node would.
 
 - ``controller_tick_ms_*`` / ``relay_tick_ms_*``: per joint state, the wall time from just
-  before ``publish()`` here to the arrival of its stamped answer here (DDS both ways); the first
-  ``--warmup`` seconds of each rate are not counted.
+  before ``publish()`` here to the arrival here of the controller's command for it (its stamp
+  label; what the robot waits for), or of the relay's answer; the first ``--warmup`` seconds of
+  each rate are not counted. ``echo_tick_ms_*``: the same to the controller's action echo,
+  which it publishes after the command (for the adaptation node).
 - ``controller_excess_ms_p99``: the controller's p99 minus the relay's, at the same rate in the
   same run (the largest over the rates; each rate's is listed too); ``policy_us_p50``: the
   policy's own compute per tick, from the controller's status.
-- ``missed_ticks_<rate>hz``: joint states whose controller answer had not arrived before the
-  next joint state was due (one period), or never arrived.
+- ``missed_ticks_<rate>hz``: joint states whose command had not arrived before the next joint
+  state was due (one period), or never arrived.
+
+Until the twelfth session the controller was timed on its echo and the relay answered the
+same message as the controller (docs/benchmarks.md has both measures side by side).
 
 ``--realtime-priority N`` puts the controller, the relay and this process, which plays the
 robot's driver, under SCHED_FIFO at N; it needs root or CAP_SYS_NICE.
@@ -70,16 +77,18 @@ def measure_rate(rate: float, args: argparse.Namespace, group: NodeGroup) -> dic
         measure_from = driver.started_at + args.warmup
         driver.wait()
         time.sleep(0.2)  # the last answers
-        controller = driver.latency(since=measure_from)
-        relay = driver.latency(since=measure_from, relay=True)
+        controller = driver.latency(since=measure_from, answer="command")
+        echo = driver.latency(since=measure_from, answer="action")
+        relay = driver.latency(since=measure_from, answer="relay")
         status = driver.status.get("policy_controller", {})
     finally:
         driver.close()
-    tick, floor = controller["tick_ms"], relay["tick_ms"]
+    tick, floor, echoed = controller["tick_ms"], relay["tick_ms"], echo["tick_ms"]
     print(
         f"{rate:.0f} Hz: {controller['states_sent']} states; controller p50 {tick['p50']:.3f} "
-        f"p99 {tick['p99']:.3f} ms, relay p50 {floor['p50']:.3f} p99 {floor['p99']:.3f} ms; "
-        f"missed {controller['missed_ticks']} (relay {relay['missed_ticks']})",
+        f"p99 {tick['p99']:.3f} ms (echo p99 {echoed['p99']:.3f}), relay p50 "
+        f"{floor['p50']:.3f} p99 {floor['p99']:.3f} ms; missed {controller['missed_ticks']} "
+        f"(echo {echo['missed_ticks']}, relay {relay['missed_ticks']})",
         flush=True,
     )
     return {
@@ -89,7 +98,11 @@ def measure_rate(rate: float, args: argparse.Namespace, group: NodeGroup) -> dic
         "relay_tick_ms_p50": floor["p50"],
         "relay_tick_ms_p99": floor["p99"],
         "controller_excess_ms_p99": tick["p99"] - floor["p99"],
+        "echo_tick_ms_p50": echoed["p50"],
+        "echo_tick_ms_p99": echoed["p99"],
+        "echo_excess_ms_p99": echoed["p99"] - floor["p99"],
         "missed_ticks": controller["missed_ticks"],
+        "echo_missed_ticks": echo["missed_ticks"],
         "relay_missed_ticks": relay["missed_ticks"],
         "policy_us_p50": status.get("policy_us_p50"),
     }
