@@ -88,7 +88,8 @@ def measure_rate(rate: float, args: argparse.Namespace, group: NodeGroup) -> dic
         f"{rate:.0f} Hz: {controller['states_sent']} states; controller p50 {tick['p50']:.3f} "
         f"p99 {tick['p99']:.3f} ms (echo p99 {echoed['p99']:.3f}), relay p50 "
         f"{floor['p50']:.3f} p99 {floor['p99']:.3f} ms; missed {controller['missed_ticks']} "
-        f"(echo {echo['missed_ticks']}, relay {relay['missed_ticks']})",
+        f"(echo {echo['missed_ticks']}, relay {relay['missed_ticks']}); callback p50 "
+        f"{status.get('tick_us_p50')} p99 {status.get('tick_us_p99')} us",
         flush=True,
     )
     return {
@@ -105,6 +106,8 @@ def measure_rate(rate: float, args: argparse.Namespace, group: NodeGroup) -> dic
         "echo_missed_ticks": echo["missed_ticks"],
         "relay_missed_ticks": relay["missed_ticks"],
         "policy_us_p50": status.get("policy_us_p50"),
+        "tick_us_p50": status.get("tick_us_p50"),
+        "tick_us_p99": status.get("tick_us_p99"),
     }
 
 

@@ -111,6 +111,40 @@ def test_joint_state_rejects_bad_stamps():
         convert.joint_state_to_arrays(msg, JOINTS)
 
 
+_READER = convert.JointStateReader(JOINTS)  # one reader across the examples: a stream
+
+
+def _outcome(read, msg):
+    try:
+        return read(msg)
+    except ValueError as err:
+        return str(err)
+
+
+@FUZZ
+@given(
+    names=st.lists(st.sampled_from([*JOINTS, "x", ""]), max_size=10)
+    | st.permutations(JOINTS)
+    | st.just(list(JOINTS)),
+    values=st.lists(any_float | finite_float, min_size=20, max_size=20),
+    lengths=st.tuples(st.integers(0, 10), st.integers(0, 10)) | st.just(None),
+    stamp=stamps,
+)
+def test_a_joint_state_reader_reads_what_joint_state_to_arrays_reads(names, values, lengths, stamp):
+    """The tick's reader (name lookup kept between messages, arrays re-used) gives the same
+    values and the same errors as joint_state_to_arrays, message after message."""
+    n_pos, n_vel = lengths or (len(names), len(names))
+    msg = JointState(name=names, position=values[:n_pos], velocity=values[10 : 10 + n_vel])
+    msg.header.stamp = stamp
+    expected = _outcome(lambda m: convert.joint_state_to_arrays(m, JOINTS), msg)
+    got = _outcome(_READER.read, msg)
+    if isinstance(expected, str):
+        assert got == expected
+    else:
+        for a, b in zip(got, expected, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
 @FUZZ
 @given(
     names=st.lists(st.sampled_from([*JOINTS, "x", ""]), max_size=10),

@@ -160,6 +160,40 @@ def joint_state_to_arrays(
     return positions, velocities, stamp_ns
 
 
+class JointStateReader:
+    """:func:`joint_state_to_arrays` for one stream of joint states (a controller's tick): the
+    same checks, errors and values, with the name lookup kept for the name list last seen and
+    the values written into ``positions`` / ``velocities`` (re-used: read them before the next
+    call)."""
+
+    def __init__(self, joint_names: Sequence[str]) -> None:
+        self._wanted = list(joint_names)
+        self._names: list[str] | None = None
+        self._indices = np.zeros(0, dtype=np.intp)
+        self.positions = np.empty(len(joint_names))
+        self.velocities = np.empty(len(joint_names))
+
+    def read(self, msg: JointState) -> tuple[np.ndarray, np.ndarray, int]:
+        """(positions, velocities, stamp_ns) of the wanted joints; ValueError as
+        :func:`joint_state_to_arrays` raises it."""
+        _check_type(msg, JointState)
+        stamp_ns = stamp_ns_of(msg.header.stamp)
+        names = msg.name
+        if len(msg.position) != len(names) or len(msg.velocity) != len(names):
+            raise ValueError(
+                f"joint state has {len(names)} names, {len(msg.position)} positions and "
+                f"{len(msg.velocity)} velocities (all must be equal)"
+            )
+        if names != self._names:
+            self._indices = _name_indices(names, self._wanted, "joint state")
+            self._names = list(names)
+        np.take(np.frombuffer(msg.position), self._indices, out=self.positions)
+        np.take(np.frombuffer(msg.velocity), self._indices, out=self.velocities)
+        if not (np.isfinite(self.positions).all() and np.isfinite(self.velocities).all()):
+            raise ValueError("joint state contains NaN or infinite positions/velocities")
+        return self.positions, self.velocities, stamp_ns
+
+
 def arrays_to_joint_state(
     stamp: Time | int,
     joint_names: Sequence[str],
@@ -552,6 +586,7 @@ def command_stamp_ns(msg: Float64MultiArray) -> int | None:
 __all__ = [
     "COMMAND_STAMP_LABEL",
     "MAX_TASK_BYTES",
+    "JointStateReader",
     "TickMessages",
     "action_exploring",
     "action_from_msg",

@@ -81,10 +81,10 @@ from maml_ros.ros.common import (
     set_realtime_priority,
 )
 from maml_ros.ros.convert import (
+    JointStateReader,
     TickMessages,
     check_stamp_near_clock,
     commands_to_msg,
-    joint_state_to_arrays,
     policy_data_from_msg,
 )
 from maml_ros.ros.interfaces import (
@@ -121,7 +121,12 @@ DEFAULT_ACTION_SCALE = 1.5
 """rad/s per policy unit: ``ArmEnv``'s default ``max_joint_velocity``."""
 WATCHDOG_PERIOD_S = 0.02
 POLICY_TIMING_WINDOW = 1000
-"""``policy_us_p50`` in the status is the median policy compute of the last this many ticks."""
+"""``policy_us_p50`` in the status is the median policy compute of the last this many ticks;
+``tick_us_p50`` / ``tick_us_p99``: the whole callback's (state in to echo published)."""
+CACHED_CLOCK_TOLERANCE_S = 1.0
+"""With ``stamp_tolerance_s`` at least this, a tick checks its stamp against the clock as read
+after the previous tick (at most one watchdog period old) rather than reading it: a ROS clock
+read is about 50 µs on a cold cache."""
 DEFAULT_STAMP_TOLERANCE_S = 600.0
 """Joint states stamped further than this from the node's clock are dropped (s)."""
 RESYNC_STATES = 3
@@ -342,6 +347,8 @@ class PolicyControllerNode(ManagedNode):
         self._obs = np.empty(2 * n, dtype=np.float32)
         self._ticks = 0
         self._policy_ns = np.zeros(POLICY_TIMING_WINDOW, dtype=np.int64)  # ring, per tick
+        self._tick_ns = np.zeros(POLICY_TIMING_WINDOW, dtype=np.int64)  # the whole callback
+        self._tick_started_ns = 0
         self.status = NodeStatus(self, refresh=self._tick_fields)
         self._active: _ActivePolicy | None = None
         self._swap_lock = threading.Lock()  # between the decoder's and a fallback's swaps
@@ -359,6 +366,9 @@ class PolicyControllerNode(ManagedNode):
         self.status.set(envelope_violation=None, envelope_violations=0, homing=False)
         self._action = np.empty(n, dtype=np.float32)
         self._out = TickMessages(self.joint_names)  # the tick's command and echo, re-used
+        self._reader = JointStateReader(self.joint_names)
+        self._clock_ns = 0
+        self._read_clock()
         self._zeros = np.zeros(n)
         self._last_stamp_ns: int | None = None
         self._behind_ns: int | None = None  # the last of the states stamped before it, in a row
@@ -520,8 +530,9 @@ class PolicyControllerNode(ManagedNode):
     # --- control: joint states in, commands out ------------------------------------------
 
     def _on_joint_state(self, msg: JointState) -> None:
+        self._tick_started_ns = time.perf_counter_ns()
         try:
-            positions, velocities, stamp_ns = joint_state_to_arrays(msg, self.joint_names)
+            positions, velocities, stamp_ns = self._reader.read(msg)
             obs = observation_from_joint_state(positions, velocities, self._obs)
             self._check_stamp(stamp_ns)
         except ValueError as exc:
@@ -565,6 +576,9 @@ class PolicyControllerNode(ManagedNode):
         self._commands_pub.publish(out.command(stamp_ns))  # the command first: the robot waits
         np.copyto(out.action, action)
         self._actions_pub.publish(out.echo(msg.header.stamp, explore))
+        self._tick_ns[self._ticks % POLICY_TIMING_WINDOW] = (
+            time.perf_counter_ns() - self._tick_started_ns
+        )
         self._ticks += 1  # the status reads it when it publishes
 
     def _outside_envelope(self, positions: np.ndarray, stamp_ns: int, msg: JointState) -> bool:
@@ -667,8 +681,10 @@ class PolicyControllerNode(ManagedNode):
     def _check_stamp(self, stamp_ns: int) -> None:
         """Raises ValueError for a stamp too far from the node's clock or not after the previous
         one; resynchronises on a new, earlier timeline (:data:`RESYNC_STATES` in a row)."""
-        now_ns = self.get_clock().now().nanoseconds
-        check_stamp_near_clock(stamp_ns, now_ns, self.params["stamp_tolerance_s"])
+        tolerance = self.params["stamp_tolerance_s"]
+        if tolerance > 0:
+            now_ns = self._clock_ns if tolerance >= CACHED_CLOCK_TOLERANCE_S else self._read_clock()
+            check_stamp_near_clock(stamp_ns, now_ns, tolerance)
         last = self._last_stamp_ns
         if last is not None and stamp_ns <= last:
             consecutive = self._behind_ns is not None and stamp_ns > self._behind_ns
@@ -711,7 +727,14 @@ class PolicyControllerNode(ManagedNode):
         self._update_status()
         self.status.publish()
 
+    def _read_clock(self) -> int:
+        self._clock_ns = self.get_clock().now().nanoseconds
+        return self._clock_ns
+
     def _watchdog(self) -> None:
+        """After each tick and every WATCHDOG_PERIOD_S: the clock reading for the next tick's
+        stamp check, and the hold when joint states went stale."""
+        self._read_clock()
         now = time.monotonic()
         if self._holding:
             self._hold(now)
@@ -829,9 +852,16 @@ class PolicyControllerNode(ManagedNode):
     def _tick_fields(self) -> dict[str, Any]:
         """The tick's counters, read when the status is built (the tick takes no lock)."""
         ticks = self._ticks
-        window = self._policy_ns[: min(ticks, POLICY_TIMING_WINDOW)]
-        policy_us = float(np.median(window)) / 1e3 if ticks else None
-        return {"ticks": ticks, "policy_us_p50": policy_us}
+        if not ticks:
+            return {"ticks": 0, "policy_us_p50": None, "tick_us_p50": None, "tick_us_p99": None}
+        n = min(ticks, POLICY_TIMING_WINDOW)
+        tick_p50, tick_p99 = np.percentile(self._tick_ns[:n], [50, 99]) / 1e3
+        return {
+            "ticks": ticks,
+            "policy_us_p50": float(np.median(self._policy_ns[:n])) / 1e3,
+            "tick_us_p50": float(tick_p50),
+            "tick_us_p99": float(tick_p99),
+        }
 
     def _update_status(self) -> None:
         active = self._active
