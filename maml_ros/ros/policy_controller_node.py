@@ -237,7 +237,8 @@ PARAMS = (
         "stamp_tolerance_s",
         DEFAULT_STAMP_TOLERANCE_S,
         "Drop joint states stamped further than this ahead of or behind the node's "
-        "clock (s; 0 = no check). With real_time_factor 0 and no use_sim_time the "
+        "clock (s; 0 = no check; from 1 s up, the clock as read after the previous tick, at "
+        "most 20 ms old). With real_time_factor 0 and no use_sim_time the "
         "simulated arm's stamps run ahead of the wall clock: use use_sim_time or 0",
         float_range=(0.0, 1e9),
     ),
