@@ -14,6 +14,7 @@ from maml_ros.meta import (
     adapt,
     adapt_batched,
     adapt_batched_with_status,
+    adapt_per_task,
     init_meta_sgd_lrs,
     meta_loss,
     meta_loss_loop,
@@ -306,3 +307,67 @@ def test_inputs_are_validated() -> None:
         adapt(loss_fn, params, support, {"lr": 0.1})
     with pytest.raises(ValueError):
         init_meta_sgd_lrs(params, 0.0)
+
+
+def _two_rounds(params, lrs, support, second, cfg, loss_fn):
+    """Round 1 from theta on ``support``, round 2 from each task's result on ``second``."""
+    return adapt_per_task(
+        loss_fn, adapt_batched(loss_fn, params, support, cfg, lrs), second, cfg, lrs
+    )
+
+
+@pytest.mark.parametrize("use_lrs", [False, True], ids=["maml", "meta-sgd"])
+def test_a_second_round_per_task_equals_the_loop_and_its_gradient_finite_differences(
+    use_lrs: bool,
+) -> None:
+    """adapt_per_task continues each task from its own adapted params: equal to adapting task
+    by task, and its second-order gradient through both rounds is exact."""
+    net = _net()
+    params = _params(net)
+    lrs = init_meta_sgd_lrs(params, 0.1) if use_lrs else None
+    support, query = _tasks()
+    second, _ = _tasks(seed=5)
+    loss_fn = _mse_loss(net)
+    cfg = InnerConfig(lr=0.1, steps=1)
+    both = _two_rounds(params, lrs, support, second, cfg, loss_fn)
+    for task in range(NUM_TASKS):
+        one = adapt(loss_fn, params, (support[0][task], support[1][task]), cfg, lrs)
+        two = adapt(loss_fn, one, (second[0][task], second[1][task]), cfg, lrs)
+        for name in params:
+            assert torch.allclose(both[name][task], two[name], rtol=0, atol=1e-12)
+
+    def objective(p, lr) -> torch.Tensor:
+        adapted = _two_rounds(p, lr, support, second, cfg, loss_fn)
+        return torch.vmap(loss_fn)(adapted, query).mean()
+
+    leaves = list(params.values()) + (list(lrs.values()) if lrs else [])
+    analytic = _flat_grad(objective(params, lrs), leaves)
+    gen = torch.Generator().manual_seed(7)
+    direction = [torch.randn(t.shape, generator=gen, dtype=t.dtype) for t in leaves]
+    eps = 1e-6
+
+    def moved(sign: float) -> float:
+        ts = [(t + sign * eps * d).detach() for t, d in zip(leaves, direction, strict=True)]
+        p = dict(zip(params, ts[: len(params)], strict=True))
+        lr = dict(zip(lrs, ts[len(params) :], strict=True)) if lrs else None
+        return objective(p, lr).item()
+
+    numeric = (moved(+1) - moved(-1)) / (2 * eps)
+    directional = torch.dot(analytic, torch.cat([d.flatten() for d in direction])).item()
+    assert directional == pytest.approx(numeric, rel=1e-6, abs=1e-9)
+
+
+def test_a_second_round_rolls_a_bad_task_back_to_its_own_params() -> None:
+    net = _net()
+    params = _params(net)
+    loss_fn = _mse_loss(net)
+    support, _ = _tasks()
+    bad, _ = _with_nan_in_task(2)
+    cfg = InnerConfig(lr=0.1, steps=1, on_nonfinite="rollback")
+    first = adapt_batched(loss_fn, params, support, cfg)
+    second = adapt_per_task(loss_fn, first, bad, cfg)
+    for name in params:
+        assert torch.equal(second[name][2], first[name][2])
+        assert not torch.equal(second[name][0], first[name][0])
+    with pytest.raises(NonFiniteError):
+        adapt_per_task(loss_fn, first, bad, InnerConfig(lr=0.1, steps=1))

@@ -2,6 +2,7 @@
 property, resume, and the files maml-ros-train writes."""
 
 import dataclasses
+import itertools
 import json
 from pathlib import Path
 
@@ -13,7 +14,13 @@ import maml_ros.rl.trainer as trainer_module
 from maml_ros.rl.checkpoint import CheckpointError, load_bundle
 from maml_ros.rl.config import ConfigError, config_from_dict, load_config
 from maml_ros.rl.envs import make_env, make_task_source
-from maml_ros.rl.train import baseline_config, main, train, training_budget
+from maml_ros.rl.train import (
+    baseline_config,
+    episodes_per_iteration,
+    main,
+    train,
+    training_budget,
+)
 from maml_ros.rl.trainer import InnerMismatchError, MetaTrainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,6 +75,10 @@ def test_default_config_is_valid_and_fits_the_arm():
             r"unknown task family 'swim'; known: \['reach', 'dynamics', 'reach\+dynamics'",
         ),
         ({"env": {"families": ["reach", "reach"], "family_weights": [1, 1]}}, "twice"),
+        ({"outer": {"rounds": 0}}, "rounds"),
+        ({"outer": {"rounds": 6}}, "rounds"),
+        ({"outer": {"rounds": 1.5}}, "rounds"),
+        ({"outer": {"rounds": 2, "algo": "multitask"}}, "rounds"),
     ],
 )
 def test_config_rejects_bad_values(data, reason):
@@ -117,6 +128,30 @@ def test_reward_power_shapes_the_inner_loss_only(monkeypatch, algo, powers):
     assert seen == powers  # support (inner loss), then query (the meta-objective)
 
 
+def test_rounds_adapt_again_on_fresh_episodes_of_the_adapted_policy(monkeypatch):
+    """outer.rounds 3: each round samples K fresh episodes with the latest adapted params and
+    adapts those again; the meta-objective recomputes the same chain (ratio_dev ~ 0)."""
+    trainer = toy_trainer(outer={**TOY["outer"], "rounds": 3}, inner={"lr": 0.2, "meta_sgd": True})
+    sampled = []
+    real = trainer_module.sample_rollouts
+
+    def spy(env, policy, params, tasks, k, seed, **kwargs):
+        sampled.append({name: value.clone() for name, value in params.items()})
+        return real(env, policy, params, tasks, k, seed, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "sample_rollouts", spy)
+    trainer.normalized = True
+    metrics = trainer.step()
+    cfg = trainer.cfg.outer
+    assert len(sampled) == 1 + 3  # theta, then one wave per round
+    assert metrics["episodes"] == cfg.meta_batch * cfg.rollouts_per_task * 4
+    assert metrics["ratio_dev"] < 1e-5
+    assert {"post1_return", "post2_return", "post3_return"} <= set(metrics)
+    for before, after in itertools.pairwise(sampled[1:]):  # each round moves on
+        assert any(not torch.equal(before[n], after[n]) for n in before)
+    assert episodes_per_iteration(trainer.cfg, "promp") == metrics["episodes"]
+
+
 def test_a_sampling_lr_mismatch_is_caught(monkeypatch):
     trainer = toy_trainer()
     trainer.step()  # a trained step, so the policy is no longer at its init
@@ -130,7 +165,9 @@ def test_a_sampling_lr_mismatch_is_caught(monkeypatch):
     monkeypatch.setattr(
         trainer,
         "sample_adapted",
-        lambda support: sampling_with_wrong_lr(trainer.inner_loss, trainer._detached()[0], support),
+        lambda support, per_task=None: sampling_with_wrong_lr(
+            trainer.inner_loss, trainer._detached()[0], support
+        ),
     )
     with pytest.raises(InnerMismatchError, match="inner lr"):
         trainer.step()

@@ -169,6 +169,24 @@ def adapt_batched_with_status(
     return _settle_batched(run, params, batches, cfg)
 
 
+def adapt_per_task(
+    loss_fn: LossFn, params: Params, batches: Any, cfg: InnerConfig, lrs: Params | None = None
+) -> Params:
+    """:func:`adapt_batched` from a starting point per task: ``params`` has the task dimension
+    first, as ``adapt_batched`` returns it (a second round of adaptation, each task's adapted
+    params on a fresh batch of its own). Rolled-back tasks keep their own ``params``."""
+    _check_inputs({k: v[0] for k, v in params.items()}, cfg, lrs)
+    if cfg.steps == 0:
+        return dict(params)
+
+    def run(subset: Any) -> tuple[Params, torch.Tensor]:
+        starts, task_batches = subset
+        return vmap(lambda p, b: _adapt_one(loss_fn, p, b, lrs, cfg))(starts, task_batches)
+
+    adapted, _ = _settle_batched(run, params, (params, batches), cfg, per_task=True)
+    return adapted
+
+
 def meta_loss(
     inner_loss_fn: LossFn,
     outer_loss_fn: LossFn,
@@ -314,23 +332,30 @@ BatchedAdapt = Callable[[Any], tuple[Params, torch.Tensor]]
 
 
 def _settle_batched(
-    run: BatchedAdapt, params: Params, batches: Any, cfg: InnerConfig
+    run: BatchedAdapt, params: Params, batches: Any, cfg: InnerConfig, per_task: bool = False
 ) -> tuple[Params, torch.Tensor]:
     """``run(batches)`` with its non-finite tasks handled as ``cfg.on_nonfinite`` says: the
-    adapted params and a bool tensor [tasks], False where a task was rolled back."""
+    adapted params and a bool tensor [tasks], False where a task was rolled back (to
+    ``params``, per task when ``per_task``)."""
     adapted, finite = run(batches)
     task_ok = finite.all(dim=1)
     if bool(task_ok.all()):
         return adapted, task_ok
     if cfg.on_nonfinite == "raise":
         raise NonFiniteError(f"non-finite inner loss or gradient: {_describe_bad(finite)}")
-    return _rollback(run, params, batches, task_ok), task_ok
+    return _rollback(run, params, batches, task_ok, per_task), task_ok
 
 
-def _rollback(run: BatchedAdapt, params: Params, batches: Any, task_ok: torch.Tensor) -> Params:
-    """theta for the flagged tasks, a clean re-adaptation for the others."""
+def _rollback(
+    run: BatchedAdapt, params: Params, batches: Any, task_ok: torch.Tensor, per_task: bool
+) -> Params:
+    """theta (or each task's own ``params``) for the flagged tasks, a clean re-adaptation for
+    the others."""
     num_tasks = task_ok.shape[0]
-    out = {k: p.unsqueeze(0).expand(num_tasks, *p.shape) for k, p in params.items()}
+    if per_task:
+        out = dict(params)
+    else:
+        out = {k: p.unsqueeze(0).expand(num_tasks, *p.shape) for k, p in params.items()}
     ok_index = task_ok.nonzero().flatten()
     if ok_index.numel() == 0:
         return out

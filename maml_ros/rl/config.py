@@ -123,6 +123,10 @@ class OuterSection:
     clip_eps: float = 0.3
     kl_coef: float = 0.0
     max_grad_norm: float = 1.0
+    rounds: int = 1
+    """Adaptation rounds per task (promp): each adapts the latest policy on
+    ``rollouts_per_task`` fresh episodes of it, as ``maml-ros-eval``'s post2 / post3 do, and the
+    meta-objective averages every round's post-update objective."""
 
     def validate(self) -> None:
         _require(
@@ -139,6 +143,13 @@ class OuterSection:
             value = getattr(self, name)
             _require(_is_number(value) and value > 0, f"outer.{name} must be a positive number")
         _require(_is_number(self.kl_coef) and self.kl_coef >= 0, "outer.kl_coef must be >= 0")
+        _require(
+            _is_int(self.rounds) and 1 <= self.rounds <= 5,
+            "outer.rounds must be an integer in [1, 5]",
+        )
+        _require(
+            self.rounds == 1 or self.algo == "promp", "outer.rounds > 1 needs outer.algo 'promp'"
+        )
 
 
 @dataclass(frozen=True)

@@ -297,7 +297,8 @@ BUDGET_SLACK = 1.1
 def episodes_per_iteration(cfg: TrainConfig, algo: str) -> int:
     """Episodes one iteration samples: K per task of the meta-batch, before and (``promp``)
     after the update."""
-    return cfg.outer.meta_batch * cfg.outer.rollouts_per_task * (2 if algo == "promp" else 1)
+    waves = 1 + cfg.outer.rounds if algo == "promp" else 1
+    return cfg.outer.meta_batch * cfg.outer.rollouts_per_task * waves
 
 
 def training_budget(metadata: dict[str, Any]) -> tuple[int, float, bool]:

@@ -13,6 +13,11 @@ The *same* ``InnerConfig`` object (``self.inner_cfg``) adapts for sampling (step
 the meta-objective (step 4); at the first epoch the recomputed adapted policy must reproduce
 the sampling policy's log-densities, which every iteration checks (``ratio_dev``).
 
+With ``outer.rounds`` R > 1, steps 2-3 repeat R times: round r adapts each task's round r-1
+params on K fresh episodes of them (the post-update episodes of round r-1), as
+``maml-ros-eval``'s post2 / post3 do, and the objective averages every round's post-update
+PPO-clip term, differentiated through the whole chain (:func:`maml_ros.meta.adapt_per_task`).
+
 ``algo: multitask`` trains the baseline instead: PPO-clip on pre-update episodes, no adaptation.
 """
 
@@ -28,7 +33,7 @@ import numpy as np
 import torch
 from torch.func import vmap
 
-from maml_ros.meta import adapt_batched, init_meta_sgd_lrs
+from maml_ros.meta import adapt_batched, adapt_per_task, init_meta_sgd_lrs
 from maml_ros.rl.checkpoint import PolicyBundle, clone_params
 from maml_ros.rl.config import TrainConfig
 from maml_ros.rl.envs import BatchEnv, TaskSource
@@ -139,15 +144,29 @@ class MetaTrainer:
         lrs = None if self.lrs is None else {k: v.detach() for k, v in self.lrs.items()}
         return params, lrs
 
-    def sample_adapted(self, support: Batch) -> Params:
-        """Adapted params per task for post-update sampling (same inner_cfg as the objective)."""
+    def sample_adapted(self, support: Batch, per_task: Params | None = None) -> Params:
+        """Adapted params per task for post-update sampling (same inner_cfg as the objective):
+        from theta, or from the previous round's ``per_task`` params."""
         params, lrs = self._detached()
-        adapted = adapt_batched(self.inner_loss, params, support, self.inner_cfg, lrs)
+        if per_task is None:
+            adapted = adapt_batched(self.inner_loss, params, support, self.inner_cfg, lrs)
+        else:
+            adapted = adapt_per_task(self.inner_loss, per_task, support, self.inner_cfg, lrs)
         return {k: v.detach() for k, v in adapted.items()}
 
     def objective_adapted(self, support: Batch) -> Params:
         """Adapted params per task inside the meta-objective (differentiable w.r.t. theta)."""
         return adapt_batched(self.inner_loss, self.params, support, self.inner_cfg, self.lrs)
+
+    def objective_rounds(self, supports: list[Batch]) -> list[Params]:
+        """Each round's adapted params per task inside the meta-objective, the later rounds
+        adapting the previous round's (all differentiable w.r.t. theta and the lrs)."""
+        rounds = [self.objective_adapted(supports[0])]
+        for support in supports[1:]:
+            rounds.append(
+                adapt_per_task(self.inner_loss, rounds[-1], support, self.inner_cfg, self.lrs)
+            )
+        return rounds
 
     def step(self) -> dict[str, float]:
         """One meta-iteration; returns its metrics (also appended to ``history``)."""
@@ -167,22 +186,28 @@ class MetaTrainer:
             cfg.pg if self.adapts else self.outer_pg,
         )
         t_pre = time.perf_counter()
+        supports, queries, posts = [support], [], []
         if self.adapts:
-            adapted = self.sample_adapted(support)
-            post = sample_rollouts(
-                self.env,
-                self.policy,
-                adapted,
-                tasks,
-                k,
-                iteration_seed(cfg.seed, it, 2),
-                batched_params=True,
-            )
-            query = self._pg_batch(
-                post, batched_log_prob(self.policy, adapted, post.obs, post.actions), self.outer_pg
-            )
+            adapted: Params | None = None
+            for r in range(cfg.outer.rounds):  # round r adapts on supports[r]
+                adapted = self.sample_adapted(supports[r], adapted)
+                post = sample_rollouts(
+                    self.env,
+                    self.policy,
+                    adapted,
+                    tasks,
+                    k,
+                    iteration_seed(cfg.seed, it, 2 + r),
+                    batched_params=True,
+                )
+                logp = batched_log_prob(self.policy, adapted, post.obs, post.actions)
+                posts.append(post)
+                queries.append(self._pg_batch(post, logp, self.outer_pg))
+                if r + 1 < cfg.outer.rounds:  # the next round's support: the same episodes
+                    supports.append(self._pg_batch(post, logp, cfg.pg))
         else:
-            post, query = pre, support
+            posts, queries = [pre], [support]
+        post = posts[0]
         t_post = time.perf_counter()
         outer_fn = vmap(lambda p, b: ppo_clip_loss(self.policy, cfg.outer.clip_eps, p, b))
         n_tasks = len(tasks)
@@ -192,10 +217,12 @@ class MetaTrainer:
         for epoch in range(cfg.outer.epochs):
             self.optimizer.zero_grad(set_to_none=True)
             if self.adapts:
-                new_params = self.objective_adapted(support)
+                rounds = self.objective_rounds(supports)
             else:
-                new_params = per_task_params(self.params, n_tasks)
-            surrogate = outer_fn(new_params, query).mean()
+                rounds = [per_task_params(self.params, n_tasks)]
+            surrogate = torch.stack(
+                [outer_fn(p, q).mean() for p, q in zip(rounds, queries, strict=True)]
+            ).mean()
             kl = gaussian_kl(
                 old_mean,
                 old_log_std,
@@ -205,7 +232,9 @@ class MetaTrainer:
             kl = (kl * pre.mask).sum() / pre.mask.sum()
             loss = surrogate + cfg.outer.kl_coef * kl
             if epoch == 0:
-                metrics["ratio_dev"] = self._ratio_deviation(new_params, query)
+                metrics["ratio_dev"] = max(
+                    self._ratio_deviation(p, q) for p, q in zip(rounds, queries, strict=True)
+                )
                 metrics["surrogate_before"] = float(surrogate.detach())
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite outer loss at iteration {it}, epoch {epoch}")
@@ -237,8 +266,12 @@ class MetaTrainer:
             time_sample_post=t_post - t_pre,
             time_optimize=t_opt - t_post,
             time_iteration=t_opt - t0,
-            episodes=float(n_tasks * k * (2 if self.adapts else 1)),
+            episodes=float(n_tasks * k * (1 + len(posts) if self.adapts else 1)),
         )
+        if len(posts) > 1:
+            metrics.update(
+                {f"post{r + 1}_return": float(p.returns.mean()) for r, p in enumerate(posts)}
+            )
         if self.lrs is not None:
             metrics["meta_sgd_lr_mean"] = float(
                 torch.cat([v.detach().flatten() for v in self.lrs.values()]).mean()
