@@ -293,3 +293,16 @@ def test_baseline_needs_a_known_name_and_budget_of_needs_baseline(tmp_path, caps
     assert "--budget-of needs --baseline" in capsys.readouterr().err
     assert main(["--config", config, "--baseline", "fomaml", "--budget-of", "/nope"]) == 2
     assert "/nope" in capsys.readouterr().err
+
+
+def test_baselines_of_a_several_round_config_keep_its_episodes():
+    """First-order MAML keeps the rounds (the same recipe without the second-order term); the
+    multi-task baseline samples no post-update episodes, so it has one wave and more
+    iterations for the same episodes."""
+    cfg = config_from_dict({**TOY, "outer": {**TOY["outer"], "rounds": 2}})
+    episodes = episodes_per_iteration(cfg, "promp") * 5
+    fomaml = baseline_config(cfg, "fomaml", episodes, 1.0)
+    multitask = baseline_config(cfg, "multitask", episodes, 1.0)
+    assert (fomaml.outer.rounds, fomaml.iterations) == (2, 5)
+    assert (multitask.outer.rounds, multitask.iterations) == (1, 15)
+    assert multitask.iterations * episodes_per_iteration(multitask, "multitask") == episodes

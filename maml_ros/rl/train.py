@@ -336,7 +336,9 @@ def baseline_config(cfg: TrainConfig, baseline: str, episodes: int, minutes: flo
         iterations=max(1, math.ceil(episodes / episodes_per_iteration(cfg, algo))),
         max_minutes=max(minutes * BUDGET_SLACK, minutes + 1.0),
         inner=inner,
-        outer=dataclasses.replace(cfg.outer, algo=algo),
+        outer=dataclasses.replace(
+            cfg.outer, algo=algo, rounds=cfg.outer.rounds if algo == "promp" else 1
+        ),
         pretrain=dataclasses.replace(cfg.pretrain, iterations=0),
     ).validate()
 
