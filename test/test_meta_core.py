@@ -97,20 +97,27 @@ def _finite_difference_check(use_lrs: bool, first_order: bool) -> tuple[float, f
     support, query = _tasks()
     loss_fn = _mse_loss(net)
     cfg = InnerConfig(lr=0.1, steps=2, first_order=first_order)
-    leaves = list(params.values()) + (list(lrs.values()) if lrs else [])
-    analytic = _flat_grad(meta_loss(loss_fn, loss_fn, params, support, query, cfg, lrs), leaves)
+    return _directional_check(
+        lambda p, lr: meta_loss(loss_fn, loss_fn, p, support, query, cfg, lr), params, lrs
+    )
 
+
+def _directional_check(objective, params, lrs) -> tuple[float, float]:
+    """``objective(params, lrs)``'s derivative along a random direction: autograd vs central
+    differences."""
+    leaves = list(params.values()) + (list(lrs.values()) if lrs else [])
+    analytic = _flat_grad(objective(params, lrs), leaves)
     gen = torch.Generator().manual_seed(7)
     direction = [torch.randn(t.shape, generator=gen, dtype=t.dtype) for t in leaves]
     eps = 1e-6
 
-    def objective(sign: float) -> float:
-        moved = [(t + sign * eps * d).detach() for t, d in zip(leaves, direction, strict=True)]
-        p = dict(zip(params, moved[: len(params)], strict=True))
-        lr = dict(zip(lrs, moved[len(params) :], strict=True)) if lrs else None
-        return meta_loss(loss_fn, loss_fn, p, support, query, cfg, lr).item()
+    def moved(sign: float) -> float:
+        ts = [(t + sign * eps * d).detach() for t, d in zip(leaves, direction, strict=True)]
+        p = dict(zip(params, ts[: len(params)], strict=True))
+        lr = dict(zip(lrs, ts[len(params) :], strict=True)) if lrs else None
+        return objective(p, lr).item()
 
-    numeric = (objective(+1) - objective(-1)) / (2 * eps)
+    numeric = (moved(+1) - moved(-1)) / (2 * eps)
     directional = torch.dot(analytic, torch.cat([d.flatten() for d in direction])).item()
     return directional, numeric
 
@@ -340,20 +347,7 @@ def test_a_second_round_per_task_equals_the_loop_and_its_gradient_finite_differe
         adapted = _two_rounds(p, lr, support, second, cfg, loss_fn)
         return torch.vmap(loss_fn)(adapted, query).mean()
 
-    leaves = list(params.values()) + (list(lrs.values()) if lrs else [])
-    analytic = _flat_grad(objective(params, lrs), leaves)
-    gen = torch.Generator().manual_seed(7)
-    direction = [torch.randn(t.shape, generator=gen, dtype=t.dtype) for t in leaves]
-    eps = 1e-6
-
-    def moved(sign: float) -> float:
-        ts = [(t + sign * eps * d).detach() for t, d in zip(leaves, direction, strict=True)]
-        p = dict(zip(params, ts[: len(params)], strict=True))
-        lr = dict(zip(lrs, ts[len(params) :], strict=True)) if lrs else None
-        return objective(p, lr).item()
-
-    numeric = (moved(+1) - moved(-1)) / (2 * eps)
-    directional = torch.dot(analytic, torch.cat([d.flatten() for d in direction])).item()
+    directional, numeric = _directional_check(objective, params, lrs)
     assert directional == pytest.approx(numeric, rel=1e-6, abs=1e-9)
 
 
