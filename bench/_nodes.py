@@ -360,7 +360,6 @@ class FakeArmDriver:
         self.sent: dict[int, float] = {}  # valid stamp -> send time
         self.received: dict[int, float] = {}  # stamp -> action receive time
         self.command_received: dict[int, float] = {}  # stamp -> command receive time
-        self.command_times: list[float] = []
         self.bad_sent = dict.fromkeys(BAD_KINDS, 0)
         self.slots = 0
         self._last_valid_stamp = 0
@@ -398,7 +397,6 @@ class FakeArmDriver:
         from maml_ros.ros.convert import command_stamp_ns
 
         now = time.perf_counter()
-        self.command_times.append(now)
         stamp = command_stamp_ns(msg)
         if stamp:  # 0 / None: a hold, which answers no state
             self.command_received.setdefault(stamp, now)

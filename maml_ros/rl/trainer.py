@@ -154,18 +154,14 @@ class MetaTrainer:
             adapted = adapt_per_task(self.inner_loss, per_task, support, self.inner_cfg, lrs)
         return {k: v.detach() for k, v in adapted.items()}
 
-    def objective_adapted(self, support: Batch) -> Params:
-        """Adapted params per task inside the meta-objective (differentiable w.r.t. theta)."""
-        return adapt_batched(self.inner_loss, self.params, support, self.inner_cfg, self.lrs)
-
     def objective_rounds(self, supports: list[Batch]) -> list[Params]:
-        """Each round's adapted params per task inside the meta-objective, the later rounds
-        adapting the previous round's (all differentiable w.r.t. theta and the lrs)."""
-        rounds = [self.objective_adapted(supports[0])]
+        """Each round's adapted params per task inside the meta-objective, the first from theta,
+        the later ones from the previous round's (all differentiable w.r.t. theta and the
+        lrs)."""
+        theta, lrs, cfg = self.params, self.lrs, self.inner_cfg
+        rounds = [adapt_batched(self.inner_loss, theta, supports[0], cfg, lrs)]
         for support in supports[1:]:
-            rounds.append(
-                adapt_per_task(self.inner_loss, rounds[-1], support, self.inner_cfg, self.lrs)
-            )
+            rounds.append(adapt_per_task(self.inner_loss, rounds[-1], support, cfg, lrs))
         return rounds
 
     def step(self) -> dict[str, float]:

@@ -146,25 +146,15 @@ def joint_state_to_arrays(
             f"stale joint state: {(now_ns - stamp_ns) / 1e9:.3f} s old "
             f"(limit {max_age_ns / 1e9:.3f} s)"
         )
-    names = list(msg.name)
-    if len(msg.position) != len(names) or len(msg.velocity) != len(names):
-        raise ValueError(
-            f"joint state has {len(names)} names, {len(msg.position)} positions and "
-            f"{len(msg.velocity)} velocities (all must be equal)"
-        )
-    indices = _name_indices(names, joint_names, "joint state")
-    positions = np.asarray(msg.position, dtype=np.float64)[indices]
-    velocities = np.asarray(msg.velocity, dtype=np.float64)[indices]
-    if not (np.isfinite(positions).all() and np.isfinite(velocities).all()):
-        raise ValueError("joint state contains NaN or infinite positions/velocities")
+    positions, velocities, _ = JointStateReader(joint_names).read(msg)  # arrays of its own
     return positions, velocities, stamp_ns
 
 
 class JointStateReader:
-    """:func:`joint_state_to_arrays` for one stream of joint states (a controller's tick): the
-    same checks, errors and values, with the name lookup kept for the name list last seen and
-    the values written into ``positions`` / ``velocities`` (re-used: read them before the next
-    call)."""
+    """The joint-state checks of :func:`joint_state_to_arrays` (which uses a fresh one per
+    message) for one stream of joint states (a controller's tick): the name lookup kept for the
+    name list last seen, the values written into ``positions`` / ``velocities`` (re-used: read
+    them before the next call)."""
 
     def __init__(self, joint_names: Sequence[str]) -> None:
         self._wanted = list(joint_names)

@@ -349,7 +349,6 @@ class PolicyControllerNode(ManagedNode):
         self._ticks = 0
         self._policy_ns = np.zeros(POLICY_TIMING_WINDOW, dtype=np.int64)  # ring, per tick
         self._tick_ns = np.zeros(POLICY_TIMING_WINDOW, dtype=np.int64)  # the whole callback
-        self._tick_started_ns = 0
         self.status = NodeStatus(self, refresh=self._tick_fields)
         self._active: _ActivePolicy | None = None
         self._swap_lock = threading.Lock()  # between the decoder's and a fallback's swaps
@@ -368,8 +367,7 @@ class PolicyControllerNode(ManagedNode):
         self._action = np.empty(n, dtype=np.float32)
         self._out = TickMessages(self.joint_names)  # the tick's command and echo, re-used
         self._reader = JointStateReader(self.joint_names)
-        self._clock_ns = 0
-        self._read_clock()
+        self._read_clock()  # self._clock_ns: the reading a tick's stamp check may use
         self._zeros = np.zeros(n)
         self._last_stamp_ns: int | None = None
         self._behind_ns: int | None = None  # the last of the states stamped before it, in a row
@@ -531,7 +529,7 @@ class PolicyControllerNode(ManagedNode):
     # --- control: joint states in, commands out ------------------------------------------
 
     def _on_joint_state(self, msg: JointState) -> None:
-        self._tick_started_ns = time.perf_counter_ns()
+        started_ns = time.perf_counter_ns()
         try:
             positions, velocities, stamp_ns = self._reader.read(msg)
             obs = observation_from_joint_state(positions, velocities, self._obs)
@@ -547,10 +545,15 @@ class PolicyControllerNode(ManagedNode):
             self._update_status()
         with self._command_lock:  # uncontended but for a deactivate: it never waits long
             if self._commanding:
-                self._answer_state(positions, obs, stamp_ns, msg)
+                self._answer_state(positions, obs, stamp_ns, msg, started_ns)
 
     def _answer_state(
-        self, positions: np.ndarray, obs: np.ndarray, stamp_ns: int, msg: JointState
+        self,
+        positions: np.ndarray,
+        obs: np.ndarray,
+        stamp_ns: int,
+        msg: JointState,
+        started_ns: int,
     ) -> None:
         """The tick's answer to a valid state while active: homing, hold, or the policy."""
         homing = self._homing  # one reference read: the home service swaps it
@@ -577,9 +580,7 @@ class PolicyControllerNode(ManagedNode):
         self._commands_pub.publish(out.command(stamp_ns))  # the command first: the robot waits
         np.copyto(out.action, action)
         self._actions_pub.publish(out.echo(msg.header.stamp, explore))
-        self._tick_ns[self._ticks % POLICY_TIMING_WINDOW] = (
-            time.perf_counter_ns() - self._tick_started_ns
-        )
+        self._tick_ns[self._ticks % POLICY_TIMING_WINDOW] = time.perf_counter_ns() - started_ns
         self._ticks += 1  # the status reads it when it publishes
 
     def _outside_envelope(self, positions: np.ndarray, stamp_ns: int, msg: JointState) -> bool:
