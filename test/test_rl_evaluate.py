@@ -17,6 +17,7 @@ from maml_ros.rl.evaluate import (
     bootstrap_ci,
     evaluated_families,
     main,
+    resummarize,
     run_eval,
     summarize,
 )
@@ -69,6 +70,22 @@ def test_summary_numbers_and_gap_recovered():
     assert summary["dynamics_return_post1_minus_oracle"] == -3
     assert summary["dynamics_return_oracle"] == -9
     assert summary["dynamics_oracle_plateaued"] == 2
+
+
+def test_the_paired_difference_sees_a_steady_lead_that_overlapping_cis_hide():
+    # tasks of very different difficulty; MAML is 0.5 ahead of scratch on every one of them
+    results = []
+    for pre in (-2.0, -6.0, -10.0, -14.0, -18.0, -22.0):
+        row = result("reach", pre, pre + 1.0, pre + 1.0)
+        row.returns["scratch_lr0.1"] = pre + 0.5
+        results.append(row)
+    summary = summarize(results, {"scratch": 0.1}, 2000)
+    maml_lo, _ = summary["reach_return_post1_ci95"]
+    _, scratch_hi = summary["scratch_return_post1_ci95"]
+    assert maml_lo < scratch_hi  # the two CIs overlap...
+    assert summary["maml_minus_scratch_return_post1"] == pytest.approx(0.5)
+    assert summary["maml_minus_scratch_return_post1_ci95"] == pytest.approx([0.5, 0.5])
+    assert summary["maml_minus_finetune_return_post1"] is None  # not compared
 
 
 def point_bundle(tmp_path):
@@ -198,6 +215,30 @@ def test_first_order_maml_is_a_baseline_with_its_learned_lrs_among_the_candidate
     assert summary["pretrain_minutes_multitask"] == summary["pretrain_minutes_robust"] == 2.0
     assert summary["pretrain_episodes_maml"] is None  # a hand-made policy: no training on record
     assert report["fomaml_policy"] is None  # no iteration in its metadata
+    for name in ("fomaml", "finetune", "scratch"):  # the paired differences, on the K curve too
+        assert summary[f"maml_minus_{name}_return_post1"] == pytest.approx(
+            summary["reach_return_post1"] - summary[f"{name}_return_post1"]
+        )
+        assert f"maml_minus_{name}_return_post1_k2_ci95" in summary
+
+    # a report written before the paired keys: computed anew from its tasks, all else equal
+    old = {k: v for k, v in report["summary"].items() if not k.startswith("maml_minus_")}
+    again = resummarize({**report, "summary": old})
+    assert json.dumps(again, sort_keys=True) == json.dumps(report["summary"], sort_keys=True)
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({**report, "summary": old}))
+    assert main(["--resummarize", str(path), "--out", str(tmp_path / "re")]) == 0
+    rewritten = json.loads((tmp_path / "re" / "eval.json").read_text())
+    assert rewritten["summary"] == report["summary"] and rewritten["tasks"] == report["tasks"]
+
+
+@pytest.mark.parametrize("text", ["[]", "not json", '{"tasks": []}', '{"tasks": [{"x": 1}]}'])
+def test_resummarize_refuses_what_is_not_a_report(tmp_path, capsys, text):
+    path = tmp_path / "eval.json"
+    path.write_text(text)
+    assert main(["--resummarize", str(path), "--out", str(tmp_path / "re")]) == 2
+    assert "maml-ros-eval" in capsys.readouterr().err
+    assert not (tmp_path / "re").exists()
 
 
 @pytest.mark.parametrize(

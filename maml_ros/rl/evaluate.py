@@ -36,7 +36,10 @@ had (:func:`maml_ros.rl.train.training_budget`), ``selection_split`` where the l
 Baseline lrs are picked per baseline as the best mean return on *validation* tasks of the
 families with ``baselines`` (built in: reach), the same number per seed as evaluated, and then
 applied once to the evaluated split. 95% CIs are percentile bootstraps over tasks (all seeds
-pooled). Writes ``eval.json`` and ``eval.png`` to ``--out``; the last printed line is JSON.
+pooled). ``maml_minus_{baseline}_return_post1`` (and ``_k<K>``) is the paired comparison: the
+mean over the same tasks of MAML's one-step return minus the baseline's, with its own CI, which
+task-to-task spread does not widen as it widens the two separate CIs. ``--resummarize`` computes
+a stored report's summary anew from its per-task results (no episode run, no split read again). Writes ``eval.json`` and ``eval.png`` to ``--out``; the last printed line is JSON.
 """
 
 from __future__ import annotations
@@ -114,7 +117,7 @@ class EvalConfig:
     k: int = 20
     eval_episodes: int = 3
     seeds: tuple[int, ...] = (0, 1, 2)
-    n_reach: int = 10
+    n_reach: int = 20
     n_dynamics: int = 3
     n_other: int = 3
     baseline_lr_factors: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
@@ -611,12 +614,18 @@ def summarize(
             key = f"{name}_lr{lr_label(best_lr[name])}"
             summary.put(f"{name}_return_post1", [r.returns[key] for r in pool])
             summary.put(f"{name}_success_post1", [r.success[key] for r in pool])
+            paired = f"maml_minus_{name}_return_post1"  # per task, then the mean: a paired CI
+            summary.put(paired, [r.returns["post1"] - r.returns[key] for r in pool])
             for k in curve_ks:
                 summary.put(f"{name}_return_post1_k{k}", [r.returns[f"{name}_k{k}"] for r in pool])
                 summary.put(f"{name}_success_post1_k{k}", [r.success[f"{name}_k{k}"] for r in pool])
+                summary.put(
+                    f"{paired}_k{k}",
+                    [r.returns[f"post1_k{k}"] - r.returns[f"{name}_k{k}"] for r in pool],
+                )
         else:
-            summary[f"{name}_return_post1"] = None
-            summary[f"{name}_return_post1_ci95"] = [None, None]
+            for key in (f"{name}_return_post1", f"maml_minus_{name}_return_post1"):
+                summary[key], summary[f"{key}_ci95"] = None, [None, None]
     if pool and all("robust" in r.returns for r in pool):
         summary.put("robust_return", [r.returns["robust"] for r in pool])
         summary.put("robust_success", [r.success["robust"] for r in pool])
@@ -627,6 +636,34 @@ def summarize(
         for metric in family.extra_metrics:
             EXTRA_METRICS[metric].summarize(family.name, by_family[family.name], summary)
     return dict(summary)
+
+
+def add_k_aliases(summary: dict[str, Any], k: int) -> None:
+    """Give the one-step keys (``*_post1``) their name as the K = ``k`` point of the K curve."""
+    one_step = [key for key in summary if key.endswith("_post1") and not key.startswith("robust_")]
+    for key in one_step:
+        summary.setdefault(f"{key}_k{k}", summary[key])
+        summary.setdefault(f"{key}_k{k}_ci95", summary.get(f"{key}_ci95"))
+
+
+def resummarize(report: dict[str, Any]) -> dict[str, Any]:
+    """The summary of an ``eval.json`` report computed anew from its per-task results, so that
+    keys added to :func:`summarize` since it ran are there too; no episode is run, no split read
+    again. The bootstrap is seeded, so every key the report had comes out equal."""
+    try:
+        results = [TaskResult(**row) for row in report["tasks"]]
+        best_lr = dict(report["baseline_best_lr"])
+        n_boot, k = int(report["protocol"]["bootstrap"]), int(report["protocol"]["k"])
+        families = [str(f) for f in report["families"]]
+        summary = dict(report["summary"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise EvalError(f"not an eval.json report of maml-ros-eval: {exc!r}") from None
+    if not results:
+        raise EvalError("the report has no per-task results")
+    new = summarize(results, best_lr, n_boot, families)
+    add_k_aliases(new, k)
+    summary.update(new)
+    return summary
 
 
 def out_of_range_keys(summary: dict[str, Any], families: Sequence[str]) -> dict[str, Any]:
@@ -926,10 +963,7 @@ def run_eval(
         ood_families = list(dict.fromkeys(r.family for r in ood_results))
         ood_summary = summarize(ood_results, {}, cfg.bootstrap, ood_families, extra_metrics=False)
         summary.update(out_of_range_keys(ood_summary, ood_families))
-    on_k_curve = [k for k in summary if k.endswith("_post1") and not k.startswith("robust_")]
-    for key in on_k_curve:  # K = cfg.k's point of the K curve, by its name there too
-        summary.setdefault(f"{key}_k{cfg.k}", summary[key])
-        summary.setdefault(f"{key}_k{cfg.k}_ci95", summary.get(f"{key}_ci95"))
+    add_k_aliases(summary, cfg.k)
     budgets = {"maml": meta, "multitask": multitask, "robust": multitask, "fomaml": fomaml}
     for name, bundle in budgets.items():
         if bundle is not None:
@@ -993,6 +1027,31 @@ def _for_robot(bundle: PolicyBundle, robot: str, env: str, what: str) -> PolicyB
     return bundle
 
 
+def _print_line(summary: dict[str, Any]) -> None:
+    line = {}
+    for key in SUMMARY_KEYS:
+        line[key] = summary.get(key)
+        line[f"{key}_ci95"] = summary.get(f"{key}_ci95")
+    print(json.dumps(line))
+
+
+def _resummarize_main(path: Path, out: Path) -> int:
+    try:
+        report = json.loads(read_file_bytes(path, 64 << 20))
+        if not isinstance(report, dict):
+            raise EvalError(f"{path}: not a JSON object")
+        report["summary"] = resummarize(report)
+    except (OSError, ValueError) as exc:  # EvalError and JSON errors are ValueErrors
+        print(f"maml-ros-eval: {path}: {exc}", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(
+        out / "eval.json", (json.dumps(report, indent=1, default=float) + "\n").encode()
+    )
+    _print_line(report["summary"])
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     parser = argparse.ArgumentParser(prog="maml-ros-eval", description=__doc__.splitlines()[0])
@@ -1032,9 +1091,17 @@ def main(argv: list[str] | None = None) -> int:
         choices=EVAL_SPLITS,
         help="tasks to evaluate on (default test; validation for development choices)",
     )
+    parser.add_argument(
+        "--resummarize",
+        metavar="REPORT",
+        help="run nothing: write REPORT's (an eval.json's) summary computed anew from its "
+        "per-task results to --out, with the keys added since it ran",
+    )
     add_backend_arguments(parser)
     args = parser.parse_args(argv)
     check_backend_arguments(parser, args)
+    if args.resummarize:
+        return _resummarize_main(Path(args.resummarize), Path(args.out))
     torch.set_num_threads(1)
     cfg = EvalConfig.quick() if args.quick else EvalConfig()
     cfg = dataclasses.replace(cfg, split=args.split)
@@ -1098,11 +1165,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, FileNotFoundError, EvalError) as exc:
         print(f"maml-ros-eval: {exc}", file=sys.stderr)
         return 2
-    line = {}
-    for key in SUMMARY_KEYS:
-        line[key] = summary.get(key)
-        line[f"{key}_ci95"] = summary.get(f"{key}_ci95")
-    print(json.dumps(line))
+    _print_line(summary)
     return 0
 
 
