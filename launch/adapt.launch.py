@@ -141,6 +141,9 @@ def _nodes(context: LaunchContext) -> list:
                 "state_file": ParameterValue(LaunchConfiguration("state_file"), value_type=str),
                 "resume": ParameterValue(LaunchConfiguration("resume"), value_type=bool),
                 "reset_mode": ParameterValue(LaunchConfiguration("reset_mode"), value_type=str),
+                "adaptation_rounds": ParameterValue(
+                    LaunchConfiguration("adaptation_rounds"), value_type=int
+                ),
                 **paired,
                 **robot,
             },
@@ -204,6 +207,13 @@ def generate_launch_description() -> LaunchDescription:
                 choices=["service", "homing"],
                 description="How an episode starts: the driver's reset service, or homing "
                 "(the controller drives the arm home; no driver support needed)",
+            ),
+            DeclareLaunchArgument(
+                "adaptation_rounds",
+                default_value="1",
+                choices=[str(n) for n in range(1, 6)],
+                description="Adaptation rounds per task change, each on K fresh rollouts of "
+                "the policy the round before kept",
             ),
             DeclareLaunchArgument(
                 "offer_reset",

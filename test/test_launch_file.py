@@ -51,9 +51,11 @@ def test_arguments_nodes_and_exit_handlers() -> None:
         "robot",
         "reset_mode",
         "offer_reset",
+        "adaptation_rounds",
     }
     assert set(declared["robot"].choices) == {"kuka_iiwa", "franka_panda", "xarm6"}
     assert declared["reset_mode"].choices == ["service", "homing"]
+    assert declared["adaptation_rounds"].choices == ["1", "2", "3", "4", "5"]
     nodes = [a for a in actions if isinstance(a, LaunchNode)]
     assert sorted(n.node_executable for n in nodes) == [
         "adaptation_node",

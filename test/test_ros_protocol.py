@@ -508,6 +508,53 @@ def test_a_worse_policy_after_the_update_is_rolled_back(make) -> None:
     assert h.protocol.good is h.protocol.current is restored
 
 
+def test_each_round_adapts_the_policy_kept_before_on_fresh_rollouts_of_it(make) -> None:
+    h = make(adaptation_rounds=2)
+    played_with: list[int] = []
+    h.robot.on_reset = lambda robot: played_with.append(robot.deployed[-1].version)
+    h.send()
+    assert h.wait_final() == "done", h.status.fields["reason"]
+    s = h.status.fields
+    assert s["round"] == 2 and len(s["round_returns"]) == 2
+    assert s["return_post"] == s["round_returns"][-1]
+    assert s["round_returns"][0] > s["return_pre"] + 0.5
+    assert s["round_returns"][1] >= s["round_returns"][0] - h.config["rollback_margin"]
+    assert h.versions() == [0, 1, 2]
+    assert [b.metadata.get("round") for b in h.robot.deployed] == [None, 1, 2]
+    # pre, 8 rollouts of theta, post1; 8 fresh rollouts of round 1's policy, post2
+    assert h.robot.explore_per_episode == ([False] + [True] * 8) * 2 + [False]
+    assert played_with == [0] * 9 + [1] * 9 + [2]
+    assert h.protocol.good is h.protocol.current and h.protocol.current.version == 2
+
+
+def test_a_worse_second_round_is_rolled_back_to_the_first_rounds_policy(make) -> None:
+    h = make(adaptation_rounds=3)
+    h.robot.flip_goal_on_version = 2  # round 2's policy meets a goal on the other side
+    h.send()
+    assert h.wait_final() == "done", h.status.fields["reason"]
+    s = h.status.fields
+    assert "round 2 rolled back" in s["reason"] and "worse than round 1's" in s["reason"]
+    assert len(s["round_returns"]) == 1 and s["return_post"] == s["round_returns"][0]
+    assert h.versions() == [0, 1, 2, 3]  # no third round after the rollback
+    first, restored = h.robot.deployed[1], h.robot.deployed[3]
+    assert all(torch.equal(first.params[k], restored.params[k]) for k in first.params)
+    assert h.protocol.good is h.protocol.current is restored
+
+
+def test_a_failure_in_a_later_round_keeps_the_round_kept_for_this_task(make) -> None:
+    h = make(adaptation_rounds=2, max_discarded_rollouts=2)
+
+    def silent_from_the_second_collection(robot: FakeRobot) -> None:
+        if robot.deployed[-1].version == 1 and robot.explore:
+            robot.silent_resets = 1
+
+    h.robot.on_reset = silent_from_the_second_collection
+    h.send()
+    assert h.wait_final() == "failed"
+    assert h.versions() == [0, 1]  # round 1's policy stays: it was kept for this task
+    assert h.protocol.good is h.protocol.current and h.protocol.current.version == 1
+
+
 def test_an_exploding_update_is_rolled_back_before_it_is_deployed(make) -> None:
     h = make(small_bundle(lr=1e6))
     h.send()

@@ -21,7 +21,9 @@ confirming_task, evaluating_pre, collecting, adapting, evaluating_post, done, ro
 cancelled, failed), ``adaptation_id`` (one per accepted task change), ``task_id``,
 ``task_family``, ``rollouts_collected``,
 ``rollouts_discarded``, ``inner_loss``, ``return_pre``/``success_pre``,
-``return_post``/``success_post``, ``adapt_latency_ms``, timings on the node's clock
+``return_post``/``success_post`` (of the policy kept last), ``round`` and ``round_returns``
+(the rounds run and the returns of those kept, ``adaptation_rounds``), ``adapt_latency_ms``,
+timings on the node's clock
 (``task_to_first_rollout_step_ms``, ``collect_ms``, ``policy_active_after_rollouts_ms``: the
 last rollout step to the controller reporting the adapted version, and
 ``task_to_policy_active_ms``), ``inner_device``, ``envelope_discards`` (rollouts discarded
@@ -245,6 +247,13 @@ PARAMS = (
         "horizon", 50, "Control steps per rollout and evaluation episode", int_range=(1, 10000)
     ),
     ParamSpec("inner_steps", 1, "Inner gradient steps on the K rollouts", int_range=(1, 100)),
+    ParamSpec(
+        "adaptation_rounds",
+        1,
+        "Rounds per task change, each an update on K fresh rollouts of the policy the round "
+        "before kept (the shipped iiwa model is meta-trained for 2)",
+        int_range=(1, 5),
+    ),
     ParamSpec("eval_episodes", 3, "Deterministic episodes per evaluation", int_range=(1, 100)),
     ParamSpec(
         "rollback_margin",

@@ -3,7 +3,9 @@
 :class:`AdaptationProtocol` runs one adaptation per accepted task change: wait for the
 driver's confirmation that it runs the task (``active_task``), evaluate the policy, collect K
 exploring rollouts, run the inner update (``maml_ros.rl.adapt_policy``), check it, publish the
-adapted policy, evaluate it and roll back when it is worse. It reaches the arm only through a
+adapted policy, evaluate it and roll back when it is worse. With ``adaptation_rounds`` > 1 each
+further round does the same from the policy kept last, on K fresh rollouts of it (what
+``outer.rounds`` meta-trains), until a round is rolled back. It reaches the arm only through a
 :class:`Robot` (reset an episode, switch exploration, publish a policy) and the control steps
 that :class:`StepJoiner` joins from the three streams, and reports through a :class:`StatusSink`.
 ``maml_ros.ros.adaptation_node`` wires topics and services to it; the unit tests drive it with a
@@ -117,6 +119,8 @@ CLEARED_RESULTS = {
     "policy_active_after_rollouts_ms": None,
     "task_to_policy_active_ms": None,
     "starved": None,
+    "round": None,
+    "round_returns": None,
 }
 """Status fields of one adaptation, as they read before it has results."""
 
@@ -562,6 +566,7 @@ class AdaptationProtocol:
         self._first_rollout_step_pending = False
         self._resumed: PolicyBundle | None = None
         self._override_next = False
+        self._kept: PolicyBundle | None = None  # this adaptation's start, then its kept rounds
 
     # -- inputs (any thread) -------------------------------------------------------------------
 
@@ -794,11 +799,13 @@ class AdaptationProtocol:
         start = self.current
         if cfg["reset_to_meta"] and self.current.params is not self.meta_bundle.params:
             start = self._publish_policy(self.meta_bundle)
+        self._kept = start
         try:
             self._adapt_from(start, change, cfg)
         except AdaptationFailed:
-            if self.current.params is not start.params:
-                self._publish_policy(start)  # never leave a policy adapted to another task
+            if self.current.params is not self._kept.params:
+                # the start, or a round kept for this task: never one adapted to another task
+                self._publish_policy(self._kept)
             raise
 
     def _wait_task_confirmation(self, task_id: str, cfg: Mapping[str, Any]) -> ActiveTask:
@@ -844,10 +851,49 @@ class AdaptationProtocol:
         )
 
     def _adapt_from(self, start: PolicyBundle, change: TaskChange, cfg: Mapping[str, Any]) -> None:
-        """Evaluates ``start``, collects, updates, publishes, evaluates and maybe rolls back."""
+        """Evaluates ``start``, then ``adaptation_rounds`` rounds (each collects K rollouts of
+        the policy kept last, updates, publishes and evaluates it, and is rolled back when it
+        does worse than that policy); the first round rolled back ends the adaptation."""
         self._wait_policy_ack(start.version, cfg)
         return_pre, success_pre = self._evaluate(cfg)
-        self._phase("collecting", return_pre=return_pre, success_pre=success_pre)
+        kept_return, kept_success = return_pre, success_pre
+        round_returns: list[float] = []
+        self.status.set(return_pre=return_pre, success_pre=success_pre)
+        for round_ in range(1, cfg["adaptation_rounds"] + 1):
+            outcome = self._adapt_round(self._kept, change, cfg, round_, kept_return)
+            if isinstance(outcome, str):  # rolled back: the kept policy stays
+                if round_ == 1:
+                    self.status.set(phase="rolled_back", reason=outcome)
+                    self.logger.warning(f"update rolled back, policy kept: {outcome}")
+                    self.status.publish()
+                    return
+                self.status.set(reason=f"round {round_} rolled back: {outcome}")
+                self.logger.warning(f"round {round_} rolled back, round {round_ - 1} kept")
+                break
+            self._kept, kept_return, kept_success = outcome
+            round_returns.append(kept_return)
+            self.good = self._kept
+            self._save_state()
+            self.status.set(round_returns=list(round_returns))
+        self.status.set(phase="done", return_post=kept_return, success_post=kept_success)
+        self.logger.info(
+            f"adapted to {change.task.family} in {len(round_returns)} round(s): return "
+            f"{return_pre:.3f} -> {kept_return:.3f}, success {success_pre} -> {kept_success}"
+        )
+        self.status.publish()
+
+    def _adapt_round(
+        self,
+        start: PolicyBundle,
+        change: TaskChange,
+        cfg: Mapping[str, Any],
+        round_: int,
+        return_before: float,
+    ) -> tuple[PolicyBundle, float, float] | str:
+        """One round from ``start`` (deployed, its return ``return_before``): the adapted
+        policy deployed with its return and success, or why it was rolled back (``start``
+        deployed again)."""
+        self._phase("collecting", round=round_)
         collect_start = time.monotonic()
         rollouts = rollouts_from_episodes(self._episodes(cfg, cfg["rollouts"], collecting=True))
         rollouts_done = time.monotonic()
@@ -858,7 +904,7 @@ class AdaptationProtocol:
         try:
             adapted, info = adapt_policy(start, rollouts, cfg["inner_steps"], cfg["device"])
             tags = {ADAPTED_KEY: True, "task_id": change.id, "task_family": change.task.family}
-            adapted = adapted.replace(metadata={**adapted.metadata, **tags})
+            adapted = adapted.replace(metadata={**adapted.metadata, **tags, "round": round_})
             problem = update_problem(start.params, adapted.params, cfg["max_update_ratio"])
             problem = problem or probe_problem(adapted)
             if problem is None and not math.isfinite(info["inner_loss"]):
@@ -875,10 +921,7 @@ class AdaptationProtocol:
             adaptations=self.adaptations,
         )
         if problem is not None:
-            self.status.set(phase="rolled_back", reason=problem)
-            self.status.publish()
-            self.logger.warning(f"update rolled back, policy kept: {problem}")
-            return
+            return problem
         self._check_cancel()
         published = self._publish_policy(adapted)
         self._phase("evaluating_post")
@@ -890,23 +933,14 @@ class AdaptationProtocol:
             )
         return_post, success_post = self._evaluate(cfg)
         self.status.set(return_post=return_post, success_post=success_post)
-        if return_post < return_pre - cfg["rollback_margin"]:
-            reason = (
-                f"post-update return {return_post:.3f} is worse than pre-update "
-                f"{return_pre:.3f} by more than {cfg['rollback_margin']}"
-            )
+        if return_post < return_before - cfg["rollback_margin"]:
             self._publish_policy(start, good=True)
-            self.status.set(phase="rolled_back", reason=reason)
-            self.logger.warning(f"rolled back: {reason}")
-        else:
-            self.good = published
-            self._save_state()
-            self.status.set(phase="done")
-            self.logger.info(
-                f"adapted to {change.task.family} in {latency_ms:.1f} ms: return "
-                f"{return_pre:.3f} -> {return_post:.3f}, success {success_pre} -> {success_post}"
+            before = "pre-update" if round_ == 1 else f"round {round_ - 1}'s"
+            return (
+                f"post-update return {return_post:.3f} is worse than {before} "
+                f"{return_before:.3f} by more than {cfg['rollback_margin']}"
             )
-        self.status.publish()
+        return published, return_post, success_post
 
     def _evaluate(self, cfg: Mapping[str, Any]) -> tuple[float, float]:
         """Mean return and success rate of ``eval_episodes`` deterministic episodes."""
