@@ -138,6 +138,23 @@ def test_cli_quick_run_on_the_toy_writes_json_and_plot(tmp_path, capsys):
     assert (out / "eval_curves.png").stat().st_size > 0
 
 
+def test_no_oracle_skips_the_oracle_and_its_gap_only(tmp_path, capsys):
+    policy = point_bundle(tmp_path)
+    out = tmp_path / "eval"
+    args = ["--policy", str(policy), "--env", "point", "--quick", "--workers", "1"]
+    assert main([*args, "--out", str(out), "--no-oracle", "--split", "validation"]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert not any("oracle" in task["returns"] for task in report["tasks"])
+    assert (
+        not (out / "oracle_returns.json").exists()
+        or "point" not in (out / "oracle_returns.json").read_text()
+    )
+    summary = report["summary"]
+    assert "dynamics_gap_recovered" not in summary and "dynamics_return_post1" in summary
+    assert report["protocol"]["extra_metrics"] is False
+    assert resummarize(report) == summary  # and a re-summary measures none either
+
+
 def test_baseline_lrs_are_chosen_on_validation_and_applied_once_to_the_split(tmp_path, monkeypatch):
     from maml_ros.rl.envs import PointTaskSource
 

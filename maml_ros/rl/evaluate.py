@@ -39,7 +39,9 @@ applied once to the evaluated split. 95% CIs are percentile bootstraps over task
 pooled). ``maml_minus_{baseline}_return_post1`` (and ``_k<K>``) is the paired comparison: the
 mean over the same tasks of MAML's one-step return minus the baseline's, with its own CI, which
 task-to-task spread does not widen as it widens the two separate CIs. ``--resummarize`` computes
-a stored report's summary anew from its per-task results (no episode run, no split read again). Writes ``eval.json`` and ``eval.png`` to ``--out``; the last printed line is JSON.
+a stored report's summary anew from its per-task results (no episode run, no split read again);
+``--no-oracle`` measures no oracle (quicker validation runs). Writes ``eval.json`` and
+``eval.png`` to ``--out``; the last printed line is JSON.
 """
 
 from __future__ import annotations
@@ -132,6 +134,8 @@ class EvalConfig:
     out_of_range: bool = True
     """With ``split`` test, also MAML's steps on the same number of out-of-range tasks, for
     ``{family}_success_ood`` (no baselines, no K curve)."""
+    extra_metrics: bool = True
+    """False: no family's extra metric (the dynamics tasks' oracle) is measured."""
 
     @classmethod
     def quick(cls) -> EvalConfig:
@@ -653,14 +657,16 @@ def resummarize(report: dict[str, Any]) -> dict[str, Any]:
     try:
         results = [TaskResult(**row) for row in report["tasks"]]
         best_lr = dict(report["baseline_best_lr"])
-        n_boot, k = int(report["protocol"]["bootstrap"]), int(report["protocol"]["k"])
+        protocol = report["protocol"]
+        n_boot, k = int(protocol["bootstrap"]), int(protocol["k"])
+        extra_metrics = bool(protocol.get("extra_metrics", True))
         families = [str(f) for f in report["families"]]
         summary = dict(report["summary"])
     except (KeyError, TypeError, ValueError) as exc:
         raise EvalError(f"not an eval.json report of maml-ros-eval: {exc!r}") from None
     if not results:
         raise EvalError("the report has no per-task results")
-    new = summarize(results, best_lr, n_boot, families)
+    new = summarize(results, best_lr, n_boot, families, extra_metrics)
     add_k_aliases(new, k)
     summary.update(new)
     return summary
@@ -928,7 +934,8 @@ def run_eval(
                 baseline_lrs=best_lr,
             )
             for result, task in zip(seed_results, tasks, strict=True):
-                for metric in get_family(result.family).extra_metrics:
+                extra = get_family(result.family).extra_metrics if cfg.extra_metrics else ()
+                for metric in extra:
                     EXTRA_METRICS[metric].measure(
                         result, meta, task, task_source, cfg, seed, env_name, robot, oracles
                     )
@@ -956,7 +963,7 @@ def run_eval(
                     f"maml-ros-eval: out of range done ({time.monotonic() - t0:.0f} s)",
                     file=sys.stderr,
                 )
-    summary = summarize(results, best_lr, cfg.bootstrap, families)
+    summary = summarize(results, best_lr, cfg.bootstrap, families, cfg.extra_metrics)
     if cfg.split == "out_of_range":
         summary.update(out_of_range_keys(summary, families))
     elif ood_results:
@@ -1097,6 +1104,12 @@ def main(argv: list[str] | None = None) -> int:
         help="run nothing: write REPORT's (an eval.json's) summary computed anew from its "
         "per-task results to --out, with the keys added since it ran",
     )
+    parser.add_argument(
+        "--no-oracle",
+        action="store_true",
+        help="measure no family's extra metric (the dynamics tasks' oracle and gap): a "
+        "quicker run for development choices",
+    )
     add_backend_arguments(parser)
     args = parser.parse_args(argv)
     check_backend_arguments(parser, args)
@@ -1104,7 +1117,7 @@ def main(argv: list[str] | None = None) -> int:
         return _resummarize_main(Path(args.resummarize), Path(args.out))
     torch.set_num_threads(1)
     cfg = EvalConfig.quick() if args.quick else EvalConfig()
-    cfg = dataclasses.replace(cfg, split=args.split)
+    cfg = dataclasses.replace(cfg, split=args.split, extra_metrics=not args.no_oracle)
     if args.k_curve is not None:
         try:
             k_curve = tuple(int(v) for v in args.k_curve.split(",") if v.strip())
