@@ -380,11 +380,17 @@ def test_shipped_checkpoint_improves_a_held_out_reach_task(tmp_path: Path) -> No
 def test_demo_fails_loudly_when_a_node_dies(tmp_path: Path) -> None:
     import sys
 
-    from maml_ros.ros.demo import DemoError, NodeProcesses, demo_tasks, parse_args
+    from maml_ros.ros.demo import DemoError, NodeProcesses, demo_tasks, node_commands, parse_args
 
     assert [t.family for t in demo_tasks(0)] == ["reach", "dynamics"]
     with pytest.raises(SystemExit):
         parse_args(["--timeout-s", "0"])
+    for rounds in ("0", "6"):
+        with pytest.raises(SystemExit):
+            parse_args(["--adaptation-rounds", rounds])
+    commands = node_commands(parse_args(["--adaptation-rounds", "2"]), tmp_path, tmp_path / "k")
+    assert "adaptation_rounds:=2" in commands["adaptation"]
+    assert not any("adaptation_rounds" in arg for arg in commands["policy_controller"])
     procs = NodeProcesses(
         {
             "dies": [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"],

@@ -6,8 +6,9 @@ the end, publishes two task changes drawn from
 the sim's held-out test samplers (one reach, one dynamics; fixed seed), waits for each
 adaptation to finish (the adaptation node's status), prints a table of the pre-/post-update
 return and success, saves a plot, stops the nodes with SIGINT and checks they exit with 0.
-The last printed line is JSON: ``{"tasks": [{"family", "return_pre", "return_post",
-"success_pre", "success_post", "policy_version"}, ...]}``. Exits non-zero if a node dies or an
+``--adaptation-rounds 2`` adds a second update on fresh rollouts (``round_returns`` in the
+results). The last printed line is JSON: ``{"tasks": [{"family", "return_pre", "return_post",
+"success_pre", "success_post", "policy_version", "round_returns", ...}, ...]}``. Exits non-zero if a node dies or an
 adaptation does not finish in time. Run it in an isolated DDS domain (``make demo`` does).
 """
 
@@ -229,6 +230,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--rollouts", type=int, default=None, help="override K")
     parser.add_argument(
+        "--adaptation-rounds",
+        type=int,
+        default=None,
+        help="override the adaptation node's adaptation_rounds (1-5)",
+    )
+    parser.add_argument(
         "--robot",
         default=DEFAULT_ROBOT,
         choices=robot_names(),
@@ -240,6 +247,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--real-time-factor must be >= 0 and --timeout-s > 0")
     if args.rollouts is not None and args.rollouts < 1:
         parser.error("--rollouts must be >= 1")
+    if args.adaptation_rounds is not None and not 1 <= args.adaptation_rounds <= 5:
+        parser.error("--adaptation-rounds must be in [1, 5]")
     shipped = installed_file("models", shipped_model_name(args.robot))
     if not args.checkpoint and not shipped.is_file():
         parser.exit(2, no_shipped_model_message(args.robot, parser.prog) + " as --checkpoint\n")
@@ -258,6 +267,8 @@ def node_commands(
         adaptation += ["-p", f"checkpoint:={args.checkpoint}"]
     if args.rollouts is not None:
         adaptation += ["-p", f"rollouts:={args.rollouts}"]
+    if args.adaptation_rounds is not None:
+        adaptation += ["-p", f"adaptation_rounds:={args.adaptation_rounds}"]
     sim_arm, controller = [], list(paired)
     if args.robot != DEFAULT_ROBOT:
         robot = ["-p", f"robot:={args.robot}"]
@@ -322,6 +333,7 @@ def run_demo(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "policy_version": status["policy_version"],
                     "phase": status["phase"],
                     "rollouts": status["rollouts_collected"],
+                    "round_returns": status.get("round_returns"),
                     "adapt_latency_ms": status["adapt_latency_ms"],
                     "wall_s": round(time.monotonic() - t0, 2),
                 }
