@@ -8,8 +8,9 @@ adaptation to finish (the adaptation node's status), prints a table of the pre-/
 return and success, saves a plot, stops the nodes with SIGINT and checks they exit with 0.
 ``--adaptation-rounds 2`` adds a second update on fresh rollouts (``round_returns`` in the
 results). The last printed line is JSON: ``{"tasks": [{"family", "return_pre", "return_post",
-"success_pre", "success_post", "policy_version", "round_returns"}, ...]}``. Exits non-zero if a node dies or an
-adaptation does not finish in time. Run it in an isolated DDS domain (``make demo`` does).
+"success_pre", "success_post", "policy_version", "round_returns"}, ...]}``. Exits non-zero if a
+node dies or an adaptation does not finish in time. Run it in an isolated DDS domain (``make
+demo`` does).
 """
 
 from __future__ import annotations
