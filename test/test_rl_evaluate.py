@@ -249,7 +249,20 @@ def test_first_order_maml_is_a_baseline_with_its_learned_lrs_among_the_candidate
     assert rewritten["summary"] == report["summary"] and rewritten["tasks"] == report["tasks"]
 
 
-@pytest.mark.parametrize("text", ["[]", "not json", '{"tasks": []}', '{"tasks": [{"x": 1}]}'])
+INCOMPLETE_REPORT = json.dumps(
+    {
+        "tasks": [{"seed": 0, "family": "reach", "task": "{}", "returns": {}, "success": {}}],
+        "baseline_best_lr": {},
+        "protocol": {"bootstrap": 10, "k": 20},
+        "families": ["reach"],
+        "summary": {},
+    }
+)
+
+
+@pytest.mark.parametrize(
+    "text", ["[]", "not json", '{"tasks": []}', '{"tasks": [{"x": 1}]}', INCOMPLETE_REPORT]
+)
 def test_resummarize_refuses_what_is_not_a_report(tmp_path, capsys, text):
     path = tmp_path / "eval.json"
     path.write_text(text)

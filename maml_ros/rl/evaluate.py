@@ -662,11 +662,11 @@ def resummarize(report: dict[str, Any]) -> dict[str, Any]:
         extra_metrics = bool(protocol.get("extra_metrics", True))
         families = [str(f) for f in report["families"]]
         summary = dict(report["summary"])
-    except (KeyError, TypeError, ValueError) as exc:
+        if not results:
+            raise EvalError("the report has no per-task results")
+        new = summarize(results, best_lr, n_boot, families, extra_metrics)
+    except (KeyError, TypeError, ValueError) as exc:  # EvalError is a ValueError
         raise EvalError(f"not an eval.json report of maml-ros-eval: {exc!r}") from None
-    if not results:
-        raise EvalError("the report has no per-task results")
-    new = summarize(results, best_lr, n_boot, families, extra_metrics)
     add_k_aliases(new, k)
     summary.update(new)
     return summary
