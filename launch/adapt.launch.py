@@ -48,6 +48,7 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
 from launch_ros.parameter_descriptions import ParameterValue
 
+from maml_ros.ros.interfaces import ADAPTATION_ROUNDS_RANGE
 from maml_ros.runtime.deployment import create_deploy_key
 from maml_ros.runtime.robots import robot_names
 
@@ -155,6 +156,7 @@ def _nodes(context: LaunchContext) -> list:
 def generate_launch_description() -> LaunchDescription:
     """The three maml_ros nodes with the installed config/adapt.yaml (or params_file)."""
     default_params = os.path.join(get_package_share_directory(PACKAGE), "config", "adapt.yaml")
+    low_rounds, high_rounds = ADAPTATION_ROUNDS_RANGE
     return LaunchDescription(
         [
             DeclareLaunchArgument(
@@ -211,7 +213,7 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument(
                 "adaptation_rounds",
                 default_value="1",
-                choices=[str(n) for n in range(1, 6)],
+                choices=[str(n) for n in range(low_rounds, high_rounds + 1)],
                 description="Adaptation rounds per task change, each on K fresh rollouts of "
                 "the policy the round before kept",
             ),

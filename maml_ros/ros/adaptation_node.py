@@ -98,6 +98,7 @@ from maml_ros.ros.convert import (
 )
 from maml_ros.ros.interfaces import (
     ACTIVE_TASK_TOPIC,
+    ADAPTATION_ROUNDS_RANGE,
     DEFAULT_CONTROLLER,
     EXPLORATION_SERVICE,
     HOME_SERVICE,
@@ -252,7 +253,7 @@ PARAMS = (
         1,
         "Rounds per task change, each an update on K fresh rollouts of the policy the round "
         "before kept (the shipped iiwa model is meta-trained for 2)",
-        int_range=(1, 5),
+        int_range=ADAPTATION_ROUNDS_RANGE,
     ),
     ParamSpec("eval_episodes", 3, "Deterministic episodes per evaluation", int_range=(1, 100)),
     ParamSpec(

@@ -36,7 +36,7 @@ from rclpy.node import Node
 from std_msgs.msg import String
 
 from maml_ros.ros.convert import TaskChange
-from maml_ros.ros.interfaces import LATCHED_QOS
+from maml_ros.ros.interfaces import ADAPTATION_ROUNDS_RANGE, LATCHED_QOS
 from maml_ros.ros.tasks import DEFAULT_REQUIRED, TaskDelivery
 from maml_ros.runtime.deployment import create_deploy_key
 from maml_ros.runtime.robots import (
@@ -248,8 +248,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--real-time-factor must be >= 0 and --timeout-s > 0")
     if args.rollouts is not None and args.rollouts < 1:
         parser.error("--rollouts must be >= 1")
-    if args.adaptation_rounds is not None and not 1 <= args.adaptation_rounds <= 5:
-        parser.error("--adaptation-rounds must be in [1, 5]")
+    low, high = ADAPTATION_ROUNDS_RANGE
+    if args.adaptation_rounds is not None and not low <= args.adaptation_rounds <= high:
+        parser.error(f"--adaptation-rounds must be in [{low}, {high}]")
     shipped = installed_file("models", shipped_model_name(args.robot))
     if not args.checkpoint and not shipped.is_file():
         parser.exit(2, no_shipped_model_message(args.robot, parser.prog) + " as --checkpoint\n")

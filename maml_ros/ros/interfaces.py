@@ -146,6 +146,9 @@ ACTION_EXPLORING = "explore"
 """``header.frame_id`` of an ``actions`` message whose action had exploration noise."""
 ACTION_DETERMINISTIC = "mean"
 """``header.frame_id`` of an ``actions`` message whose action was the policy's mean."""
+ADAPTATION_ROUNDS_RANGE = (1, 5)
+"""The adaptation node's ``adaptation_rounds`` bounds, inclusive (also the launch argument's
+choices and ``maml-ros-demo --adaptation-rounds``'s check)."""
 
 
 def commands_topic(controller: str = DEFAULT_CONTROLLER) -> str:
