@@ -212,6 +212,40 @@ def test_train_writes_checkpoints_and_resumes_exactly(tmp_path):
     )
 
 
+def test_keep_checkpoints_keeps_every_checkpoint_and_the_last_is_latest(tmp_path):
+    cfg = config_from_dict({**TOY, "keep_checkpoints": True})
+
+    def factory(c):
+        return make_env("point", c.env.num_envs, 1, c.env.horizon), make_task_source(
+            "point", c.env.families, c.env.family_weights
+        )
+
+    out = tmp_path / "run"
+    train(cfg, out, env_factory=factory, show_progress=False)
+    kept = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert kept == [f"policy_it000{i}.{ext}" for i in (2, 4) for ext in ("json", "safetensors")]
+    first = load_bundle(out / "checkpoints" / "policy_it0002.safetensors")
+    last = load_bundle(out / "checkpoints" / "policy_it0004.safetensors")
+    latest = load_bundle(out / "policy_latest.safetensors")
+    assert first.metadata["iteration"] == 2 and last.metadata["iteration"] == 4
+    assert first.metadata["episodes"] < last.metadata["episodes"] == latest.metadata["episodes"]
+    for name in latest.params:
+        assert torch.equal(last.params[name], latest.params[name])
+    assert not any(torch.equal(first.params[n], last.params[n]) for n in ("mlp.0.weight",))
+    saved = json.loads((out / "checkpoints" / "policy_it0004.json").read_text())
+    assert saved["iteration"] == 4
+    assert not (tmp_path / "plain").exists()
+    train(
+        dataclasses.replace(cfg, keep_checkpoints=False),
+        tmp_path / "plain",
+        env_factory=factory,
+        show_progress=False,
+    )
+    assert not (tmp_path / "plain" / "checkpoints").exists()
+    with pytest.raises(ConfigError, match="keep_checkpoints"):
+        config_from_dict({**TOY, "keep_checkpoints": "yes"})
+
+
 def test_cli_rejects_a_bad_config(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("iterations: 3\nwings: 2\n")

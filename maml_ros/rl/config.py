@@ -168,6 +168,9 @@ class TrainConfig:
     iterations: int = 200
     max_minutes: float | None = None
     checkpoint_every: int = 10
+    keep_checkpoints: bool = False
+    """Also keep every checkpoint as ``checkpoints/policy_it<N>.safetensors`` (+ ``.json``),
+    for a choice of iteration made afterwards on the validation split."""
     obs_norm_episodes: int = 40
     obs_std_floor: float = 0.05
     env: EnvSection = field(default_factory=EnvSection)
@@ -191,6 +194,7 @@ class TrainConfig:
             _is_int(self.checkpoint_every) and self.checkpoint_every >= 1,
             "checkpoint_every must be >= 1",
         )
+        _require(isinstance(self.keep_checkpoints, bool), "keep_checkpoints must be a boolean")
         _require(
             _is_int(self.obs_norm_episodes) and self.obs_norm_episodes >= 2,
             "obs_norm_episodes must be >= 2",

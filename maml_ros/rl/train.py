@@ -228,6 +228,11 @@ class Run:
         latest = trainer.bundle(self._metadata({"kind": "latest"}), run_id=run_id)
         save_bundle(self.out / f"{self.prefix}policy_latest.safetensors", latest)
         _write_json(self.out / f"{self.prefix}policy_latest.json", latest.metadata)
+        if trainer.cfg.keep_checkpoints:
+            kept = self.out / "checkpoints" / f"{self.prefix}policy_it{trainer.iteration:04d}"
+            kept.parent.mkdir(exist_ok=True)
+            save_bundle(kept.with_suffix(".safetensors"), latest)
+            _write_json(kept.with_suffix(".json"), latest.metadata)
         if math.isfinite(score) and score > self.best_score:
             self.best_score = score
             best = trainer.bundle(self._metadata({"kind": "best", "score": score}), run_id=run_id)
