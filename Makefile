@@ -18,7 +18,7 @@ LARK := $(shell sed -n 's/^lark==//p' requirements-tools.txt)
 SOURCES := $(shell find maml_ros launch config models resource -type f -not -name '*.pyc' 2>/dev/null) setup.py setup.cfg package.xml
 ENV := source tools/env.sh &&
 
-BENCHES := $(addprefix bench-,sine sim adapt control e2e train load reach delivery ray fuzz soak)
+BENCHES := $(addprefix bench-,sine sim adapt control e2e train load reach screen delivery ray fuzz soak)
 
 .PHONY: setup shell test lint params demo train baselines eval clean $(BENCHES)
 
