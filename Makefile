@@ -77,8 +77,8 @@ train: setup
 
 # The same-budget baselines of the robot's shipped MAML model (its episodes exactly, its
 # minutes + 10% at most): multi-task PPO (fine-tuning start, robust policy) and first-order
-# MAML, 10-32 min each on 2 cores (by the machine); their last checkpoints (all of the budget,
-# as the shipped MAML model is its run's last) ship as models/<robot>_<baseline>.*
+# MAML, 10-32 min each on 2 cores (by the machine); their last checkpoints (all of the
+# budget) ship as models/<robot>_<baseline>.*
 baselines: setup
 	set -e; for baseline in multitask fomaml; do \
 	  out=runs/baselines_$(ROBOT)/$$baseline; \
