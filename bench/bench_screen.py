@@ -1,12 +1,13 @@
 """A quick screen of checkpoints on validation reach goals: one-step success and return at each K.
 
 For every checkpoint: ``--goals`` validation reach goals, ``--draws`` independent sets of K
-exploration rollouts on each, one inner step (the on-robot :func:`adapt_policy`) per set, then
-one deterministic episode of each adapted policy. Every checkpoint sees the same goals and the
-same sampling seeds. A development tool for choosing among the checkpoints a run keeps
-(``keep_checkpoints: true``): it reads the validation split only, and a choice it suggests is
-confirmed with ``maml-ros-eval --split validation`` before anything ships. Its few goals make
-it optimistic (see docs/benchmarks.md, fourteenth session). The last printed line is JSON.
+exploration rollouts on each, one inner step (the on-robot :func:`adapt_policy`, through
+``Evaluator.adapt_all``) per set, then one deterministic episode of each adapted policy. Every
+checkpoint sees the same goals and the same sampling seeds. A development tool for choosing
+among the checkpoints a run keeps (``keep_checkpoints: true``): it reads the validation split
+only, and a choice it suggests is confirmed with ``maml-ros-eval --split validation`` before
+anything ships. Its few goals make it optimistic (see docs/benchmarks.md, fourteenth session).
+The last printed line is JSON.
 
     python bench/bench_screen.py CHECKPOINT [CHECKPOINT ...] [--goals 12] [--draws 8]
         [--k 10 20] [--workers 2]
@@ -21,11 +22,10 @@ from pathlib import Path
 import torch
 from _common import emit_json, machine_info
 
-from maml_ros.rl.adapt import adapt_policy
 from maml_ros.rl.checkpoint import CheckpointError, load_bundle
 from maml_ros.rl.envs import make_env, make_task_source
 from maml_ros.rl.evaluate import EvalConfig, Evaluator
-from maml_ros.rl.pg import Rollouts
+from maml_ros.rl.sampling import RolloutBatch
 from maml_ros.runtime.robots import DEFAULT_ROBOT
 
 GOAL_SEED = 4242
@@ -35,17 +35,20 @@ GOAL_SEED = 4242
 def screen(evaluator: Evaluator, bundle, tasks: list, draws: int, k: int) -> dict[str, float]:
     """Mean success and return over ``tasks`` x ``draws`` one-step adaptations from K rollouts."""
     explore = evaluator.run_episodes([bundle] * len(tasks), tasks, k * draws, 7 + k, explore=True)
-    adapted = []
-    for i in range(len(tasks)):
-        for j in range(draws):
-            part = slice(j * k, (j + 1) * k)
-            rollouts = Rollouts(
-                explore.obs[i, part],
-                explore.actions[i, part],
-                explore.rewards[i, part],
-                explore.mask[i, part],
-            )
-            adapted.append(adapt_policy(bundle, rollouts, steps=1)[0])
+    # Each task's k * draws episodes as ``draws`` tasks of k episodes (task-major, as ``each``).
+    n = len(tasks) * draws
+
+    def per_draw(x):
+        return x.reshape(n, k, *x.shape[2:])
+
+    draws_as_tasks = RolloutBatch(
+        per_draw(explore.obs),
+        per_draw(explore.actions),
+        per_draw(explore.rewards),
+        per_draw(explore.mask),
+        per_draw(explore.success),
+    )
+    adapted = evaluator.adapt_all([bundle] * n, draws_as_tasks)
     each = [task for task in tasks for _ in range(draws)]
     batch = evaluator.run_episodes(adapted, each, 1, 3, explore=False)
     return {
