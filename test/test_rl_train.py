@@ -43,6 +43,13 @@ TOY = {
 }
 
 
+def point_env_factory(c):
+    """``train``'s env factory for the toy point env of config ``c``."""
+    return make_env("point", c.env.num_envs, 1, c.env.horizon), make_task_source(
+        "point", c.env.families, c.env.family_weights
+    )
+
+
 def toy_trainer(**changes) -> MetaTrainer:
     cfg = config_from_dict({**TOY, **changes})
     env = make_env("point", cfg.env.num_envs, 1, cfg.env.horizon)
@@ -176,18 +183,18 @@ def test_a_sampling_lr_mismatch_is_caught(monkeypatch):
 def test_train_writes_checkpoints_and_resumes_exactly(tmp_path):
     cfg = config_from_dict({**TOY, "pretrain": {"iterations": 2}})
 
-    def factory(c):
-        return make_env("point", c.env.num_envs, 1, c.env.horizon), make_task_source(
-            "point", c.env.families, c.env.family_weights
-        )
-
     straight = tmp_path / "straight"
-    train(cfg, straight, env_factory=factory, show_progress=False)
+    train(cfg, straight, env_factory=point_env_factory, show_progress=False)
     split = tmp_path / "split"
-    train(dataclasses.replace(cfg, iterations=3), split, env_factory=factory, show_progress=False)
+    train(
+        dataclasses.replace(cfg, iterations=3),
+        split,
+        env_factory=point_env_factory,
+        show_progress=False,
+    )
     with pytest.raises(FileExistsError):
-        train(cfg, split, env_factory=factory, show_progress=False)
-    train(cfg, split, resume=True, env_factory=factory, show_progress=False)
+        train(cfg, split, env_factory=point_env_factory, show_progress=False)
+    train(cfg, split, resume=True, env_factory=point_env_factory, show_progress=False)
     a = load_bundle(straight / "policy_latest.safetensors")
     b = load_bundle(split / "policy_latest.safetensors")
     for name in a.params:
@@ -215,13 +222,8 @@ def test_train_writes_checkpoints_and_resumes_exactly(tmp_path):
 def test_keep_checkpoints_keeps_every_checkpoint_and_the_last_is_latest(tmp_path):
     cfg = config_from_dict({**TOY, "keep_checkpoints": True})
 
-    def factory(c):
-        return make_env("point", c.env.num_envs, 1, c.env.horizon), make_task_source(
-            "point", c.env.families, c.env.family_weights
-        )
-
     out = tmp_path / "run"
-    train(cfg, out, env_factory=factory, show_progress=False)
+    train(cfg, out, env_factory=point_env_factory, show_progress=False)
     kept = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert kept == [f"policy_it000{i}.{ext}" for i in (2, 4) for ext in ("json", "safetensors")]
     first = load_bundle(out / "checkpoints" / "policy_it0002.safetensors")
@@ -231,14 +233,14 @@ def test_keep_checkpoints_keeps_every_checkpoint_and_the_last_is_latest(tmp_path
     assert first.metadata["episodes"] < last.metadata["episodes"] == latest.metadata["episodes"]
     for name in latest.params:
         assert torch.equal(last.params[name], latest.params[name])
-    assert not any(torch.equal(first.params[n], last.params[n]) for n in ("mlp.0.weight",))
+    assert not torch.equal(first.params["mlp.0.weight"], last.params["mlp.0.weight"])
     saved = json.loads((out / "checkpoints" / "policy_it0004.json").read_text())
     assert saved["iteration"] == 4
     assert not (tmp_path / "plain").exists()
     train(
         dataclasses.replace(cfg, keep_checkpoints=False),
         tmp_path / "plain",
-        env_factory=factory,
+        env_factory=point_env_factory,
         show_progress=False,
     )
     assert not (tmp_path / "plain" / "checkpoints").exists()
@@ -256,17 +258,12 @@ def test_cli_rejects_a_bad_config(tmp_path, capsys):
 def test_resume_from_a_truncated_state_is_a_clear_error(tmp_path, capsys):
     cfg = config_from_dict({**TOY, "iterations": 2})
 
-    def factory(c):
-        return make_env("point", c.env.num_envs, 1, c.env.horizon), make_task_source(
-            "point", c.env.families, c.env.family_weights
-        )
-
     out = tmp_path / "run"
-    train(cfg, out, env_factory=factory, show_progress=False)
+    train(cfg, out, env_factory=point_env_factory, show_progress=False)
     state = out / "state.safetensors"
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
     with pytest.raises(CheckpointError, match=r"cannot resume from .*state\.safetensors"):
-        train(cfg, out, resume=True, env_factory=factory, show_progress=False)
+        train(cfg, out, resume=True, env_factory=point_env_factory, show_progress=False)
     argv = ["--config", str(out / "config.yaml"), "--out", str(out), "--resume", "--no-progress"]
     assert main(argv) == 2
     assert "cannot resume from" in capsys.readouterr().err
@@ -275,12 +272,7 @@ def test_resume_from_a_truncated_state_is_a_clear_error(tmp_path, capsys):
 def test_a_baseline_trains_alone_with_the_meta_checkpoints_episodes(tmp_path, capsys):
     cfg = config_from_dict({**TOY, "iterations": 3})
 
-    def factory(c):
-        return make_env("point", c.env.num_envs, 1, c.env.horizon), make_task_source(
-            "point", c.env.families, c.env.family_weights
-        )
-
-    train(cfg, tmp_path / "maml", env_factory=factory, show_progress=False)
+    train(cfg, tmp_path / "maml", env_factory=point_env_factory, show_progress=False)
     reference = load_bundle(tmp_path / "maml" / "policy_latest.safetensors")
     episodes, minutes, measured = training_budget(reference.metadata)
     assert (episodes, measured) == (3 * 2 * 6 * 10, True) and minutes > 0
